@@ -1,0 +1,46 @@
+"""napari-leukemia: find and classify leukaemic cells in Wright-Giemsa blood smears.
+
+Research use only: not a diagnostic device.
+
+The public API is imported lazily, so ``import napari_leukemia`` loads neither torch, cellpose nor Qt::
+
+    from napari_leukemia import analyze_smear, read_image, load_sample
+    result = analyze_smear(read_image("smear.jpg"))
+    result.summary, result.cells
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_API = {
+    "analyze_smear": "core.pipeline",
+    "iter_analyze_smear": "core.pipeline",
+    "SmearResult": "core.pipeline",
+    "AnalysisConfig": "core.config",
+    "SegmentConfig": "core.config",
+    "CropConfig": "core.config",
+    "TrainConfig": "core.config",
+    "read_image": "core.io",
+    "ImageError": "core.io",
+    "segment_leukocytes": "core.segment",
+    "load_segmenter": "core.segment",
+    "CheckpointError": "core.segment",
+    "crop_cells": "core.preprocess",
+    "load_classifier": "core.model",
+    "save_classifier": "core.model",
+    "stain_segment": "core.stain",
+    "load_sample": "samples",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,127 @@
+"""SmearResult -> napari layers; our result layers are found by metadata, never by name."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from ..core.pipeline import SmearResult
+from ..core.render import class_colors
+
+#: metadata key marking a layer as a result of ours: {"source": <image layer name>, "role": ..., "hash": ...}
+META_KEY = "napari_leukemia"
+ROLES = ("cells", "p_leukemic", "gradcam")
+
+
+def labels_hash(labels: np.ndarray) -> str:
+    """Short digest of a label image, to notice a user's edits."""
+    return hashlib.sha1(np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
+
+
+def label_colormap(cells, classes, leukemic):
+    """DirectLabelColormap colouring each label by its predicted class."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = class_colors(classes, leukemic)
+    mapping = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    for label, cls in zip(cells["label"], cells["predicted_class"]):
+        mapping[int(label)] = colors[str(cls)]
+    return DirectLabelColormap(color_dict=mapping)
+
+
+def result_layers(result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list[tuple]:
+    """Layer data tuples: cells (Labels with ``features``), ``p(leukemic)`` and ``Grad-CAM`` images."""
+    common = {"translate": translate, "scale": scale}
+    meta = lambda role, **kw: {META_KEY: {"source": source, "role": role, **kw}, "summary": result.summary}  # noqa: E731
+    layers = [
+        (
+            result.labels,
+            {
+                "name": f"{source} cells",
+                "features": result.cells,
+                "colormap": label_colormap(result.cells, classes, leukemic),
+                "opacity": 0.55,
+                "metadata": meta("cells", hash=labels_hash(result.labels)),
+                **common,
+            },
+            "labels",
+        ),
+        (
+            result.probability,
+            {
+                "name": f"{source} p(leukemic)",
+                "colormap": "magma",
+                "contrast_limits": (0.0, 1.0),
+                "blending": "additive",
+                "opacity": 0.7,
+                "visible": False,
+                "metadata": meta("p_leukemic"),
+                **common,
+            },
+            "image",
+        ),
+    ]
+    if result.gradcam is not None:
+        layers.append(
+            (
+                result.gradcam,
+                {
+                    "name": f"{source} Grad-CAM",
+                    "colormap": "turbo",
+                    "contrast_limits": (0.0, 1.0),
+                    "blending": "translucent",
+                    "opacity": 0.45,
+                    "metadata": meta("gradcam"),
+                    **common,
+                },
+                "image",
+            )
+        )
+    return layers
+
+
+def our_layers(viewer, source: str) -> dict:
+    """Our result layers for image ``source``: ``{role: layer}``."""
+    found = {}
+    for layer in viewer.layers:
+        info = layer.metadata.get(META_KEY)
+        if isinstance(info, dict) and info.get("source") == source and info.get("role") in ROLES:
+            found[info["role"]] = layer
+    return found
+
+
+def is_edited(layer) -> bool:
+    """True when a cells layer's labels differ from what the analysis produced (the user painted)."""
+    info = layer.metadata.get(META_KEY, {})
+    return info.get("hash") not in (None, labels_hash(np.asarray(layer.data)))
+
+
+def show_result(viewer, result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list:
+    """Put a result in the viewer, replacing our earlier result layers of the same image in place.
+
+    A cells layer the user has edited is kept untouched (it becomes theirs: our mark is removed) and
+    a new one is added beside it. User layers are never touched.
+    """
+    existing = our_layers(viewer, source)
+    if "cells" in existing and is_edited(existing["cells"]):
+        existing["cells"].metadata = {k: v for k, v in existing["cells"].metadata.items() if k != META_KEY}
+        existing["cells"].name = existing["cells"].name + " (edited)"
+        del existing["cells"]
+    out = []
+    for data, kwargs, kind in result_layers(result, source, classes, leukemic, translate, scale):
+        role = kwargs["metadata"][META_KEY]["role"]
+        layer = existing.pop(role, None)
+        if layer is not None:
+            layer.data = data
+            for key in ("features", "colormap", "metadata", "translate", "scale"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            if kind == "image":
+                layer.contrast_limits = kwargs["contrast_limits"]
+        else:
+            layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
+        out.append(layer)
+    for layer in existing.values():  # e.g. Grad-CAM turned off this time
+        viewer.layers.remove(layer)
+    return out

@@ -1,0 +1,137 @@
+"""Dock widgets. Each forwards to the same core functions the console and the CLI call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
+
+from ..core.pipeline import DISCLAIMER
+from .layers import META_KEY, our_layers, show_result
+
+
+class AnalyzeWidget(Container):
+    """Analyze smear: segment, classify and explain every leukocyte of an image layer.
+
+    Runs in a worker thread with a napari progress bar; Cancel stops it at the next step.
+    """
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        super().__init__(labels=True)
+        import napari
+
+        self._viewer = viewer
+        self._worker = None
+        self._image = create_widget(annotation=napari.layers.Image, label="image")
+        self._method = ComboBox(choices=["cellpose", "stain"], value="cellpose", label="segmenter")
+        self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
+        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
+        self._diameter = FloatSpinBox(value=0, min=0, max=2000, step=5, label="cell diameter (px)",
+                                      tooltip="Expected leukocyte diameter in pixels; 0 estimates it from the stain")
+        self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
+        self._gradcam = CheckBox(value=True, text="Grad-CAM heat map")
+        self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
+        self._run_button = PushButton(text="Analyze")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self._summary = Label(value="")
+        self._disclaimer = Label(value=DISCLAIMER)
+        self._segmenter.native.setToolTip("empty: the shipped leukocyte model")
+        self._classifier.native.setToolTip("empty: the shipped DenseNet201")
+        self._run_button.changed.connect(self.run)
+        self._cancel_button.changed.connect(self.cancel)
+        self.extend([
+            self._image, self._method, self._segmenter, self._classifier, self._diameter, self._device,
+            self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._status, self._summary,
+            self._disclaimer,
+        ])
+        viewer.layers.events.inserted.connect(self._image.reset_choices)
+        viewer.layers.events.removed.connect(self._image.reset_choices)
+
+    # --- settings -> core -------------------------------------------------------------------------
+    def _config(self):
+        from ..core.config import AnalysisConfig, SegmentConfig
+
+        seg = SegmentConfig(method=self._method.value, diameter=self._diameter.value or None)
+        return AnalysisConfig(device=self._device.value, gradcam=self._gradcam.value, segment=seg)
+
+    @staticmethod
+    def _path(edit: FileEdit):
+        value = str(edit.value or "").strip()
+        return value if value not in ("", ".") and Path(value).is_file() else None
+
+    def run(self):
+        """Start the analysis of the selected image layer in a worker; returns the worker."""
+        from napari.qt.threading import create_worker
+
+        from ..core.pipeline import iter_analyze_smear
+
+        layer = self._image.value
+        if layer is None:
+            self._status.value = "Open a smear image first (File > Open, or File > Open Sample > napari-leukemia)."
+            return None
+        if self._worker is not None:
+            return self._worker
+        labels = None
+        if self._use_cells.value:
+            cells = our_layers(self._viewer, layer.name).get("cells")
+            if cells is None:
+                self._status.value = f"No cells layer of {layer.name!r} to re-classify; run Analyze first."
+                return None
+            labels = np.asarray(cells.data)
+        data = np.asarray(layer.data)
+        if layer.multiscale:
+            data = np.asarray(layer.data[0])
+        gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self._path(self._classifier),
+                                 config=self._config(), labels=labels, name=layer.name)
+        worker = create_worker(lambda: (yield from gen), _progress={"total": 4, "desc": f"Analyzing {layer.name}"})
+        worker.yielded.connect(lambda p: setattr(self._status, "value", p.message))
+        worker.returned.connect(lambda result: self._show(result, layer))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._run_button.enabled = False
+        self._cancel_button.enabled = True
+        self._status.value = "starting"
+        worker.start()
+        return worker
+
+    def cancel(self):
+        """Ask the running analysis to stop at its next step; nothing is added to the viewer."""
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "cancelling..."
+
+    # --- worker callbacks (main thread) ---------------------------------------------------------
+    def _show(self, result, layer):
+        classes = result.summary["classes"]
+        leukemic = result.summary["leukemic_classes"]
+        show_result(self._viewer, result, layer.name, classes, leukemic,
+                    translate=tuple(layer.translate)[-2:], scale=tuple(layer.scale)[-2:])
+        self._summary.value = format_summary(result.summary)
+        self._status.value = result.summary["message"] or "done"
+
+    def _on_error(self, err):
+        self._status.value = f"Error: {err}"
+
+    def _on_finished(self):
+        if self._worker is not None and self._worker.abort_requested:
+            self._status.value = "cancelled: nothing was changed"
+        self._worker = None
+        self._run_button.enabled = True
+        self._cancel_button.enabled = False
+
+
+def format_summary(summary: dict) -> str:
+    """The slide summary as a few lines of text."""
+    n, k = summary["leukocytes"], summary["leukemic"]
+    t = summary.get("timings", {})
+    return (
+        f"Leukocytes: {n}\nLeukaemic: {k} ({100 * summary['leukemic_fraction']:.1f}%)\n"
+        f"Segmenter: {summary['segmenter']}\nClassifier: {summary['classifier']}\n"
+        f"Device: {summary['device']}, {t.get('total_s', 0):.1f} s"
+    )
+
+
+__all__ = ["AnalyzeWidget", "format_summary", "META_KEY"]

@@ -1,0 +1,69 @@
+"""Training augmentation on batches of normalised-later crops (torch, runs on the training device)."""
+
+from __future__ import annotations
+
+import math
+
+# Ruifrok & Johnston haematoxylin, eosin, DAB optical-density vectors (rows), as in skimage.color.rgb2hed.
+_HED_FROM_RGB = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]
+
+
+def augment_batch(x, *, stain_jitter: float = 0.05, blur_p: float = 0.1, generator=None):
+    """Randomly augment a float batch ``(N, 3, S, S)`` in [0, 1].
+
+    Right-angle turns and flips; a small free rotation and zoom (0.9-1.1); brightness and contrast
+    (+-10%); stain-aware jitter that scales and shifts each haematoxylin / eosin / DAB optical density;
+    Gaussian blur with probability ``blur_p``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, dev = x.shape[0], x.device
+    g = generator
+
+    def rand(*shape):
+        return torch.rand(*shape, device=dev, generator=g)
+
+    k = int(torch.randint(0, 4, (1,), generator=g, device=dev))
+    x = torch.rot90(x, k, dims=(2, 3))
+    flip = rand(n) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    # free rotation +-15 degrees and zoom 0.9-1.1, reflecting at the border
+    angle = (rand(n) * 2 - 1) * math.radians(15)
+    scale = 0.9 + 0.2 * rand(n)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if stain_jitter > 0:
+        x = hed_jitter(x, stain_jitter, generator=g)
+    # brightness and contrast
+    b = 1 + (rand(n, 1, 1, 1) * 2 - 1) * 0.1
+    c = 1 + (rand(n, 1, 1, 1) * 2 - 1) * 0.1
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * c + mean) * b
+    if blur_p > 0:
+        blur = rand(n) < blur_p
+        if blur.any():
+            kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=dev) / 16
+            k2 = (kernel[:, None] * kernel[None]).expand(3, 1, 5, 5)
+            blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k2, groups=3)
+            x = torch.where(blur.view(n, 1, 1, 1), blurred, x)
+    return x.clamp_(0, 1)
+
+
+def hed_jitter(x, sigma: float, generator=None):
+    """Scale and shift each stain's optical density by ``N(1, sigma)`` and ``N(0, sigma)`` per image."""
+    import torch
+
+    dev, n = x.device, x.shape[0]
+    m = torch.tensor(_HED_FROM_RGB, device=dev)
+    m = m / m.norm(dim=1, keepdim=True)
+    hed_from_rgb = torch.linalg.inv(m)
+    od = -torch.log(x.clamp(min=1e-3))  # (N, 3, H, W)
+    hed = torch.einsum("nchw,cd->ndhw", od, hed_from_rgb)
+    alpha = 1 + sigma * torch.randn(n, 3, 1, 1, device=dev, generator=generator)
+    beta = sigma * torch.randn(n, 3, 1, 1, device=dev, generator=generator)
+    hed = hed * alpha + beta
+    od = torch.einsum("ndhw,dc->nchw", hed, m)
+    return torch.exp(-od)

@@ -1,0 +1,166 @@
+"""Frozen settings dataclasses: the one home of every default."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Serializable:
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy (JSON-serialisable)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build from :meth:`to_dict` output; unknown keys are refused."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CropConfig(_Serializable):
+    """How one cell is cut out of a smear (shared by training and inference).
+
+    Parameters
+    ----------
+    size : int
+        Side of the square crop fed to the classifier, in pixels.
+    margin : float
+        Context around the cell's bounding box, as a fraction of its longer side, on each side.
+    mask_outside : bool
+        Replace pixels outside the cell mask (beyond ``margin``) by the crop's background colour.
+    mean, std : tuple of float
+        Per-channel normalisation applied after scaling to [0, 1].
+    """
+
+    size: int = 224
+    margin: float = 0.25
+    mask_outside: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.size < 16:
+            raise ValueError(f"crop size must be at least 16 px, got {self.size}")
+        if not 0 <= self.margin <= 2:
+            raise ValueError(f"crop margin must be within [0, 2], got {self.margin}")
+
+
+@dataclass(frozen=True)
+class SegmentConfig(_Serializable):
+    """How leukocytes are found in a smear.
+
+    Parameters
+    ----------
+    method : {"cellpose", "stain"}
+        The trained cellpose model, or the classical stain-based segmenter.
+    diameter : float or None
+        Expected leukocyte diameter in pixels; ``None`` estimates it from the stain.
+    min_area_fraction : float
+        Objects smaller than this fraction of the expected leukocyte area are dropped.
+    cellprob_threshold, flow_threshold : float
+        Passed to cellpose.
+    """
+
+    method: str = "cellpose"
+    diameter: float | None = None
+    min_area_fraction: float = 0.15
+    cellprob_threshold: float = 0.0
+    flow_threshold: float = 0.4
+
+    def __post_init__(self):
+        if self.method not in ("cellpose", "stain"):
+            raise ValueError(f"segmentation method must be 'cellpose' or 'stain', got {self.method!r}")
+        if self.diameter is not None and not self.diameter > 0:
+            raise ValueError(f"leukocyte diameter must be positive, got {self.diameter}")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig(_Serializable):
+    """Settings of one smear analysis.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}
+        Where the networks run; ``auto`` takes CUDA when present.
+    gradcam : bool
+        Compute a Grad-CAM heat map per cell.
+    batch_size : int
+        Cells classified at once.
+    """
+
+    device: str = "auto"
+    gradcam: bool = True
+    batch_size: int = 32
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["segment"] = self.segment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = dict(data)
+        seg = SegmentConfig.from_dict(data.pop("segment", {}))
+        return super().from_dict({**data, "segment": seg})
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serializable):
+    """Classifier training settings (the seeds' recipe by default).
+
+    Parameters
+    ----------
+    epochs : int
+        Upper bound; early stopping usually ends sooner.
+    batch_size : int
+    lr : float
+        Adam learning rate.
+    patience : int
+        Epochs without a better validation loss before stopping.
+    plateau_patience, plateau_factor
+        Reduce-on-plateau of the learning rate.
+    balance : {"weights", "none"}
+        Class-weighted cross-entropy (inverse frequency) or plain.
+    augment : bool
+        Rotations, flips, zoom, brightness/contrast, HED stain jitter, blur.
+    stain_jitter : float
+        Standard deviation of the per-channel HED scale jitter.
+    imagenet : str
+        ``"auto"`` (torchvision's cache if present), a path, or ``""`` for random initialisation.
+    fast : bool
+        channels_last + bf16 autocast on CPU, fp16 AMP on CUDA.
+    """
+
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 7
+    plateau_patience: int = 3
+    plateau_factor: float = 0.3
+    balance: str = "weights"
+    augment: bool = True
+    stain_jitter: float = 0.05
+    blur_p: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    imagenet: str = "auto"
+    fast: bool = True
+    max_steps_per_epoch: int = 0
+
+    def __post_init__(self):
+        if self.balance not in ("weights", "none"):
+            raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")

@@ -1,0 +1,205 @@
+"""The DenseNet201 cell classifier and its checkpoint format (safetensors, plain-data metadata)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import CropConfig
+from .segment import CheckpointError, _read_safetensors
+
+CLASSIFIER_FORMAT = "napari-leukemia-classifier"
+ARCHITECTURE = "densenet201"
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "models" / "densenet201_leukemia.safetensors"
+#: File name torchvision gives its ImageNet DenseNet201 weights in its cache.
+TORCHVISION_WEIGHTS = "densenet201-c1103571.pth"
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """Everything a checkpoint carries besides weights.
+
+    Parameters
+    ----------
+    classes : tuple of str
+        Output classes, in logit order.
+    leukemic : tuple of str
+        The classes whose probabilities sum to ``p_leukemic``.
+    crop : CropConfig
+        The preprocessing the model was trained with (applied automatically at inference).
+    temperature : float
+        Logits are divided by it before the softmax (calibration).
+    hidden, dropout
+        Head shape.
+    provenance : dict
+        Data, command, metrics: free-form plain data.
+    """
+
+    classes: tuple[str, ...] = ("normal", "leukemic")
+    leukemic: tuple[str, ...] = ("leukemic",)
+    crop: CropConfig = field(default_factory=CropConfig)
+    temperature: float = 1.0
+    hidden: int = 512
+    dropout: float = 0.5
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"a classifier needs at least two distinct classes, got {self.classes}")
+        missing = set(self.leukemic) - set(self.classes)
+        if missing:
+            raise ValueError(f"leukemic classes {sorted(missing)} are not among the classes {self.classes}")
+
+    def to_metadata(self) -> dict[str, str]:
+        d = dataclasses.asdict(self)
+        d["crop"] = self.crop.to_dict()
+        return {"format": CLASSIFIER_FORMAT, "architecture": ARCHITECTURE, **{k: json.dumps(v) for k, v in d.items()}}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "ClassifierInfo":
+        names = [f.name for f in dataclasses.fields(cls)]
+        d = {k: json.loads(meta[k]) for k in names if k in meta}
+        d["crop"] = CropConfig.from_dict(d.get("crop", {}))
+        for k in ("classes", "leukemic"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def build_densenet201(num_classes: int, hidden: int = 512, dropout: float = 0.5):
+    """DenseNet201 features + the seeds' head: GAP, Dense(hidden) + ReLU, Dropout, Dense(num_classes).
+
+    Two output logits with a softmax are the two-class form of the seeds' single sigmoid unit.
+    """
+    import torch
+    from torch import nn
+    from torchvision.models import densenet201
+
+    class DenseNet201Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = densenet201(weights=None).features
+            self.head = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(1920, hidden),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            )
+
+        def forward(self, x):
+            # torchvision applies an in-place ReLU after `features`; a plain one keeps Grad-CAM's hooks valid
+            return self.head(torch.relu(self.features(x)))
+
+    return DenseNet201Classifier()
+
+
+@dataclass
+class Classifier:
+    """A loaded classifier: the network (eval mode) and its :class:`ClassifierInfo`."""
+
+    net: object
+    info: ClassifierInfo
+    path: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name if self.path else "in-memory"
+
+    def leukemic_index(self) -> np.ndarray:
+        return np.array([self.info.classes.index(c) for c in self.info.leukemic], int)
+
+
+def new_classifier(info: ClassifierInfo, imagenet_weights=None) -> Classifier:
+    """A fresh classifier; DenseNet201 features start from ImageNet when weights are found.
+
+    Parameters
+    ----------
+    imagenet_weights : path, "auto" or None
+        A torchvision DenseNet201 state dict (``.pth``, loaded with ``weights_only=True``), ``"auto"`` to
+        look in torchvision's cache, or ``None`` for random initialisation. Nothing is downloaded.
+    """
+    net = build_densenet201(len(info.classes), info.hidden, info.dropout)
+    if imagenet_weights == "auto":
+        imagenet_weights = find_imagenet_weights()
+    if imagenet_weights:
+        load_imagenet_features(net, imagenet_weights)
+    return Classifier(net=net, info=info)
+
+
+def find_imagenet_weights() -> Path | None:
+    """torchvision's cached ImageNet DenseNet201 weights, if this machine has them."""
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS
+    return path if path.is_file() else None
+
+
+def load_imagenet_features(net, path) -> None:
+    """Load a torchvision DenseNet201 state dict into ``net.features`` (safely, no unpickling of code)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for foreign or damaged files
+        raise CheckpointError(f"{path}: not a loadable torchvision state dict ({err})") from err
+    # old torchvision keys: 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    features = {}
+    for key, value in state.items():
+        m = pattern.match(key)
+        if m:
+            key = m.group(1) + m.group(2)
+        if key.startswith("features."):
+            features[key[len("features.") :]] = value
+    try:
+        net.features.load_state_dict(features)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: not DenseNet201 ImageNet weights ({err})") from err
+
+
+def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
+    """Write weights (half precision by default) and :class:`ClassifierInfo` to safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    state = {}
+    for k, v in classifier.net.state_dict().items():
+        v = v.detach().to("cpu")
+        state[k] = (v.half() if half and v.is_floating_point() else v).contiguous()
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=classifier.info.to_metadata())
+
+
+def load_classifier(path=None, device: str = "auto") -> Classifier:
+    """Load a classifier checkpoint (safetensors only: no code is unpickled).
+
+    Raises
+    ------
+    CheckpointError
+        Missing, damaged, foreign, or of another architecture or class list than its weights.
+    """
+    from .segment import resolve_device
+
+    path = Path(path) if path else DEFAULT_CLASSIFIER
+    meta, state = _read_safetensors(path, CLASSIFIER_FORMAT)
+    if meta.get("architecture") != ARCHITECTURE:
+        raise CheckpointError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE}")
+    try:
+        info = ClassifierInfo.from_metadata(meta)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{path}: damaged classifier metadata ({err})") from err
+    net = build_densenet201(len(info.classes), info.hidden, info.dropout)
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit a DenseNet201 with classes {list(info.classes)} ({err})") from err
+    net.eval().to(resolve_device(device))
+    return Classifier(net=net, info=info, path=str(path))

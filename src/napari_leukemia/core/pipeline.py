@@ -1,0 +1,233 @@
+"""analyze_smear: segment, crop, classify and explain every leukocyte of a smear."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import AnalysisConfig
+from .io import ImageError, as_rgb8
+
+#: A cell is called leukaemic when p_leukemic reaches this.
+LEUKEMIC_THRESHOLD = 0.5
+DISCLAIMER = "Research use only: not a diagnostic device."
+
+
+@dataclass
+class SmearResult:
+    """Everything an analysis produces.
+
+    Attributes
+    ----------
+    labels : (H, W) ndarray of int32
+        Leukocytes 1..N.
+    cells : pandas.DataFrame
+        One row per cell (see :data:`CELL_COLUMNS`; plus ``p_<class>`` for each class).
+    probability : (H, W) ndarray of float32
+        Each cell's ``p_leukemic`` painted over its mask, 0 elsewhere.
+    gradcam : (H, W) ndarray of float32 or None
+        Grad-CAM of each cell's predicted class, pasted at its crop window (max where windows overlap).
+    summary : dict
+        Counts, leukaemic fraction, model names and versions, timings, messages.
+    """
+
+    labels: np.ndarray
+    cells: object
+    probability: np.ndarray
+    gradcam: np.ndarray | None
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event: ``done`` of ``total`` steps, with a message."""
+
+    done: int
+    total: int
+    message: str
+
+
+CELL_COLUMNS = [
+    "label", "centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area",
+    "predicted_class", "p_leukemic", "uncertainty", "leukemic",
+]
+
+
+def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: AnalysisConfig = AnalysisConfig(),
+                       labels=None, name: str = "image") -> Generator[Progress, None, SmearResult]:
+    """Analyse a smear step by step: yields :class:`Progress`, returns a :class:`SmearResult`.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) array
+        The smear (RGB, RGBA, grayscale, 8- or 16-bit).
+    segmenter, classifier : path or loaded model, optional
+        The shipped models when omitted.
+    config : AnalysisConfig
+        Device, Grad-CAM, batch size and segmentation settings.
+    labels : (H, W) int array, optional
+        Use these cells (e.g. edited in napari) instead of segmenting.
+    name : str
+        Shown in messages and the summary.
+    """
+    from .model import Classifier, load_classifier
+    from .predict import p_leukemic, predict_logits, probabilities
+    from .preprocess import crop_cells
+    from .segment import load_segmenter, resolve_device, segment_leukocytes
+
+    t_start = time.perf_counter()
+    image = as_rgb8(image, name)
+    device = resolve_device(config.device)
+    timings = {}
+    total = 4 if config.gradcam else 3
+    yield Progress(0, total, "loading models")
+    clf = classifier if isinstance(classifier, Classifier) else _cached_classifier(str(classifier or ""), str(device))
+    if labels is None:
+        seg_model = None
+        if config.segment.method == "cellpose":
+            seg_model = segmenter if hasattr(segmenter, "eval") else load_segmenter(segmenter, str(device))
+        yield Progress(1, total, "segmenting leukocytes")
+        t = time.perf_counter()
+        labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
+        timings["segment_s"] = time.perf_counter() - t
+        segmenter_name = _model_name(getattr(seg_model, "path", None)) if seg_model else "stain-based"
+    else:
+        labels = check_labels(labels, image.shape[:2], name)
+        segmenter_name = "user labels"
+    yield Progress(2, total, "classifying cells")
+    t = time.perf_counter()
+    crops = crop_cells(image, labels, clf.info.crop)
+    proba = probabilities(clf, predict_logits(clf, crops.images, batch_size=config.batch_size)) if len(crops.labels) else np.zeros((0, len(clf.info.classes)))
+    p_leuk = p_leukemic(clf, proba)
+    timings["classify_s"] = time.perf_counter() - t
+    cam_image = None
+    if config.gradcam:
+        yield Progress(3, total, "Grad-CAM")
+        t = time.perf_counter()
+        cam_image = np.zeros(labels.shape, np.float32)
+        if len(crops.labels):
+            from .explain import gradcam
+
+            cams = gradcam(clf, crops.images, proba.argmax(axis=1))
+            _paste_windows(cam_image, cams, crops.windows)
+        timings["gradcam_s"] = time.perf_counter() - t
+    cells = cell_table(labels, crops.labels, proba, p_leuk, clf.info.classes)
+    prob_image = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
+    timings["total_s"] = time.perf_counter() - t_start
+    n, k = len(cells), int(cells["leukemic"].sum())
+    summary = {
+        "image": name,
+        "shape": list(image.shape[:2]),
+        "leukocytes": n,
+        "leukemic": k,
+        "leukemic_fraction": k / n if n else 0.0,
+        "classes": list(clf.info.classes),
+        "leukemic_classes": list(clf.info.leukemic),
+        "segmenter": segmenter_name,
+        "classifier": _model_name(clf.path),
+        "device": str(device),
+        "timings": {key: round(v, 3) for key, v in timings.items()},
+        "message": f"no leukocytes found in {name}" if n == 0 else "",
+        "note": DISCLAIMER,
+    }
+    yield Progress(total, total, summary["message"] or f"{n} leukocytes, {k} leukaemic")
+    return SmearResult(labels=labels, cells=cells, probability=prob_image, gradcam=cam_image, summary=summary)
+
+
+def analyze_smear(image, **kwargs) -> SmearResult:
+    """Analyse a smear in one call; the arguments of :func:`iter_analyze_smear`.
+
+    Examples
+    --------
+    >>> from napari_leukemia import analyze_smear, load_sample  # doctest: +SKIP
+    >>> result = analyze_smear(load_sample("bccd"))  # doctest: +SKIP
+    >>> result.summary["leukocytes"], result.cells.head()  # doctest: +SKIP
+    """
+    gen = iter_analyze_smear(image, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def check_labels(labels, shape, name: str = "image") -> np.ndarray:
+    """Validate a user label image against the smear: same shape, integer, non-negative."""
+    labels = np.asarray(labels)
+    if labels.shape != tuple(shape):
+        raise ImageError(f"{name}: labels of shape {labels.shape} do not match the image's {tuple(shape)}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ImageError(f"{name}: labels must be integers, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ImageError(f"{name}: labels must not be negative")
+    return labels.astype(np.int32, copy=False)
+
+
+def cell_table(labels, ids, proba, p_leuk, classes):
+    """The per-cell table (pandas): geometry, class probabilities, p_leukemic, uncertainty, call."""
+    import pandas as pd
+    from scipy import ndimage as ndi
+
+    ids = np.asarray(ids, int)
+    n = len(ids)
+    centroids = np.asarray(ndi.center_of_mass(np.ones_like(labels), labels, ids)).reshape(n, 2)
+    slices = ndi.find_objects(labels, max_label=int(ids.max()) if n else 0)
+    bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], int).reshape(n, 4)
+    area = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1 if n else 1)[ids] if n else np.zeros(0, int)
+    table = {
+        "label": ids,
+        "centroid_y": centroids[:, 0],
+        "centroid_x": centroids[:, 1],
+        "bbox_y0": bbox[:, 0], "bbox_x0": bbox[:, 1], "bbox_y1": bbox[:, 2], "bbox_x1": bbox[:, 3],
+        "area": area,
+        "predicted_class": pd.Categorical([classes[i] for i in np.asarray(proba).argmax(axis=1)] if n else [], categories=list(classes)),
+        "p_leukemic": np.asarray(p_leuk, float),
+        "uncertainty": 1 - np.abs(2 * np.asarray(p_leuk, float) - 1),
+        "leukemic": np.asarray(p_leuk, float) >= LEUKEMIC_THRESHOLD,
+    }
+    for j, c in enumerate(classes):
+        table[f"p_{c}"] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
+    return pd.DataFrame(table)
+
+
+def paint_values(labels: np.ndarray, ids, values) -> np.ndarray:
+    """Float image with ``values[i]`` over the pixels of ``ids[i]``, 0 elsewhere."""
+    lut = np.zeros(int(labels.max()) + 1, np.float32)
+    lut[np.asarray(ids, int)] = values
+    return lut[labels]
+
+
+def _paste_windows(canvas: np.ndarray, maps: np.ndarray, windows: np.ndarray) -> None:
+    import cv2
+
+    h, w = canvas.shape
+    for m, (r0, c0, r1, c1) in zip(maps, windows):
+        resized = cv2.resize(m, (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
+        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+        view = canvas[rr0:rr1, cc0:cc1]
+        np.maximum(view, resized[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0], out=view)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_classifier(path: str, device: str):
+    from .model import load_classifier
+
+    return load_classifier(path or None, device)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def _model_name(path) -> str:
+    """``file name @ sha256[:12]``: the model and its exact version."""
+    if not path:
+        return "in-memory"
+    return f"{Path(path).name}@{_sha(str(path))}"

@@ -1,0 +1,172 @@
+"""Leukocyte segmentation: the trained cellpose model (default) or the stain-based baseline.
+
+This is the only module that imports cellpose.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .config import SegmentConfig
+
+#: Leukocyte diameter assumed when none is given and none can be estimated from the stain
+#: (a CellaVision 100x field, as in DeepAPL).
+DEFAULT_DIAMETER = 110.0
+SEGMENTER_FORMAT = "napari-leukemia-segmenter"
+DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "leukocyte_cellpose.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model file that is not ours, is damaged, or does not fit."""
+
+
+def cellpose_input(image: np.ndarray) -> np.ndarray:
+    """The two channels cellpose sees: cell density and nuclear stain.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+
+    Returns
+    -------
+    (H, W, 2) ndarray of float32
+        Channel 0 is inverted luminance (every cell is bright), channel 1 is the blue-violet
+        nuclear stain (-b* of CIE L*a*b*, clipped at 0).
+    """
+    from skimage import color
+
+    lab = color.rgb2lab(image)
+    density = 100.0 - lab[..., 0]
+    nuclear = np.clip(-lab[..., 2], 0, None)
+    return np.stack([density, nuclear], axis=-1).astype(np.float32)
+
+
+def resolve_device(device: str = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; refuses ``"cuda"`` without a GPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+def save_segmenter(net, path, *, provenance: dict | None = None) -> None:
+    """Save a cellpose 3 network as half-precision safetensors with its diameters and provenance."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    state = {k: v.detach().to("cpu").half().contiguous() for k, v in net.state_dict().items()}
+    meta = {
+        "format": SEGMENTER_FORMAT,
+        "architecture": "cellpose3-cpnet",
+        "diam_mean": str(float(net.diam_mean.item())),
+        "provenance": json.dumps(provenance or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+@functools.lru_cache(maxsize=4)
+def load_segmenter(path=None, device: str = "auto"):
+    """Load a leukocyte cellpose model saved by :func:`save_segmenter` (cached).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, damaged or not a napari-leukemia segmenter.
+    """
+    import torch
+    from cellpose import models
+
+    path = Path(path) if path else DEFAULT_SEGMENTER
+    meta, state = _read_safetensors(path, SEGMENTER_FORMAT)
+    dev = resolve_device(device)
+    model = models.CellposeModel(pretrained_model=False, diam_mean=float(meta["diam_mean"]), device=dev, gpu=dev.type == "cuda")
+    state = {k: v.float() for k, v in state.items()}
+    try:
+        model.net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit a cellpose 3 network ({err})") from err
+    model.net.eval()
+    model.diam_mean = float(meta["diam_mean"])
+    model.diam_labels = model.diam_mean
+    model.provenance = json.loads(meta.get("provenance", "{}"))
+    model.path = str(path)
+    with torch.no_grad():
+        model.net.diam_mean.fill_(model.diam_mean)
+    return model
+
+
+def _read_safetensors(path: Path, expected_format: str):
+    """Metadata and tensors of a safetensors file, checked to be of ``expected_format``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file (damaged, truncated or another format: {err})") from err
+    if meta.get("format") != expected_format:
+        raise CheckpointError(
+            f"{path}: not a {expected_format} file (format tag {meta.get('format')!r}); "
+            "was it saved by napari-leukemia?"
+        )
+    return meta, state
+
+
+def segment_leukocytes(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto") -> np.ndarray:
+    """Find every leukocyte in an RGB smear.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+    cfg : SegmentConfig
+        Method, expected diameter (estimated from the stain when ``None``) and thresholds.
+    model : cellpose model, optional
+        From :func:`load_segmenter`; the shipped model when omitted.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        0 is background, 1..N the leukocytes, numbered without gaps.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    from .stain import estimate_diameter, stain_segment
+
+    diameter = cfg.diameter or estimate_diameter(image) or DEFAULT_DIAMETER
+    if cfg.method == "stain":
+        return stain_segment(image, diameter, cfg.min_area_fraction)
+    import cv2
+
+    model = model or load_segmenter(None, device)
+    scale = model.diam_mean / diameter
+    h, w = image.shape[:2]
+    small = (max(16, round(w * scale)), max(16, round(h * scale)))
+    x = cv2.resize(cellpose_input(image), small, interpolation=cv2.INTER_AREA)
+    masks = model.eval(
+        x,
+        channel_axis=-1,
+        diameter=model.diam_mean,
+        flow_threshold=cfg.flow_threshold,
+        cellprob_threshold=cfg.cellprob_threshold,
+        min_size=-1,
+    )[0]
+    labels = cv2.resize(masks.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    areas = np.bincount(labels.ravel())
+    small_ids = np.nonzero(areas < cfg.min_area_fraction * np.pi / 4 * diameter**2)[0]
+    labels[np.isin(labels, small_ids[small_ids > 0])] = 0
+    return relabel_sequential(labels)[0].astype(np.int32)

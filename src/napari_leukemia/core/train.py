@@ -1,0 +1,183 @@
+"""Classifier training as a generator: one report per epoch, a checkpoint every epoch, stop and resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .model import Classifier, ClassifierInfo, load_classifier, new_classifier, save_classifier
+
+
+@dataclass
+class CropSet:
+    """Preprocessed cells for training: uint8 crops ``(N, S, S, 3)``, class indices ``(N,)``, groups ``(N,)``."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    groups: np.ndarray
+
+    def __len__(self):
+        return len(self.targets)
+
+    def subset(self, mask) -> "CropSet":
+        return CropSet(self.images[mask], self.targets[mask], self.groups[mask])
+
+
+def class_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency class weights, mean 1 over present classes; refuses empty classes."""
+    counts = np.bincount(targets, minlength=n_classes).astype(float)
+    if (counts == 0).any():
+        raise ValueError(f"every class needs training examples; counts per class: {counts.astype(int).tolist()}")
+    w = counts.sum() / (n_classes * counts)
+    return w / w.mean()
+
+
+def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainConfig, out_dir, *,
+                 resume: bool = False, init: Classifier | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> Generator[dict, None, dict]:
+    """Train a DenseNet201 classifier; yields one report dict per epoch and returns the final one.
+
+    Files in ``out_dir``: ``last.safetensors`` and ``last_state.pt`` (every epoch, and when stopped),
+    ``best.safetensors`` (lowest validation loss), ``history.json``. A stop request (``should_stop()``
+    true) ends the epoch in progress, saves ``last`` and returns; ``resume=True`` continues from it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import augment_batch
+    from .predict import autocast_for
+    from .preprocess import normalize
+    from .segment import resolve_device
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    n_classes = len(info.classes)
+    for name, part in (("training", train), ("validation", val)):
+        if len(part) == 0:
+            raise ValueError(f"the {name} set is empty")
+    weights = torch.tensor(class_weights(train.targets, n_classes) if cfg.balance == "weights" else np.ones(n_classes), dtype=torch.float32, device=device)
+    history, start_epoch, best_loss, bad_epochs = [], 0, float("inf"), 0
+    state_path = out / "last_state.pt"
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"{state_path}: nothing to resume (no earlier run in {out})")
+        clf = load_classifier(out / "last.safetensors", str(device))
+        clf.info = info if clf.info.classes == info.classes else clf.info
+    elif init is not None:
+        clf = Classifier(net=init.net, info=info)
+    else:
+        clf = new_classifier(info, imagenet_weights=cfg.imagenet or None)
+    net = clf.net.to(device)
+    if cfg.fast:
+        net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    if resume:
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch, best_loss, bad_epochs = int(st["epoch"]), float(st["best_loss"]), int(st["bad_epochs"])
+        history = json.loads((out / "history.json").read_text())
+        rng = np.random.default_rng(cfg.seed + start_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.fast)
+    images_dev = torch.from_numpy(train.images)  # uint8, moved per batch
+    report: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        order = rng.permutation(len(train))
+        steps = len(order) // cfg.batch_size or 1
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        loss_sum, correct, seen, stopped = 0.0, 0, 0, False
+        for step in range(steps):
+            if should_stop():
+                stopped = True
+                break
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = images_dev[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            y = torch.from_numpy(train.targets[idx]).to(device)
+            if cfg.augment:
+                x = augment_batch(x, stain_jitter=cfg.stain_jitter, blur_p=cfg.blur_p)
+            x = normalize(x, info.crop)
+            if cfg.fast:
+                x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                with autocast_for(device, cfg.fast):
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, weight=weights)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                             "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            except torch.OutOfMemoryError as err:
+                raise MemoryError(f"out of memory with batch size {cfg.batch_size}; try a smaller batch size") from err
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+        if stopped:
+            _save_state(clf, out, opt, sched, epoch, best_loss, bad_epochs)
+            report = {"epoch": epoch, "stopped": True, "checkpoint": str(out / "last.safetensors")}
+            yield report
+            return report
+        val_loss, val_acc = _validate(clf, val, weights, cfg, device)
+        sched.step(val_loss)
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, bad_epochs = val_loss, 0
+            save_classifier(clf, out / "best.safetensors")
+        else:
+            bad_epochs += 1
+        report = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+            "improved": improved,
+            "stopped": False,
+        }
+        history.append(report)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        _save_state(clf, out, opt, sched, epoch + 1, best_loss, bad_epochs)
+        yield report
+        if bad_epochs >= cfg.patience:
+            break
+    return {**report, "best_val_loss": best_loss, "checkpoint": str(out / "best.safetensors")}
+
+
+def _validate(clf: Classifier, val: CropSet, weights, cfg: TrainConfig, device):
+    import torch
+    import torch.nn.functional as F
+
+    from .predict import predict_logits
+
+    logits = torch.from_numpy(predict_logits(clf, val.images, batch_size=max(cfg.batch_size, 64), fast=cfg.fast))
+    y = torch.from_numpy(val.targets)
+    loss = float(F.cross_entropy(logits, y, weight=weights.cpu()))
+    return loss, float((logits.argmax(1) == y).float().mean())
+
+
+def _save_state(clf, out: Path, opt, sched, epoch, best_loss, bad_epochs) -> None:
+    import torch
+
+    from .io import atomic_path
+
+    save_classifier(clf, out / "last.safetensors", half=False)
+    with atomic_path(out / "last_state.pt") as tmp:
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                    "best_loss": best_loss, "bad_epochs": bad_epochs}, tmp)
