@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--images-per-epoch", type=int, default=640)
     ap.add_argument("--diam-mean", type=float, default=30.0)
     ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--bsize", type=int, default=224, help="training patch size (112 trains 4x faster on a CPU)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--convert", help="only convert a cellpose training snapshot (e.g. after a time-out) to --out")
     args = ap.parse_args()
@@ -58,7 +59,8 @@ def main():
         min_train_masks=1,
         save_path=str(run_dir),
         model_name="leukocyte",
-        save_every=10,
+        save_every=5,
+        bsize=args.bsize,
     )
     seconds = time.time() - t0
     provenance = {

@@ -124,7 +124,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
                 scaler.update()
             except torch.OutOfMemoryError as err:
                 raise MemoryError(f"out of memory with batch size {cfg.batch_size}; try a smaller batch size") from err
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
         if stopped:

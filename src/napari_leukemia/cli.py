@@ -1,0 +1,322 @@
+"""Command line: ``napari-leukemia analyze`` runs the whole analysis on smear images, without napari.
+
+Research use only: not a diagnostic device.
+
+Per image, ``DIR/<stem>/`` receives ``labels.tif``, ``cells.csv``, ``summary.json`` and ``overlay.png``;
+``DIR/summary.csv`` holds one row per image. Exit codes: 0 all images analysed, 1 some image failed,
+2 usage error or nothing could start (existing summary, bad model, bad device), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .samples import SAMPLES
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+#: The files written per image, in ``DIR/<stem>/``.
+OUTPUT_FILES = ("labels.tif", "cells.csv", "summary.json", "overlay.png")
+SUMMARY_CSV = "summary.csv"
+SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction",
+                   "segmenter", "classifier", "seconds", "error")
+DISCLAIMER = "Research use only: not a diagnostic device."
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad arguments or a run that cannot start; reported with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``napari-leukemia`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="napari-leukemia",
+        description="Find and classify leukaemic cells in Wright-Giemsa blood smears. " + DISCLAIMER,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    a = sub.add_parser(
+        "analyze",
+        help="segment and classify every leukocyte of smear images",
+        description=(
+            "Segment and classify every leukocyte of each IMAGE. Writes DIR/<stem>/{"
+            + ",".join(OUTPUT_FILES) + "} per image and DIR/summary.csv. " + DISCLAIMER
+        ),
+    )
+    a.add_argument("images", nargs="*", metavar="IMAGE",
+                   help=f"image files, or folders of them ({' '.join(IMAGE_SUFFIXES)}; not recursive)")
+    a.add_argument("--sample", action="append", choices=sorted(SAMPLES), default=[],
+                   help="add a bundled sample smear (may be repeated)")
+    a.add_argument("--out", required=True, metavar="DIR", type=Path, help="output folder")
+    a.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the networks run (default: auto, CUDA when available)")
+    a.add_argument("--no-gradcam", dest="gradcam", action="store_false",
+                   help="skip the Grad-CAM explanation (faster)")
+    a.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
+    a.add_argument("--classifier", metavar="PATH", help="classifier checkpoint (default: the shipped one)")
+    a.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
+                   help="segmentation: the trained cellpose model (default) or the stain-based baseline")
+    a.add_argument("--diameter", type=_positive_float, metavar="PX",
+                   help="expected leukocyte diameter in pixels (default: estimated from the stain)")
+    a.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_analyze, subparser=a)
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text!r}")
+    return value
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, usage errors
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else EXIT_USAGE)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        args.subparser.print_usage(sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+
+
+def cmd_analyze(args) -> int:
+    """``napari-leukemia analyze``: see :func:`build_parser`."""
+    from .samples import sample_path
+
+    images = expand_images(args.images) + [sample_path(name) for name in args.sample]
+    if not images:
+        raise UsageError("no images given: pass IMAGE files or folders, or --sample NAME")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder")
+    summary_csv = out / SUMMARY_CSV
+    if summary_csv.exists() and not args.overwrite:
+        raise UsageError(f"{summary_csv} exists; pass --overwrite to replace it, or choose another --out")
+
+    # heavy imports only now, so that --help stays fast
+    from .core.config import AnalysisConfig, SegmentConfig
+
+    try:
+        config = AnalysisConfig(device=args.device, gradcam=args.gradcam,
+                                segment=SegmentConfig(method=args.method, diameter=args.diameter))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    classifier, segmenter = _load_models(args)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the output folder {out} ({err})") from err
+
+    from tqdm import tqdm
+
+    rows = []
+    folders = _output_folders(images)
+    bar = tqdm(list(zip(images, folders)), desc="analyze", unit="image", file=sys.stderr, disable=args.quiet)
+    try:
+        for path, folder in bar:
+            bar.set_postfix_str(Path(path).name, refresh=False)
+            row = analyze_one(path, out / folder, classifier=classifier, segmenter=segmenter, config=config,
+                              overwrite=args.overwrite)
+            if row["error"]:
+                tqdm.write(f"error: {row['error']}", file=sys.stderr)
+            elif row.get("message"):
+                tqdm.write(f"note: {row['message']}", file=sys.stderr)
+            rows.append(row)
+    except KeyboardInterrupt:
+        bar.close()
+        _write_summary_csv(summary_csv, rows)
+        print(f"interrupted: {len(rows)} of {len(images)} images done; {summary_csv} lists them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+    _write_summary_csv(summary_csv, rows)
+    print_report(rows, out)
+    return EXIT_FAILED if any(r["status"] != "ok" for r in rows) else EXIT_OK
+
+
+def expand_images(items) -> list[Path]:
+    """Files as given; folders replaced by their image files (sorted, not recursive)."""
+    paths = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"folder {p} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        else:
+            paths.append(p)  # a missing or unreadable file fails on its own, later
+    return paths
+
+
+def _output_folders(images) -> list[str]:
+    """``<stem>`` per image; later images with a stem already taken get ``<stem>_2``, ``<stem>_3``, ..."""
+    used, names = set(), []
+    for path in images:
+        stem = Path(path).stem or "image"
+        name, k = stem, 2
+        while name in used:
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _load_models(args):
+    """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2."""
+    from .core.model import DEFAULT_CLASSIFIER, load_classifier
+    from .core.segment import DEFAULT_SEGMENTER, CheckpointError, load_segmenter, resolve_device
+
+    try:
+        resolve_device(args.device)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+    def load(kind, loader, path, default):
+        try:
+            return loader(path, args.device)
+        except CheckpointError as err:
+            hint = ""
+            if path is None and not Path(default).is_file():
+                hint = f"; the shipped {kind} is missing, pass --{kind} PATH"
+                if kind == "segmenter":
+                    hint += " or --method stain"
+            raise UsageError(f"cannot load the {kind}: {err}{hint}") from err
+
+    classifier = load("classifier", load_classifier, args.classifier, DEFAULT_CLASSIFIER)
+    segmenter = None
+    if args.method == "cellpose":
+        segmenter = load("segmenter", load_segmenter, args.segmenter, DEFAULT_SEGMENTER)
+    elif args.segmenter:
+        print("note: --segmenter is not used with --method stain", file=sys.stderr)
+    return classifier, segmenter
+
+
+def analyze_one(path, folder: Path, *, classifier, segmenter, config, overwrite: bool) -> dict:
+    """Analyse one image into ``folder``; returns its ``summary.csv`` row (never raises on a bad image)."""
+    row = dict.fromkeys(SUMMARY_COLUMNS, "")
+    row.update(image=str(path), stem=folder.name, status="failed")
+    t0 = time.perf_counter()
+    try:
+        existing = [folder / f for f in OUTPUT_FILES if (folder / f).exists()]
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"{path}: cannot write results, {folder} exists and is not a folder")
+        if existing and not overwrite:
+            raise FileExistsError(f"{path}: {existing[0]} exists; pass --overwrite to replace it")
+        summary = run_and_write(path, folder, classifier=classifier, segmenter=segmenter, config=config)
+    except Exception as err:  # one bad image must not stop the others; the message says which and why
+        msg = str(err)
+        if str(path) not in msg and Path(path).name not in msg:
+            msg = f"{path}: {msg}"
+        if not isinstance(err, (ValueError, OSError)):  # ImageError, CheckpointError are ValueErrors
+            msg = f"{msg} ({type(err).__name__})"
+        row["error"] = msg
+    else:
+        row.update(
+            status="ok",
+            leukocytes=summary["leukocytes"],
+            leukemic=summary["leukemic"],
+            leukemic_fraction=round(float(summary["leukemic_fraction"]), 6),
+            segmenter=summary["segmenter"],
+            classifier=summary["classifier"],
+            message=summary.get("message", ""),
+        )
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def run_and_write(path, folder: Path, *, classifier, segmenter, config) -> dict:
+    """Read, analyse and write the four result files of one image (all or none of them replaced)."""
+    import contextlib
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from .core.io import atomic_path, read_image, write_json
+    from .core.pipeline import analyze_smear
+    from .core.render import overlay
+
+    path = Path(path)
+    image = read_image(path)
+    result = analyze_smear(image, segmenter=segmenter, classifier=classifier, config=config, name=path.name)
+    summary = {**result.summary, "image_path": str(path.resolve()), "config": config.to_dict()}
+    picture = overlay(image, result.labels, result.cells, classifier.info.classes, classifier.info.leukemic)
+    # every file goes to a temporary beside its target; they are moved into place only once all are
+    # written (summary.json last), so a failure leaves the folder as it was
+    with contextlib.ExitStack() as stack:
+        tmp = {name: stack.enter_context(atomic_path(folder / name)) for name in reversed(OUTPUT_FILES)}
+        tifffile.imwrite(tmp["labels.tif"], np.asarray(result.labels, np.int32), compression="zlib")
+        result.cells.to_csv(tmp["cells.csv"], index=False)
+        Image.fromarray(picture).save(tmp["overlay.png"], format="PNG")
+        write_json(tmp["summary.json"], summary)
+        for t in tmp.values():
+            _usual_permissions(t)
+    return summary
+
+
+def _write_summary_csv(path: Path, rows) -> None:
+    import csv
+    import io
+
+    from .core.io import atomic_path
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        _usual_permissions(tmp)
+
+
+def _usual_permissions(path) -> None:
+    """Give a temporary file (created 0600 by ``mkstemp``) the mode a plain ``open`` would: 0666 less the umask."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def print_report(rows, out: Path) -> None:
+    """The human-readable table of a run, on stdout."""
+    width = max([len("image")] + [len(r["stem"]) for r in rows])
+    print(f"{'image':<{width}}  {'leukocytes':>10}  {'leukaemic':>9}  {'fraction':>8}")
+    for r in rows:
+        if r["status"] == "ok":
+            print(f"{r['stem']:<{width}}  {r['leukocytes']:>10}  {r['leukemic']:>9}  "
+                  f"{100 * r['leukemic_fraction']:>7.1f}%")
+        else:
+            print(f"{r['stem']:<{width}}  {'failed':>10}")
+    ok = [r for r in rows if r["status"] == "ok"]
+    n = sum(r["leukocytes"] for r in ok)
+    k = sum(r["leukemic"] for r in ok)
+    fraction = f"{100 * k / n:.1f}%" if n else "n/a"
+    print(f"total: {len(ok)} of {len(rows)} images analysed, {n} leukocytes, {k} leukaemic ({fraction}); "
+          f"results in {out}")
+    print(DISCLAIMER)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

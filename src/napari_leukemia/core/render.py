@@ -1,0 +1,104 @@
+"""Class colours and result overlays: the one home of the colours every view of a result uses.
+
+Qt-free: numpy and scikit-image only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Colour of the binary case's leukaemic class and the first leukaemic class otherwise.
+LEUKEMIC_RGBA = (0.9, 0.1, 0.1, 1.0)
+#: Colour of the binary case's normal class and the first other class otherwise.
+NORMAL_RGBA = (0.1, 0.8, 0.2, 1.0)
+#: Colour of cells left out of the analysis (and of labels without a row in the cell table).
+EXCLUDED_RGBA = (0.6, 0.6, 0.6, 1.0)
+EXCLUDED = "excluded"
+
+#: Leukaemic classes, in order: red, orange, magenta, amber, crimson, pink.
+WARM = (LEUKEMIC_RGBA, (1.0, 0.55, 0.0, 1.0), (0.85, 0.1, 0.75, 1.0), (0.95, 0.75, 0.1, 1.0),
+        (0.6, 0.05, 0.2, 1.0), (1.0, 0.45, 0.55, 1.0))
+#: Other classes, in order: green, blue, cyan, teal, indigo, sky blue.
+COOL = (NORMAL_RGBA, (0.15, 0.45, 0.95, 1.0), (0.0, 0.8, 0.85, 1.0), (0.1, 0.5, 0.45, 1.0),
+        (0.35, 0.3, 0.85, 1.0), (0.5, 0.75, 1.0, 1.0))
+
+
+def class_colors(classes, leukemic) -> dict[str, tuple[float, float, float, float]]:
+    """RGBA colour (0..1) of every class, plus ``"excluded"``.
+
+    Leukaemic classes take warm colours (red first), the others cool colours (green first), each in
+    the order of ``classes``; so the binary case is red for the leukaemic and green for the normal
+    class. Palettes repeat beyond six classes of a kind.
+
+    Parameters
+    ----------
+    classes : sequence of str
+        Class names, in the classifier's order.
+    leukemic : sequence of str
+        The leukaemic ones among them.
+
+    Returns
+    -------
+    dict of str to (r, g, b, a)
+        One entry per class and one for ``"excluded"`` (gray) unless a class has that name.
+    """
+    leukemic = set(leukemic)
+    colors = {}
+    n_warm = n_cool = 0
+    for c in classes:
+        if c in leukemic:
+            colors[c] = WARM[n_warm % len(WARM)]
+            n_warm += 1
+        else:
+            colors[c] = COOL[n_cool % len(COOL)]
+            n_cool += 1
+    colors.setdefault(EXCLUDED, EXCLUDED_RGBA)
+    return colors
+
+
+def overlay(image, labels, cells, classes, leukemic, *, thickness: int = 3) -> np.ndarray:
+    """The smear with each cell outlined in the colour of its predicted class.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) array
+        The smear (anything :func:`napari_leukemia.core.io.as_rgb8` accepts).
+    labels : (H, W) int array
+        Cells 1..N, 0 background.
+    cells : pandas.DataFrame
+        The per-cell table (:func:`napari_leukemia.core.pipeline.cell_table`): ``label`` and
+        ``predicted_class``. Labels without a row are outlined in the ``"excluded"`` gray.
+    classes, leukemic : sequence of str
+        As for :func:`class_colors`.
+    thickness : int
+        Outline width in pixels (odd; 3 by default).
+
+    Returns
+    -------
+    (H, W, 3) ndarray of uint8
+    """
+    from skimage.morphology import dilation
+    from skimage.segmentation import find_boundaries
+
+    from .io import as_rgb8
+
+    out = as_rgb8(image).copy()
+    labels = np.asarray(labels)
+    if labels.shape != out.shape[:2]:
+        raise ValueError(f"labels of shape {labels.shape} do not match the image's {out.shape[:2]}")
+    labels = labels.astype(np.int64, copy=False)
+    if not labels.size or labels.max() <= 0:
+        return out
+    colors = class_colors(classes, leukemic)
+    index = {name: i for i, name in enumerate(colors)}
+    palette = np.array([rgba[:3] for rgba in colors.values()]) * 255
+    lut = np.full(int(labels.max()) + 1, index[EXCLUDED], np.int64)
+    ids = np.asarray(cells["label"], np.int64)
+    keep = (ids > 0) & (ids < len(lut))
+    lut[ids[keep]] = [index.get(str(c), index[EXCLUDED]) for c in np.asarray(cells["predicted_class"], object)[keep]]
+    edges = np.where(find_boundaries(labels, mode="inner"), labels, 0)
+    if thickness > 1:  # the largest label wins where outlines of touching cells meet
+        edges = dilation(edges, np.ones((thickness, thickness), bool))
+    drawn = edges > 0
+    out[drawn] = np.round(palette[lut[edges[drawn]]]).astype(np.uint8)
+    return out

@@ -1,0 +1,86 @@
+"""Shared fixtures: real images (bundled samples, tests/data, ../shared when present) and real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"
+SHARED = (TESTS.parent.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (CI has it; slow tests need it)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is not here")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def bccd_image():
+    from napari_leukemia.samples import load_sample
+
+    return load_sample("bccd")
+
+
+@pytest.fixture(scope="session")
+def bccd_boxes():
+    from napari_leukemia.core.boxes import read_voc_boxes
+
+    return read_voc_boxes(DATA / "BloodImage_00023.xml")
+
+
+@pytest.fixture(scope="session")
+def deepapl_image():
+    from napari_leukemia.samples import load_sample
+
+    return load_sample("deepapl")
+
+
+@pytest.fixture(scope="session")
+def segmenter_path():
+    """The shipped leukocyte cellpose model."""
+    from napari_leukemia.core.segment import DEFAULT_SEGMENTER
+
+    assert DEFAULT_SEGMENTER.is_file(), f"shipped segmenter missing: {DEFAULT_SEGMENTER}"
+    return DEFAULT_SEGMENTER
+
+
+@pytest.fixture(scope="session")
+def classifier_path():
+    """The shipped DenseNet201 classifier."""
+    from napari_leukemia.core.model import DEFAULT_CLASSIFIER
+
+    assert DEFAULT_CLASSIFIER.is_file(), f"shipped classifier missing: {DEFAULT_CLASSIFIER}"
+    return DEFAULT_CLASSIFIER
+
+
+@pytest.fixture(scope="session")
+def classifier(classifier_path):
+    from napari_leukemia.core.model import load_classifier
+
+    return load_classifier(classifier_path, "cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_cells(deepapl_image):
+    """Crops of the DeepAPL sample's cells, segmented by the stain baseline (fast, deterministic)."""
+    from napari_leukemia.core.config import CropConfig
+    from napari_leukemia.core.preprocess import crop_cells
+    from napari_leukemia.core.stain import stain_segment
+
+    labels = stain_segment(deepapl_image)
+    assert labels.max() >= 1
+    return deepapl_image, labels, crop_cells(deepapl_image, labels, CropConfig(size=64))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

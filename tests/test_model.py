@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_leukemia.core.config import CropConfig
+from napari_leukemia.core.explain import gradcam
+from napari_leukemia.core.model import (
+    ClassifierInfo, load_classifier, load_imagenet_features, new_classifier, save_classifier,
+)
+from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
+from napari_leukemia.core.segment import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def three_class(tmp_path_factory):
+    torch.manual_seed(0)
+    info = ClassifierInfo(classes=("lymphocyte", "blast", "promyelocyte"), leukemic=("blast", "promyelocyte"),
+                          crop=CropConfig(size=64), temperature=1.5, provenance={"note": "test"})
+    clf = new_classifier(info)
+    path = tmp_path_factory.mktemp("m") / "three.safetensors"
+    save_classifier(clf, path, half=False)
+    return clf, path
+
+
+def test_checkpoint_round_trip_carries_classes_and_preprocessing(three_class, sample_cells):
+    clf, path = three_class
+    loaded = load_classifier(path, "cpu")
+    assert loaded.info == clf.info
+    crops = sample_cells[2].images
+    clf.net.eval()
+    a = predict_logits(clf, crops, fast=False)
+    b = predict_logits(loaded, crops, fast=False)
+    assert np.allclose(a, b, atol=1e-4)
+    proba = probabilities(loaded, b)
+    assert np.allclose(proba.sum(1), 1) and np.allclose(p_leukemic(loaded, proba), proba[:, 1] + proba[:, 2])
+
+
+def test_fast_cpu_path_predicts_like_fp32(classifier, sample_cells):
+    from napari_leukemia.core.preprocess import crop_cells
+
+    image, labels, _ = sample_cells
+    crops = crop_cells(image, labels, classifier.info.crop).images
+    slow = probabilities(classifier, predict_logits(classifier, crops, fast=False))
+    fast = probabilities(classifier, predict_logits(classifier, crops, fast=True))
+    assert np.array_equal(slow.argmax(1), fast.argmax(1))
+    assert np.abs(slow - fast).max() < 0.05
+
+
+def test_refuses_foreign_damaged_and_mismatched_checkpoints(tmp_path, three_class):
+    from safetensors.torch import save_file
+
+    _, path = three_class
+    (tmp_path / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(CheckpointError, match="random.safetensors.*not a readable"):
+        load_classifier(tmp_path / "random.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="other.safetensors.*not a napari-leukemia-classifier"):
+        load_classifier(tmp_path / "other.safetensors")
+    # weights of three classes under a two-class label list
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    meta["classes"], meta["leukemic"] = '["a", "b"]', '["b"]'
+    save_file(state, str(tmp_path / "mismatch.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="mismatch.safetensors.*do not fit.*'a', 'b'"):
+        load_classifier(tmp_path / "mismatch.safetensors")
+    meta["architecture"] = "resnet50"
+    save_file(state, str(tmp_path / "arch.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="architecture 'resnet50'"):
+        load_classifier(tmp_path / "arch.safetensors")
+
+
+def test_imagenet_initialisation_from_a_local_torchvision_state_dict(tmp_path):
+    from torchvision.models import densenet201
+
+    torch.manual_seed(1)
+    reference = densenet201(weights=None)
+    state = reference.state_dict()
+    # torchvision's published file uses the old 'norm.1' key style
+    old = {k.replace("denselayer1.norm1.", "denselayer1.norm.1."): v for k, v in state.items()}
+    torch.save(old, tmp_path / "densenet201-c1103571.pth")
+    clf = new_classifier(ClassifierInfo(), imagenet_weights=tmp_path / "densenet201-c1103571.pth")
+    for key, value in clf.net.features.state_dict().items():
+        assert torch.equal(value, state["features." + key]), key
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match="wrong.pth"):
+        load_imagenet_features(clf.net, tmp_path / "wrong.pth")
+
+
+def test_classifier_info_validation():
+    with pytest.raises(ValueError, match="two distinct"):
+        ClassifierInfo(classes=("a",), leukemic=())
+    with pytest.raises(ValueError, match="not among"):
+        ClassifierInfo(classes=("a", "b"), leukemic=("c",))
+
+
+def test_gradcam_on_densenet201_highlights_within_crops(classifier, sample_cells):
+    from napari_leukemia.core.preprocess import crop_cells
+
+    image, labels, _ = sample_cells
+    crops = crop_cells(image, labels, classifier.info.crop).images
+    targets = probabilities(classifier, predict_logits(classifier, crops)).argmax(1)
+    maps = gradcam(classifier, crops, targets)
+    assert maps.shape == crops.shape[:3] and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and maps.std() > 0.01
+    assert not classifier.net.training
+
+
+def test_gradcam_never_switches_a_training_model_to_eval(three_class, sample_cells):
+    clf, _ = three_class
+    clf.net.train()
+    try:
+        gradcam(clf, sample_cells[2].images[:1], [0])
+        assert clf.net.training
+    finally:
+        clf.net.eval()

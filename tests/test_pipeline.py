@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from napari_leukemia import analyze_smear
+from napari_leukemia.core.config import AnalysisConfig, SegmentConfig
+from napari_leukemia.core.io import ImageError
+from napari_leukemia.core.pipeline import CELL_COLUMNS, iter_analyze_smear
+
+
+@pytest.fixture(scope="module")
+def result(bccd_image):
+    return analyze_smear(bccd_image, name="bccd", config=AnalysisConfig(device="cpu"))
+
+
+def test_result_layers_table_and_summary(result, bccd_image, bccd_boxes):
+    from napari_leukemia.core.boxes import label_boxes, match_boxes
+
+    h, w = bccd_image.shape[:2]
+    assert result.labels.shape == (h, w) and result.labels.dtype == np.int32
+    assert match_boxes(label_boxes(result.labels), bccd_boxes)["tp"] == len(bccd_boxes)
+    cells = result.cells
+    assert set(CELL_COLUMNS) <= set(cells.columns) and {"p_normal", "p_leukemic"} <= set(cells.columns)
+    assert len(cells) == result.labels.max() == result.summary["leukocytes"]
+    assert np.allclose(cells["p_normal"] + cells["p_leukemic"], 1, atol=1e-5)
+    assert np.allclose(cells["uncertainty"], 1 - np.abs(2 * cells["p_leukemic"] - 1))
+    for _, row in cells.iterrows():
+        inside = result.probability[result.labels == row["label"]]
+        assert np.allclose(inside, row["p_leukemic"])
+    assert (result.probability[result.labels == 0] == 0).all()
+    assert result.gradcam.shape == (h, w) and result.gradcam.max() > 0
+    s = result.summary
+    assert s["leukemic"] == int(cells["leukemic"].sum())
+    assert s["leukemic_fraction"] == pytest.approx(s["leukemic"] / s["leukocytes"])
+    assert "@" in s["classifier"] and "@" in s["segmenter"] and s["timings"]["total_s"] > 0
+
+
+def test_progress_is_reported_as_plain_events(bccd_image):
+    gen = iter_analyze_smear(bccd_image, config=AnalysisConfig(device="cpu", gradcam=False,
+                                                               segment=SegmentConfig(method="stain")))
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        final = stop.value
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total
+    assert final.gradcam is None and final.summary["segmenter"] == "stain-based"
+
+
+def test_edited_labels_are_classified_without_resegmenting(result, bccd_image):
+    labels = result.labels.copy()
+    labels[:60, :60] = labels.max() + 1  # the user paints a new cell
+    again = analyze_smear(bccd_image, labels=labels, config=AnalysisConfig(device="cpu", gradcam=False))
+    assert again.summary["segmenter"] == "user labels"
+    assert np.array_equal(again.labels, labels) and len(again.cells) == len(result.cells) + 1
+
+
+def test_smear_without_leukocytes_gives_an_empty_result(bccd_image):
+    empty = analyze_smear(np.ascontiguousarray(bccd_image[:140, :200]), name="rbc only",
+                          config=AnalysisConfig(device="cpu", segment=SegmentConfig(diameter=190)))
+    assert empty.summary["leukocytes"] == 0 and empty.summary["leukemic_fraction"] == 0
+    assert "no leukocytes found in rbc only" in empty.summary["message"]
+    assert len(empty.cells) == 0 and empty.labels.max() == 0
+
+
+def test_mismatched_labels_are_refused(bccd_image):
+    with pytest.raises(ImageError, match="do not match"):
+        analyze_smear(bccd_image, labels=np.zeros((10, 10), np.int32))
+    with pytest.raises(ImageError, match="integers"):
+        analyze_smear(bccd_image, labels=np.zeros(bccd_image.shape[:2], np.float32))

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from napari_leukemia.core.config import CropConfig
+from napari_leukemia.core.preprocess import centre_cell, crop_cells, to_tensor
+
+
+def test_one_crop_per_cell_centred_with_margin(deepapl_image):
+    labels = np.zeros(deepapl_image.shape[:2], np.int32)
+    labels[100:200, 120:180] = 3  # a 100 x 60 cell
+    crops = crop_cells(deepapl_image, labels, CropConfig(size=64, margin=0.25))
+    assert crops.images.shape == (1, 64, 64, 3) and crops.images.dtype == np.uint8
+    assert list(crops.labels) == [3]
+    r0, c0, r1, c1 = crops.windows[0]
+    assert (r1 - r0, c1 - c0) == (150, 150)  # square: longer side * (1 + 2 * margin)
+    assert ((r0 + r1) // 2, (c0 + c1) // 2) == (150, 150)
+
+
+def test_cells_at_the_border_are_padded_not_shifted(deepapl_image):
+    labels = np.zeros(deepapl_image.shape[:2], np.int32)
+    labels[:40, :40] = 1
+    crops = crop_cells(deepapl_image, labels, CropConfig(size=32, margin=0.5))
+    assert crops.windows[0][0] < 0 and crops.windows[0][1] < 0
+    assert crops.images.shape == (1, 32, 32, 3)
+
+
+def test_mask_outside_blanks_other_cells(deepapl_image):
+    labels = np.zeros(deepapl_image.shape[:2], np.int32)
+    labels[150:210, 150:210] = 1
+    plain = crop_cells(deepapl_image, labels, CropConfig(size=64, margin=1.0)).images[0]
+    masked = crop_cells(deepapl_image, labels, CropConfig(size=64, margin=1.0, mask_outside=True)).images[0]
+    assert np.array_equal(plain[28:36, 28:36], masked[28:36, 28:36])
+    assert masked[:4, :4].std() < plain[:4, :4].std() + 1e-6
+
+
+def test_mismatched_labels_and_missing_ids_are_refused(deepapl_image):
+    with pytest.raises(ValueError, match="does not match"):
+        crop_cells(deepapl_image, np.zeros((10, 10), np.int32))
+    labels = np.zeros(deepapl_image.shape[:2], np.int32)
+    labels[10:20, 10:20] = 1
+    with pytest.raises(ValueError, match="label 2"):
+        crop_cells(deepapl_image, labels, ids=[2])
+
+
+def test_no_cells_no_crops(deepapl_image):
+    crops = crop_cells(deepapl_image, np.zeros(deepapl_image.shape[:2], np.int32), CropConfig(size=32))
+    assert crops.images.shape == (0, 32, 32, 3)
+
+
+def test_centre_cell():
+    labels = np.zeros((100, 100), np.int32)
+    labels[40:60, 40:60] = 5
+    labels[0:10, 0:10] = 2
+    assert centre_cell(labels) == 5
+    labels[labels == 5] = 0
+    assert centre_cell(labels) == 2
+    assert centre_cell(np.zeros((9, 9), np.int32)) == 0
+
+
+def test_normalisation_matches_config():
+    cfg = CropConfig(size=16)
+    x = to_tensor(np.full((2, 16, 16, 3), 255, np.uint8), cfg)
+    assert x.shape == (2, 3, 16, 16)
+    assert np.allclose(x[0, :, 0, 0].numpy(), [(1 - m) / s for m, s in zip(cfg.mean, cfg.std)], atol=1e-6)
+
+
+def test_config_round_trip_and_validation():
+    cfg = CropConfig(size=96, margin=0.3, mask_outside=True)
+    assert CropConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown settings"):
+        CropConfig.from_dict({"size": 96, "colour": "red"})
+    with pytest.raises(ValueError, match="at least 16"):
+        CropConfig(size=8)

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from napari_leukemia.core.boxes import detection_summary, label_boxes, match_boxes, read_voc_boxes
+from napari_leukemia.core.config import SegmentConfig
+from napari_leukemia.core.segment import CheckpointError, load_segmenter, segment_leukocytes
+from napari_leukemia.core.stain import estimate_diameter, stain_segment
+
+
+def test_stain_baseline_finds_the_sample_leukocyte(bccd_image, bccd_boxes):
+    labels = stain_segment(bccd_image)
+    assert labels.dtype == np.int32 and labels.shape == bccd_image.shape[:2]
+    m = match_boxes(label_boxes(labels), bccd_boxes)
+    assert m["tp"] == len(bccd_boxes) and m["fp"] == 0
+
+
+def test_diameter_estimate_is_plausible(bccd_image, deepapl_image):
+    assert 100 < estimate_diameter(bccd_image) < 300
+    assert 80 < estimate_diameter(deepapl_image) < 250
+
+
+def test_cellpose_model_finds_the_sample_leukocyte(bccd_image, bccd_boxes, segmenter_path):
+    model = load_segmenter(segmenter_path, "cpu")
+    labels = segment_leukocytes(bccd_image, SegmentConfig(), model=model)
+    assert labels.dtype == np.int32 and labels.shape == bccd_image.shape[:2]
+    m = match_boxes(label_boxes(labels), bccd_boxes)
+    assert m["tp"] == len(bccd_boxes)
+    assert list(np.unique(labels)) == list(range(labels.max() + 1))  # numbered without gaps
+
+
+def test_no_leukocytes_gives_empty_labels(bccd_image, segmenter_path):
+    # the upper-left of the sample holds only red cells
+    rbc_only = np.ascontiguousarray(bccd_image[:140, :200])
+    assert stain_segment(rbc_only).max() == 0
+    labels = segment_leukocytes(rbc_only, SegmentConfig(diameter=190), model=load_segmenter(segmenter_path, "cpu"))
+    assert labels.max() == 0
+
+
+def test_foreign_and_damaged_segmenter_files(tmp_path, segmenter_path):
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "foreign.safetensors"), metadata={"format": "other"})
+    with pytest.raises(CheckpointError, match="foreign.safetensors.*not a napari-leukemia-segmenter"):
+        load_segmenter(tmp_path / "foreign.safetensors", "cpu")
+    data = segmenter_path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="cut.safetensors.*not a readable"):
+        load_segmenter(tmp_path / "cut.safetensors", "cpu")
+
+
+def test_box_matching_counts():
+    truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
+    pred = np.array([[1, 1, 10, 10], [50, 50, 60, 60]], float)
+    m = match_boxes(pred, truth)
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1)
+    s = detection_summary([m, match_boxes(truth, truth)])
+    assert s["tp"] == 3 and s["precision"] == pytest.approx(0.75) and s["recall"] == pytest.approx(0.75)
+
+
+def test_invalid_segment_config():
+    with pytest.raises(ValueError, match="method"):
+        SegmentConfig(method="magic")
+    with pytest.raises(ValueError, match="diameter"):
+        SegmentConfig(diameter=-3)

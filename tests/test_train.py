@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_leukemia.core.config import CropConfig, TrainConfig
+from napari_leukemia.core.evaluate import binary_metrics, expected_calibration_error, fit_temperature
+from napari_leukemia.core.model import ClassifierInfo, load_classifier
+from napari_leukemia.core.train import CropSet, class_weights, train_epochs
+
+
+@pytest.fixture(scope="module")
+def tiny_set(deepapl_image, bccd_image):
+    """Real crops at 32 px: DeepAPL cells (class 1) vs BCCD cells (class 0), with flips for variety."""
+    from napari_leukemia.core.preprocess import crop_cells
+    from napari_leukemia.core.stain import stain_segment
+
+    crops = []
+    for image, y in ((deepapl_image, 1), (bccd_image, 0)):
+        c = crop_cells(image, stain_segment(image), CropConfig(size=32)).images
+        crops += [(im, y) for im in c]
+    images = np.stack([v for im, y in crops for v in (im, im[::-1], im[:, ::-1], im.transpose(1, 0, 2))])
+    targets = np.array([y for im, y in crops for _ in range(4)])
+    return CropSet(images, targets, np.arange(len(targets)).astype(str))
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"epochs": 2, "batch_size": 4, "imagenet": "", "max_steps_per_epoch": 2, "patience": 5, **kw})
+
+
+def test_train_writes_checkpoints_and_history_then_resumes(tiny_set, tmp_path):
+    info = ClassifierInfo(crop=CropConfig(size=32))
+    reports = list(train_epochs(tiny_set, tiny_set, info, _cfg(), tmp_path))
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_accuracy"] <= 1 for r in reports)
+    for name in ("best.safetensors", "last.safetensors", "last_state.pt", "history.json"):
+        assert (tmp_path / name).is_file()
+    assert load_classifier(tmp_path / "best.safetensors").info.crop.size == 32
+    more = list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=3), tmp_path, resume=True))
+    assert [r["epoch"] for r in more] == [3]
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 3
+
+
+def test_stop_request_keeps_a_checkpoint(tiny_set, tmp_path):
+    calls = iter(range(100))
+    reports = list(train_epochs(tiny_set, tiny_set, ClassifierInfo(crop=CropConfig(size=32)), _cfg(), tmp_path,
+                                should_stop=lambda: next(calls) >= 3))
+    assert reports[-1]["stopped"]
+    assert (tmp_path / "last.safetensors").is_file()
+
+
+def test_empty_class_and_empty_sets_are_refused(tiny_set, tmp_path):
+    with pytest.raises(ValueError, match="every class needs"):
+        class_weights(np.zeros(5, int), 2)
+    empty = tiny_set.subset(np.zeros(len(tiny_set), bool))
+    with pytest.raises(ValueError, match="validation set is empty"):
+        next(train_epochs(tiny_set, empty, ClassifierInfo(crop=CropConfig(size=32)), _cfg(), tmp_path))
+
+
+def test_binary_metrics_against_hand_counts():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.8, 0.4, 0.7])
+    m = binary_metrics(y, p)
+    assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert m["accuracy"] == 0.75 and m["specificity"] == 0.75 and m["recall"] == 0.75
+    assert m["roc_auc"] == pytest.approx(15 / 16)
+
+
+def test_temperature_recovers_a_known_scale():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, (4000, 2))
+    p = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    y = (rng.random(4000) < p[:, 1]).astype(int)
+    t = fit_temperature(true_logits * 3, y)
+    assert t == pytest.approx(3, rel=0.15)
+    assert expected_calibration_error(y, p[:, 1]) < 0.03

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer, bccd_image):
+    viewer = make_napari_viewer()
+    viewer.add_image(bccd_image, name="smear", rgb=True)
+    return viewer
+
+
+def _run(widget, qtbot):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5_000)
+
+
+def test_analyze_adds_result_layers_with_features_and_summary(viewer_with_sample, qtbot, bccd_boxes):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+    from napari_leukemia.core.boxes import label_boxes, match_boxes
+
+    viewer = viewer_with_sample
+    widget = AnalyzeWidget(viewer)
+    widget._device.value = "cpu"
+    _run(widget, qtbot)
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["smear", "smear cells", "smear p(leukemic)", "smear Grad-CAM"], widget._status.value
+    cells = viewer.layers["smear cells"]
+    assert match_boxes(label_boxes(np.asarray(cells.data)), bccd_boxes)["tp"] == len(bccd_boxes)
+    assert list(cells.features["label"]) == list(range(1, int(cells.data.max()) + 1))
+    colour = cells.colormap.map(np.array([cells.features["label"][0]]))[0]
+    assert colour[3] > 0  # coloured by class, background transparent
+    assert "Leukocytes: " in widget._summary.value and "Research use only" in widget._disclaimer.value
+
+
+def test_rerun_replaces_only_our_layers_and_keeps_user_edits(viewer_with_sample, qtbot):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = viewer_with_sample
+    user = viewer.add_labels(np.zeros((480, 640), np.int32), name="smear cells")  # the user's own layer, same name
+    widget = AnalyzeWidget(viewer)
+    widget._device.value = "cpu"
+    widget._gradcam.value = False
+    widget._method.value = "stain"
+    _run(widget, qtbot)
+    ours = [layer for layer in viewer.layers if "napari_leukemia" in layer.metadata]
+    assert len(ours) == 2 and user in viewer.layers and np.asarray(user.data).max() == 0
+    cells = next(layer for layer in ours if layer.metadata["napari_leukemia"]["role"] == "cells")
+    # the user edits our cells layer: paint a new cell, then re-classify the edited cells
+    cells.data[0:50, 0:50] = cells.data.max() + 1
+    cells.refresh()
+    widget._use_cells.value = True
+    _run(widget, qtbot)
+    refreshed = next(layer for layer in viewer.layers if layer.metadata.get("napari_leukemia", {}).get("role") == "cells")
+    assert len(refreshed.features) == len(np.unique(refreshed.data)) - 1
+    # a full re-analysis keeps the edited layer as the user's and adds a fresh one
+    widget._use_cells.value = False
+    _run(widget, qtbot)
+    assert any(layer.name.endswith("(edited)") for layer in viewer.layers)
+    assert user in viewer.layers
+
+
+def test_cancel_changes_nothing(viewer_with_sample, qtbot):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = viewer_with_sample
+    widget = AnalyzeWidget(viewer)
+    widget._device.value = "cpu"
+    worker = widget.run()
+    widget.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    assert [layer.name for layer in viewer.layers] == ["smear"]
+    qtbot.waitUntil(lambda: "cancelled" in widget._status.value, timeout=5_000)
+
+
+def test_bad_image_layer_reports_an_error(make_napari_viewer, qtbot):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((64, 64), 7, np.uint8), name="blank")
+    widget = AnalyzeWidget(viewer)
+    _run(widget, qtbot)
+    assert "blank" in widget._status.value and "uniform" in widget._status.value
+    assert len(viewer.layers) == 1
