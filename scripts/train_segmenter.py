@@ -13,11 +13,12 @@ import platform
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from napari_leukemia.core.segment import cellpose_input, resolve_device, save_segmenter
+from napari_leukemia.core.segment import cellpose_input, new_cellpose, resolve_device, save_segmenter
 
 
 def main():
@@ -26,7 +27,8 @@ def main():
     ap.add_argument("--out", default="leukocyte_cellpose.safetensors")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--images-per-epoch", type=int, default=640)
-    ap.add_argument("--diam-mean", type=float, default=30.0)
+    ap.add_argument("--diam-mean", type=float, default=20.0)
+    ap.add_argument("--nbase", default="16,32,64,128", help="U-Net widths (cellpose's own: 32,64,128,256)")
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--bsize", type=int, default=224, help="training patch size (112 trains 4x faster on a CPU)")
     ap.add_argument("--device", default="auto")
@@ -34,16 +36,23 @@ def main():
     args = ap.parse_args()
     if args.convert:
         return convert(args)
-    from cellpose import models, train
+    from cellpose import train
 
     torch.manual_seed(0)
     np.random.seed(0)
     data = Path(args.data)
     rows = list(csv.DictReader(open(data / "list.csv")))
-    images = [cellpose_input(np.asarray(Image.open(data / r["image"]).convert("RGB"))) for r in rows]
-    masks = [np.asarray(Image.open(data / r["masks"])).astype(np.int32) for r in rows]
+    images, masks = [], []
+    for r in rows:  # pre-scale so leukocytes are diam_mean wide: flows and patches stay small
+        image = cellpose_input(np.asarray(Image.open(data / r["image"]).convert("RGB")))
+        mask = np.asarray(Image.open(data / r["masks"])).astype(np.int32)
+        areas = np.bincount(mask.ravel())[1:]
+        scale = args.diam_mean / (2 * np.sqrt(np.median(areas[areas > 0]) / np.pi))
+        size = (max(16, round(mask.shape[1] * scale)), max(16, round(mask.shape[0] * scale)))
+        images.append(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        masks.append(cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_NEAREST).astype(np.int32))
     dev = resolve_device(args.device)
-    model = models.CellposeModel(pretrained_model=False, diam_mean=args.diam_mean, device=dev, gpu=dev.type == "cuda")
+    model = new_cellpose(args.diam_mean, [2] + [int(n) for n in args.nbase.split(",")], dev)
     run_dir = Path(args.out).resolve().parent / "cellpose_run"
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -78,9 +87,7 @@ def main():
 
 def convert(args):
     """Save a cellpose snapshot (its own torch state dict, loaded with weights_only=True) as our safetensors."""
-    from cellpose import models
-
-    model = models.CellposeModel(pretrained_model=False, diam_mean=args.diam_mean, device=torch.device("cpu"))
+    model = new_cellpose(args.diam_mean, [2] + [int(n) for n in args.nbase.split(",")], torch.device("cpu"))
     model.net.load_state_dict(torch.load(args.convert, map_location="cpu", weights_only=True))
     save_segmenter(model.net, args.out, provenance={"converted_from_snapshot": Path(args.convert).name,
                                                    "command": "python scripts/train_segmenter.py (timed out; last snapshot)"})

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .core.config import DISCLAIMER
 from .samples import SAMPLES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -23,8 +24,6 @@ OUTPUT_FILES = ("labels.tif", "cells.csv", "summary.json", "overlay.png")
 SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction",
                    "segmenter", "classifier", "seconds", "error")
-DISCLAIMER = "Research use only: not a diagnostic device."
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -224,7 +223,7 @@ def analyze_one(path, folder: Path, *, classifier, segmenter, config, overwrite:
         if existing and not overwrite:
             raise FileExistsError(f"{path}: {existing[0]} exists; pass --overwrite to replace it")
         summary = run_and_write(path, folder, classifier=classifier, segmenter=segmenter, config=config)
-    except Exception as err:  # one bad image must not stop the others; the message says which and why
+    except Exception as err:  # noqa: BLE001 -- one bad image must not stop the others; reported below
         msg = str(err)
         if str(path) not in msg and Path(path).name not in msg:
             msg = f"{path}: {msg}"
@@ -270,8 +269,6 @@ def run_and_write(path, folder: Path, *, classifier, segmenter, config) -> dict:
         result.cells.to_csv(tmp["cells.csv"], index=False)
         Image.fromarray(picture).save(tmp["overlay.png"], format="PNG")
         write_json(tmp["summary.json"], summary)
-        for t in tmp.values():
-            _usual_permissions(t)
     return summary
 
 
@@ -287,16 +284,7 @@ def _write_summary_csv(path: Path, rows) -> None:
     writer.writerows(rows)
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
-        _usual_permissions(tmp)
 
-
-def _usual_permissions(path) -> None:
-    """Give a temporary file (created 0600 by ``mkstemp``) the mode a plain ``open`` would: 0666 less the umask."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def print_report(rows, out: Path) -> None:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import AnalysisConfig
+from .config import DISCLAIMER, AnalysisConfig
 from .io import ImageError, as_rgb8
 
 #: A cell is called leukaemic when p_leukemic reaches this.
 LEUKEMIC_THRESHOLD = 0.5
-DISCLAIMER = "Research use only: not a diagnostic device."
 
 
 @dataclass

@@ -69,6 +69,7 @@ def save_segmenter(net, path, *, provenance: dict | None = None) -> None:
         "format": SEGMENTER_FORMAT,
         "architecture": "cellpose3-cpnet",
         "diam_mean": str(float(net.diam_mean.item())),
+        "nbase": json.dumps([int(n) for n in net.nbase]),
         "provenance": json.dumps(provenance or {}),
     }
     with atomic_path(path) as tmp:
@@ -85,12 +86,11 @@ def load_segmenter(path=None, device: str = "auto"):
         If the file is missing, damaged or not a napari-leukemia segmenter.
     """
     import torch
-    from cellpose import models
 
     path = Path(path) if path else DEFAULT_SEGMENTER
     meta, state = _read_safetensors(path, SEGMENTER_FORMAT)
     dev = resolve_device(device)
-    model = models.CellposeModel(pretrained_model=False, diam_mean=float(meta["diam_mean"]), device=dev, gpu=dev.type == "cuda")
+    model = new_cellpose(float(meta["diam_mean"]), json.loads(meta.get("nbase", "[2, 32, 64, 128, 256]")), dev)
     state = {k: v.float() for k, v in state.items()}
     try:
         model.net.load_state_dict(state)
@@ -103,6 +103,20 @@ def load_segmenter(path=None, device: str = "auto"):
     model.path = str(path)
     with torch.no_grad():
         model.net.diam_mean.fill_(model.diam_mean)
+    return model
+
+
+def new_cellpose(diam_mean: float, nbase, device):
+    """An untrained cellpose 3 model whose U-Net has channel widths ``nbase`` (``[2, ...]``)."""
+    from cellpose import models
+    from cellpose.resnet_torch import CPnet
+
+    model = models.CellposeModel(pretrained_model=False, diam_mean=diam_mean, device=device, gpu=device.type == "cuda")
+    if list(nbase) != list(model.nbase):
+        model.nbase = list(nbase)
+        model.net = CPnet(model.nbase, model.nclasses, sz=3, mkldnn=model.mkldnn, max_pool=True,
+                          diam_mean=diam_mean).to(device)
+    model.net.nbase = list(model.nbase)
     return model
 
 
@@ -165,8 +179,30 @@ def segment_leukocytes(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
         cellprob_threshold=cfg.cellprob_threshold,
         min_size=-1,
     )[0]
-    labels = cv2.resize(masks.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    labels = upscale_labels(masks, (h, w))
     areas = np.bincount(labels.ravel())
     small_ids = np.nonzero(areas < cfg.min_area_fraction * np.pi / 4 * diameter**2)[0]
     labels[np.isin(labels, small_ids[small_ids > 0])] = 0
     return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def upscale_labels(small: np.ndarray, shape) -> np.ndarray:
+    """Resize a label image to ``shape`` with smooth outlines (each cell's mask interpolated, then thresholded)."""
+    import cv2
+    from scipy import ndimage as ndi
+
+    h, w = shape
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    out = np.zeros((h, w), np.int32)
+    for k, sl in enumerate(ndi.find_objects(small), start=1):
+        if sl is None:
+            continue
+        r0, r1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, small.shape[0])
+        c0, c1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, small.shape[1])
+        R0, R1, C0, C1 = round(r0 * sy), round(r1 * sy), round(c0 * sx), round(c1 * sx)
+        if R1 <= R0 or C1 <= C0:
+            continue
+        mask = cv2.resize((small[r0:r1, c0:c1] == k).astype(np.float32), (C1 - C0, R1 - R0), interpolation=cv2.INTER_LINEAR)
+        view = out[R0:R1, C0:C1]
+        view[(mask >= 0.5) & (view == 0)] = k
+    return out
