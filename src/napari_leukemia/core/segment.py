@@ -108,14 +108,23 @@ def load_segmenter(path=None, device: str = "auto"):
 
 def new_cellpose(diam_mean: float, nbase, device):
     """An untrained cellpose 3 model whose U-Net has channel widths ``nbase`` (``[2, ...]``)."""
+    import torch
     from cellpose import models
     from cellpose.resnet_torch import CPnet
 
     model = models.CellposeModel(pretrained_model=False, diam_mean=diam_mean, device=device, gpu=device.type == "cuda")
     if list(nbase) != list(model.nbase):
+
+        class NarrowCPnet(CPnet):
+            """CPnet with other widths; its style vector is zero-padded to the 256 values cellpose expects."""
+
+            def forward(self, data):
+                y, style, downsampled = super().forward(data)
+                return y, torch.nn.functional.pad(style, (0, 256 - style.shape[1])), downsampled
+
         model.nbase = list(nbase)
-        model.net = CPnet(model.nbase, model.nclasses, sz=3, mkldnn=model.mkldnn, max_pool=True,
-                          diam_mean=diam_mean).to(device)
+        model.net = NarrowCPnet(model.nbase, model.nclasses, sz=3, mkldnn=model.mkldnn, max_pool=True,
+                                diam_mean=diam_mean).to(device)
     model.net.nbase = list(model.nbase)
     return model
 
