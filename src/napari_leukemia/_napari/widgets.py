@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
-from ..core.pipeline import DISCLAIMER
+from ..core.config import DISCLAIMER
+from . import avoid_llvm_clash
 from .layers import META_KEY, our_layers, show_result
 
 
@@ -67,6 +68,7 @@ class AnalyzeWidget(Container):
 
         from ..core.pipeline import iter_analyze_smear
 
+        avoid_llvm_clash()
         layer = self._image.value
         if layer is None:
             self._status.value = "Open a smear image first (File > Open, or File > Open Sample > napari-leukemia)."
@@ -85,10 +87,10 @@ class AnalyzeWidget(Container):
             data = np.asarray(layer.data[0])
         gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self._path(self._classifier),
                                  config=self._config(), labels=labels, name=layer.name)
-        worker = create_worker(lambda: (yield from gen), _progress={"total": 4, "desc": f"Analyzing {layer.name}"})
+        worker = create_worker(lambda: (yield from gen), _progress={"total": 4, "desc": f"Analyzing {layer.name}"},
+                               _connect={"errored": self._on_error}, _start_thread=False)
         worker.yielded.connect(lambda p: setattr(self._status, "value", p.message))
         worker.returned.connect(lambda result: self._show(result, layer))
-        worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run_button.enabled = False
@@ -113,7 +115,10 @@ class AnalyzeWidget(Container):
         self._status.value = result.summary["message"] or "done"
 
     def _on_error(self, err):
+        from napari.utils.notifications import show_error
+
         self._status.value = f"Error: {err}"
+        show_error(f"napari-leukemia: {err}")
 
     def _on_finished(self):
         if self._worker is not None and self._worker.abort_requested:
