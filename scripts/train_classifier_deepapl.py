@@ -64,10 +64,12 @@ def main():
     import torch
 
     provenance = {
-        "data": "DeepAPL split=train (Sidhom et al. 2021, MIT), crops by the pipeline: cellpose segmentation, centre cell, crop_cells",
+        "data": "DeepAPL split=train (Sidhom et al. 2021, MIT), crops by the pipeline: "
+                "cellpose segmentation, centre cell, crop_cells",
         "train_cells": len(train), "val_cells": len(val),
         "train_patients": int(len(np.unique(train.groups))), "val_patients": int(len(np.unique(val.groups))),
-        "command": "python scripts/train_classifier_deepapl.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": "python scripts/train_classifier_deepapl.py "
+                   + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "train_config": cfg.to_dict(),
         "seconds": round(seconds, 1),
         "hardware": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),

@@ -5,7 +5,11 @@ import torch
 from napari_leukemia.core.config import CropConfig
 from napari_leukemia.core.explain import gradcam
 from napari_leukemia.core.model import (
-    ClassifierInfo, load_classifier, load_imagenet_features, new_classifier, save_classifier,
+    ClassifierInfo,
+    load_classifier,
+    load_imagenet_features,
+    new_classifier,
+    save_classifier,
 )
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
 from napari_leukemia.core.segment import CheckpointError

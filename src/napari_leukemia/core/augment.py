@@ -32,7 +32,8 @@ def augment_batch(x, *, stain_jitter: float = 0.05, blur_p: float = 0.1, generat
     angle = (rand(n) * 2 - 1) * math.radians(15)
     scale = 0.9 + 0.2 * rand(n)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if stain_jitter > 0:

@@ -75,7 +75,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     name : str
         Shown in messages and the summary.
     """
-    from .model import Classifier, load_classifier
+    from .model import Classifier
     from .predict import p_leukemic, predict_logits, probabilities
     from .preprocess import crop_cells
     from .segment import load_segmenter, resolve_device, segment_leukocytes
@@ -102,7 +102,10 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     yield Progress(2, total, "classifying cells")
     t = time.perf_counter()
     crops = crop_cells(image, labels, clf.info.crop)
-    proba = probabilities(clf, predict_logits(clf, crops.images, batch_size=config.batch_size)) if len(crops.labels) else np.zeros((0, len(clf.info.classes)))
+    if len(crops.labels):
+        proba = probabilities(clf, predict_logits(clf, crops.images, batch_size=config.batch_size))
+    else:
+        proba = np.zeros((0, len(clf.info.classes)))
     p_leuk = p_leukemic(clf, proba)
     timings["classify_s"] = time.perf_counter() - t
     cam_image = None
@@ -177,7 +180,8 @@ def cell_table(labels, ids, proba, p_leuk, classes):
     n = len(ids)
     centroids = np.asarray(ndi.center_of_mass(np.ones_like(labels), labels, ids)).reshape(n, 2)
     slices = ndi.find_objects(labels, max_label=int(ids.max()) if n else 0)
-    bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], int).reshape(n, 4)
+    boxes = [[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)]
+    bbox = np.array(boxes, int).reshape(n, 4)
     area = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1 if n else 1)[ids] if n else np.zeros(0, int)
     table = {
         "label": ids,

@@ -74,7 +74,8 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
             grow = max(1, int(side * cfg.margin))
             inside = cv2.dilate(inside, np.ones((3, 3), np.uint8), iterations=grow).astype(bool)
             patch[~inside] = fill.astype(np.uint8)
-        out[i] = cv2.resize(patch, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA if patch.shape[0] > cfg.size else cv2.INTER_LINEAR)
+        shrink = patch.shape[0] > cfg.size
+        out[i] = cv2.resize(patch, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return CellCrops(labels=ids, images=out, windows=windows)
 
 

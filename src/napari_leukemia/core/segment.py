@@ -141,7 +141,9 @@ def _read_safetensors(path: Path, expected_format: str):
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file (damaged, truncated or another format: {err})") from err
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (damaged, truncated or another format: {err})"
+        ) from err
     if meta.get("format") != expected_format:
         raise CheckpointError(
             f"{path}: not a {expected_format} file (format tag {meta.get('format')!r}); "
@@ -166,16 +168,29 @@ def segment_leukocytes(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
     labels : (H, W) ndarray of int32
         0 is background, 1..N the leukocytes, numbered without gaps.
     """
-    from skimage.segmentation import relabel_sequential
-
     from .stain import estimate_diameter, stain_segment
 
     diameter = cfg.diameter or estimate_diameter(image) or DEFAULT_DIAMETER
     if cfg.method == "stain":
         return stain_segment(image, diameter, cfg.min_area_fraction)
-    import cv2
-
     model = model or load_segmenter(None, device)
+    labels = _cellpose_at(image, diameter, cfg, model)
+    if labels.max() == 0 and cfg.diameter is None:
+        # the stain estimate runs large where a nucleus fills its cell (blasts): look again at a smaller scale
+        diameter /= RETRY_FACTOR
+        labels = _cellpose_at(image, diameter, cfg, model)
+    return labels
+
+
+#: When nothing is found at an estimated diameter, cellpose runs once more at the diameter over this.
+RETRY_FACTOR = 1.6
+
+
+def _cellpose_at(image: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> np.ndarray:
+    """Run cellpose with the image resized so leukocytes of ``diameter`` px match the model's scale."""
+    import cv2
+    from skimage.segmentation import relabel_sequential
+
     scale = model.diam_mean / diameter
     h, w = image.shape[:2]
     small = (max(16, round(w * scale)), max(16, round(h * scale)))

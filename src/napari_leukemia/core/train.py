@@ -64,7 +64,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     for name, part in (("training", train), ("validation", val)):
         if len(part) == 0:
             raise ValueError(f"the {name} set is empty")
-    weights = torch.tensor(class_weights(train.targets, n_classes) if cfg.balance == "weights" else np.ones(n_classes), dtype=torch.float32, device=device)
+    w = class_weights(train.targets, n_classes) if cfg.balance == "weights" else np.ones(n_classes)
+    weights = torch.tensor(w, dtype=torch.float32, device=device)
     history, start_epoch, best_loss, bad_epochs = [], 0, float("inf"), 0
     state_path = out / "last_state.pt"
     if resume:
