@@ -189,7 +189,9 @@ def cell_table(labels, ids, proba, p_leuk, classes):
         "centroid_x": centroids[:, 1],
         "bbox_y0": bbox[:, 0], "bbox_x0": bbox[:, 1], "bbox_y1": bbox[:, 2], "bbox_x1": bbox[:, 3],
         "area": area,
-        "predicted_class": pd.Categorical([classes[i] for i in np.asarray(proba).argmax(axis=1)] if n else [], categories=list(classes)),
+        "predicted_class": pd.Categorical(
+            [classes[i] for i in np.asarray(proba).argmax(axis=1)] if n else [], categories=list(classes)
+        ),
         "p_leukemic": np.asarray(p_leuk, float),
         "uncertainty": 1 - np.abs(2 * np.asarray(p_leuk, float) - 1),
         "leukemic": np.asarray(p_leuk, float) >= LEUKEMIC_THRESHOLD,

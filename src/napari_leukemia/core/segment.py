@@ -152,7 +152,9 @@ def _read_safetensors(path: Path, expected_format: str):
     return meta, state
 
 
-def segment_leukocytes(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto") -> np.ndarray:
+def segment_leukocytes(
+    image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto"
+) -> np.ndarray:
     """Find every leukocyte in an RGB smear.
 
     Parameters
