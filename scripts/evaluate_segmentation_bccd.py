@@ -6,17 +6,16 @@ By default only the held-out fields (file index a multiple of 5, never used to m
 """
 
 import argparse
+import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from make_segmenter_masks import bccd_is_holdout  # noqa: E402
 
-from napari_leukemia.core.boxes import detection_summary, label_boxes, match_boxes, read_voc_boxes  # noqa: E402
+from napari_leukemia.core.boxes import score_segmentation  # noqa: E402
 from napari_leukemia.core.config import SegmentConfig  # noqa: E402
-from napari_leukemia.core.io import read_image  # noqa: E402
 from napari_leukemia.core.segment import load_segmenter, segment_leukocytes  # noqa: E402
 
 
@@ -32,16 +31,9 @@ def main():
     model = load_segmenter(args.segmenter, "cpu")
     report = {}
     for method in ("cellpose", "stain"):
-        matches, failures, t0 = [], [], time.perf_counter()
-        for f in files:
-            labels = segment_leukocytes(read_image(f), SegmentConfig(method=method), model=model)
-            m = match_boxes(label_boxes(labels), read_voc_boxes(root / "Annotations" / f"{f.stem}.xml"))
-            matches.append(m)
-            if m["fp"] or m["fn"]:
-                failures.append({"image": f.name, "fp": m["fp"], "fn": m["fn"]})
-        s = detection_summary(matches)
-        s["seconds_per_image"] = (time.perf_counter() - t0) / len(files)
-        s["failures"] = failures
+        segment = functools.partial(segment_leukocytes, cfg=SegmentConfig(method=method), model=model)
+        s = score_segmentation(files, root / "Annotations", segment)
+        s["failures"] = [r for r in s.pop("per_image") if r["fp"] or r["fn"]]
         report[method] = s
         print(method, {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items() if k != "failures"})
     report["fields"] = "held-out (index % 5 == 0)" if not args.all else "all"

@@ -270,3 +270,26 @@ def test_failed_write_leaves_previous_results(tmp_path, capsys, classifier_path,
     assert "No space left on device" in err and str(image) in err
     assert snapshot(out / "smear") == before
     assert read_summary(out)[0]["status"] == "failed"
+
+
+def test_evaluate_segmentation_scores_boxes_and_reports_bad_files(tmp_path):
+    import json
+    import shutil
+
+    from napari_leukemia.cli import main
+    from napari_leukemia.samples import sample_path
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sample_path("bccd"), images / "BloodImage_00023.jpg")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    boxes = Path(__file__).parent / "data"
+    code = main(["evaluate-segmentation", str(images), "--boxes", str(boxes), "--out", str(tmp_path / "eval"),
+                 "--method", "stain", "--quiet"])
+    assert code == 1  # the broken file is reported, the good one scored
+    report = json.loads((tmp_path / "eval" / "segmentation_metrics.json").read_text())
+    assert report["images"] == 1 and report["precision"] == 1.0 and report["recall"] == 1.0
+    assert report["mean_iou"] > 0.5 and any("broken.jpg" in e for e in report["errors"])
+    again = main(["evaluate-segmentation", str(images), "--boxes", str(boxes), "--out", str(tmp_path / "eval"),
+                  "--method", "stain", "--quiet"])
+    assert again == 2  # never overwrites without --overwrite

@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_analyze, subparser=a)
+    e = sub.add_parser(
+        "evaluate-segmentation",
+        help="score a segmenter against leukocyte boxes (Pascal VOC)",
+        description="Segment each IMAGE and match its cells to the boxes in VOC_DIR/<stem>.xml (IoU >= --iou). "
+                    "Writes DIR/segmentation_metrics.json: precision, recall, F1, mean box IoU, per image.",
+    )
+    e.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    e.add_argument("--boxes", required=True, type=Path, metavar="VOC_DIR", help="folder of Pascal VOC XML files")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    e.add_argument("--method", choices=("cellpose", "stain"), default="cellpose")
+    e.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
+    e.add_argument("--diameter", type=_positive_float, metavar="PX", help="expected leukocyte diameter in pixels")
+    e.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default 0.5)")
+    e.add_argument("--label", default="WBC", help="object name of the boxes (default WBC)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_evaluate_segmentation, subparser=e)
     return parser
 
 
@@ -151,6 +169,43 @@ def cmd_analyze(args) -> int:
     _write_summary_csv(summary_csv, rows)
     print_report(rows, out)
     return EXIT_FAILED if any(r["status"] != "ok" for r in rows) else EXIT_OK
+
+
+def cmd_evaluate_segmentation(args) -> int:
+    """``napari-leukemia evaluate-segmentation``: see :func:`build_parser`."""
+    import functools
+
+    images = expand_images(args.images)
+    target = Path(args.out) / "segmentation_metrics.json"
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    if not Path(args.boxes).is_dir():
+        raise UsageError(f"--boxes {args.boxes} is not a folder")
+    from tqdm import tqdm
+
+    from .core.boxes import score_segmentation
+    from .core.config import SegmentConfig
+    from .core.io import write_json
+    from .core.segment import CheckpointError, load_segmenter, segment_leukocytes
+
+    cfg = SegmentConfig(method=args.method, diameter=args.diameter)
+    model = None
+    if args.method == "cellpose":
+        try:
+            model = load_segmenter(args.segmenter, args.device)
+        except (CheckpointError, RuntimeError, ValueError) as err:
+            raise UsageError(f"cannot load the segmenter: {err}") from err
+    bar = tqdm(total=len(images), desc="evaluate", unit="image", file=sys.stderr, disable=args.quiet)
+    report = score_segmentation(images, args.boxes, functools.partial(segment_leukocytes, cfg=cfg, model=model),
+                                iou_threshold=args.iou, name=args.label, progress=lambda _: bar.update())
+    bar.close()
+    report["segmenter"] = "stain-based" if model is None else Path(model.path).name
+    write_json(target, report)
+    for err in report["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    print(f"{report['images']} images, {report['tp'] + report['fn']} boxes: precision {report['precision']:.3f}, "
+          f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}, mean IoU {report['mean_iou']:.3f}; {target}")
+    return EXIT_FAILED if report["errors"] else EXIT_OK
 
 
 def expand_images(items) -> list[Path]:

@@ -89,3 +89,50 @@ def detection_summary(matches: list[dict]) -> dict:
 def voc_path_for(image_path, voc_dir) -> Path:
     """The VOC annotation file of an image: same stem, ``.xml``, in ``voc_dir``."""
     return Path(voc_dir) / (Path(image_path).stem + ".xml")
+
+
+def score_segmentation(image_paths, voc_dir, segment, *, iou_threshold: float = 0.5, name: str = "WBC",
+                       progress=None) -> dict:
+    """Detection scores of a segmenter over annotated images.
+
+    Parameters
+    ----------
+    image_paths : sequence of path
+        Images; each needs ``<stem>.xml`` (Pascal VOC) in ``voc_dir``.
+    segment : callable
+        ``segment(image) -> labels`` (e.g. a partial of :func:`~.segment.segment_leukocytes`).
+    progress : callable, optional
+        Called with each image path after it is scored.
+
+    Returns
+    -------
+    dict
+        :func:`detection_summary` plus ``seconds_per_megapixel``, ``per_image`` rows and ``errors``
+        (images that could not be read, by name, with the reason).
+    """
+    import time
+
+    from .io import ImageError, read_image
+
+    matches, rows, errors, seconds, pixels = [], [], [], 0.0, 0
+    for path in image_paths:
+        try:
+            image = read_image(path)
+            truth = read_voc_boxes(voc_path_for(path, voc_dir), name)
+        except (ImageError, ValueError, OSError) as err:
+            errors.append(str(err))
+            continue
+        t0 = time.perf_counter()
+        labels = segment(image)
+        seconds += time.perf_counter() - t0
+        pixels += image.shape[0] * image.shape[1]
+        m = match_boxes(label_boxes(labels), truth, iou_threshold)
+        matches.append(m)
+        rows.append({"image": str(path), "cells": int(labels.max()), "boxes": len(truth),
+                     "tp": m["tp"], "fp": m["fp"], "fn": m["fn"]})
+        if progress:
+            progress(path)
+    summary = detection_summary(matches)
+    summary.update(iou_threshold=iou_threshold, seconds_per_megapixel=seconds / max(pixels / 1e6, 1e-9),
+                   per_image=rows, errors=errors)
+    return summary
