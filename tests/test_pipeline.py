@@ -68,3 +68,17 @@ def test_mismatched_labels_are_refused(bccd_image):
         analyze_smear(bccd_image, labels=np.zeros((10, 10), np.int32))
     with pytest.raises(ImageError, match="integers"):
         analyze_smear(bccd_image, labels=np.zeros(bccd_image.shape[:2], np.float32))
+
+
+def test_cell_table_keeps_p_leukemic_the_sum_over_leukemic_classes():
+    from napari_leukemia.core.pipeline import cell_table
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 1, 2
+    proba = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    classes, leukemic = ("normal", "leukemic", "promyelocyte"), ("leukemic", "promyelocyte")
+    p_leuk = proba[:, 1] + proba[:, 2]
+    cells = cell_table(labels, [1, 2], proba, p_leuk, classes, leukemic)
+    assert np.allclose(cells["p_leukemic"], [0.8, 0.4]) and np.allclose(cells["p_class_leukemic"], [0.5, 0.1])
+    assert list(cells["predicted_class"]) == ["leukemic", "normal"] and list(cells["leukemic"]) == [True, False]
+    assert list(cells["area"]) == [16, 25] and list(cells["bbox_y0"]) == [2, 10]

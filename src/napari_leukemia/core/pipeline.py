@@ -119,7 +119,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
             cams = gradcam(clf, crops.images, proba.argmax(axis=1))
             _paste_windows(cam_image, cams, crops.windows)
         timings["gradcam_s"] = time.perf_counter() - t
-    cells = cell_table(labels, crops.labels, proba, p_leuk, clf.info.classes)
+    cells = cell_table(labels, crops.labels, proba, p_leuk, clf.info.classes, clf.info.leukemic)
     prob_image = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
     timings["total_s"] = time.perf_counter() - t_start
     n, k = len(cells), int(cells["leukemic"].sum())
@@ -171,8 +171,12 @@ def check_labels(labels, shape, name: str = "image") -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
-def cell_table(labels, ids, proba, p_leuk, classes):
-    """The per-cell table (pandas): geometry, class probabilities, p_leukemic, uncertainty, call."""
+def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
+    """The per-cell table (pandas): geometry, class probabilities, p_leukemic, uncertainty, call.
+
+    Each class ``c`` gets a column ``p_<c>``; a class named ``leukemic`` that is not the only leukaemic
+    class gets ``p_class_leukemic`` so that ``p_leukemic`` always means the sum over leukaemic classes.
+    """
     import pandas as pd
     from scipy import ndimage as ndi
 
@@ -197,7 +201,8 @@ def cell_table(labels, ids, proba, p_leuk, classes):
         "leukemic": np.asarray(p_leuk, float) >= LEUKEMIC_THRESHOLD,
     }
     for j, c in enumerate(classes):
-        table[f"p_{c}"] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
+        column = "p_class_leukemic" if c == "leukemic" and tuple(leukemic) != ("leukemic",) else f"p_{c}"
+        table[column] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
     return pd.DataFrame(table)
 
 
