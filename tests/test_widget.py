@@ -83,3 +83,11 @@ def test_bad_image_layer_reports_an_error(make_napari_viewer, qtbot):
     _run(widget, qtbot)
     assert "blank" in widget._status.value and "uniform" in widget._status.value
     assert len(viewer.layers) == 1
+
+
+def test_widget_and_samples_open_through_the_plugin_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-leukemia", "deepapl")
+    assert viewer.layers[0].rgb and viewer.layers[0].data.shape[-1] == 3
+    _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
+    assert widget._image.value is viewer.layers[0]

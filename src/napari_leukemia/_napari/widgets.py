@@ -1,9 +1,8 @@
 """Dock widgets. Each forwards to the same core functions the console and the CLI call."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
+import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
@@ -18,10 +17,8 @@ class AnalyzeWidget(Container):
     Runs in a worker thread with a napari progress bar; Cancel stops it at the next step.
     """
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
-        import napari
-
         self._viewer = viewer
         self._worker = None
         self._image = create_widget(annotation=napari.layers.Image, label="image")
