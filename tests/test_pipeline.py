@@ -56,7 +56,7 @@ def test_edited_labels_are_classified_without_resegmenting(result, bccd_image):
 
 
 def test_smear_without_leukocytes_gives_an_empty_result(bccd_image):
-    empty = analyze_smear(np.ascontiguousarray(bccd_image[:140, :200]), name="rbc only",
+    empty = analyze_smear(np.ascontiguousarray(bccd_image[300:, :300]), name="rbc only",
                           config=AnalysisConfig(device="cpu", segment=SegmentConfig(diameter=190)))
     assert empty.summary["leukocytes"] == 0 and empty.summary["leukemic_fraction"] == 0
     assert "no leukocytes found in rbc only" in empty.summary["message"]

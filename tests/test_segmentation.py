@@ -29,11 +29,12 @@ def test_cellpose_model_finds_the_sample_leukocyte(bccd_image, bccd_boxes, segme
 
 
 def test_no_leukocytes_gives_empty_labels(bccd_image, segmenter_path):
-    # the upper-left of the sample holds only red cells
-    rbc_only = np.ascontiguousarray(bccd_image[:140, :200])
+    # the lower-left of the sample holds only red cells
+    rbc_only = np.ascontiguousarray(bccd_image[300:, :300])
+    model = load_segmenter(segmenter_path, "cpu")
     assert stain_segment(rbc_only).max() == 0
-    labels = segment_leukocytes(rbc_only, SegmentConfig(diameter=190), model=load_segmenter(segmenter_path, "cpu"))
-    assert labels.max() == 0
+    assert segment_leukocytes(rbc_only, SegmentConfig(), model=model).max() == 0
+    assert segment_leukocytes(rbc_only, SegmentConfig(diameter=190), model=model).max() == 0
 
 
 def test_foreign_and_damaged_segmenter_files(tmp_path, segmenter_path):

@@ -91,3 +91,22 @@ def test_widget_and_samples_open_through_the_plugin_manifest(make_napari_viewer)
     assert viewer.layers[0].rgb and viewer.layers[0].data.shape[-1] == 3
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
     assert widget._image.value is viewer.layers[0]
+
+
+def test_foreign_checkpoint_and_empty_smear_are_reported(make_napari_viewer, qtbot, tmp_path, bccd_image):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ascontiguousarray(bccd_image[300:, :300]), name="red cells only", rgb=True)
+    widget = AnalyzeWidget(viewer)
+    widget._device.value = "cpu"
+    bad = tmp_path / "not_ours.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    widget._classifier.value = bad
+    _run(widget, qtbot)
+    assert "not_ours.safetensors" in widget._status.value and len(viewer.layers) == 1
+    widget._classifier.value = ""
+    widget._diameter.value = 190
+    _run(widget, qtbot)
+    assert "no leukocytes found in red cells only" in widget._status.value
+    assert "Leukocytes: 0" in widget._summary.value

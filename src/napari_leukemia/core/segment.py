@@ -13,9 +13,6 @@ import numpy as np
 
 from .config import SegmentConfig
 
-#: Leukocyte diameter assumed when none is given and none can be estimated from the stain
-#: (a CellaVision 100x field, as in DeepAPL).
-DEFAULT_DIAMETER = 110.0
 SEGMENTER_FORMAT = "napari-leukemia-segmenter"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "leukocyte_cellpose.safetensors"
 
@@ -172,7 +169,11 @@ def segment_leukocytes(
     """
     from .stain import estimate_diameter, stain_segment
 
-    diameter = cfg.diameter or estimate_diameter(image) or DEFAULT_DIAMETER
+    diameter = cfg.diameter or estimate_diameter(image)
+    if diameter is None:
+        # no blue-violet nuclear stain anywhere: a Wright-Giemsa field without leukocytes (give a
+        # diameter to run the segmenter regardless, e.g. on another stain)
+        return np.zeros(image.shape[:2], np.int32)
     if cfg.method == "stain":
         return stain_segment(image, diameter, cfg.min_area_fraction)
     model = model or load_segmenter(None, device)
