@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_leukemia.core.cropstore import load_crops
+from napari_leukemia.core.datasets import DEEPAPL_LEUKEMIC
 from napari_leukemia.core.evaluate import binary_metrics, expected_calibration_error, plot_confusion, plot_roc
 from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
 
-LEUKEMIC_COARSE = ("leukemic_blast", "leukemic_or_precursor")
 
 
 def main():
@@ -32,7 +32,7 @@ def main():
     images, table = load_crops(args.crops)
     clf = load_classifier(args.classifier, "cpu")
     p = p_leukemic(clf, probabilities(clf, predict_logits(clf, images, batch_size=64)))
-    y = np.isin(table["coarse_label"], LEUKEMIC_COARSE).astype(int)
+    y = np.isin(table["coarse_label"], DEEPAPL_LEUKEMIC).astype(int)
     fields = list(csv.DictReader(open(args.crops + ".fields.csv")))
     report = {"classifier": clf.name, "overall": binary_metrics(y, p), "ece": expected_calibration_error(y, p),
               "fields": {o: sum(r["outcome"] == o for r in fields) for o in ("ok", "no cell", "unreadable")}}

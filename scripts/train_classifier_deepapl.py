@@ -15,12 +15,12 @@ import numpy as np
 
 from napari_leukemia.core.config import CropConfig, TrainConfig
 from napari_leukemia.core.cropstore import load_crops
+from napari_leukemia.core.datasets import DEEPAPL_LEUKEMIC
 from napari_leukemia.core.evaluate import binary_metrics, fit_temperature, plot_curves
 from napari_leukemia.core.model import ClassifierInfo, load_classifier, save_classifier
 from napari_leukemia.core.predict import predict_logits
 from napari_leukemia.core.train import CropSet, train_epochs
 
-LEUKEMIC_COARSE = ("leukemic_blast", "leukemic_or_precursor")
 
 
 def patient_split(patients, frac, seed):
@@ -45,7 +45,7 @@ def main():
     args = ap.parse_args()
     images, table = load_crops(args.crops)
     crop = CropConfig(**table.pop("crop_config")) if "crop_config" in table else CropConfig(size=images.shape[1])
-    y = np.isin(np.array(table["coarse_label"]), LEUKEMIC_COARSE).astype(np.int64)
+    y = np.isin(np.array(table["coarse_label"]), DEEPAPL_LEUKEMIC).astype(np.int64)
     patients = np.array(table["patient_id"])
     val_mask = patient_split(patients, 0.15, seed=0)
     data = CropSet(images, y, patients)
