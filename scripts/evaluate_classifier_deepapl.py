@@ -20,7 +20,6 @@ from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
 
 
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--crops", required=True)

@@ -22,7 +22,6 @@ from napari_leukemia.core.predict import predict_logits
 from napari_leukemia.core.train import CropSet, train_epochs
 
 
-
 def patient_split(patients, frac, seed):
     """Choose ``frac`` of the unique patients (seeded); returns a boolean mask over cells."""
     uniq = np.unique(patients)
