@@ -150,7 +150,8 @@ def load_imagenet_features(net, path) -> None:
     except Exception as err:  # torch raises several types for foreign or damaged files
         raise CheckpointError(f"{path}: not a loadable torchvision state dict ({err})") from err
     # old torchvision keys: 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    stat = r"(?:weight|bias|running_mean|running_var|num_batches_tracked)"
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\." + stat + r")$")
     features = {}
     for key, value in state.items():
         m = pattern.match(key)
