@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_leukemia.core.checkpoint import CheckpointError
 from napari_leukemia.core.config import CropConfig
 from napari_leukemia.core.explain import gradcam
 from napari_leukemia.core.model import (
@@ -12,7 +13,6 @@ from napari_leukemia.core.model import (
     save_classifier,
 )
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
-from napari_leukemia.core.segment import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from napari_leukemia.core.boxes import detection_summary, label_boxes, match_boxes
+from napari_leukemia.core.checkpoint import CheckpointError
 from napari_leukemia.core.config import SegmentConfig
-from napari_leukemia.core.segment import CheckpointError, load_segmenter, segment_leukocytes
+from napari_leukemia.core.segment import load_segmenter, segment_leukocytes
 from napari_leukemia.core.stain import estimate_diameter, stain_segment
 
 

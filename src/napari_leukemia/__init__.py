@@ -25,7 +25,7 @@ _API = {
     "ImageError": "core.io",
     "segment_leukocytes": "core.segment",
     "load_segmenter": "core.segment",
-    "CheckpointError": "core.segment",
+    "CheckpointError": "core.checkpoint",
     "crop_cells": "core.preprocess",
     "load_classifier": "core.model",
     "save_classifier": "core.model",

@@ -184,9 +184,10 @@ def cmd_evaluate_segmentation(args) -> int:
     from tqdm import tqdm
 
     from .core.boxes import score_segmentation
+    from .core.checkpoint import CheckpointError
     from .core.config import SegmentConfig
     from .core.io import write_json
-    from .core.segment import CheckpointError, load_segmenter, segment_leukocytes
+    from .core.segment import load_segmenter, segment_leukocytes
 
     cfg = SegmentConfig(method=args.method, diameter=args.diameter)
     model = None
@@ -238,8 +239,9 @@ def _output_folders(images) -> list[str]:
 
 def _load_models(args):
     """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2."""
+    from .core.checkpoint import CheckpointError
     from .core.model import DEFAULT_CLASSIFIER, load_classifier
-    from .core.segment import DEFAULT_SEGMENTER, CheckpointError, load_segmenter, resolve_device
+    from .core.segment import DEFAULT_SEGMENTER, load_segmenter, resolve_device
 
     try:
         resolve_device(args.device)

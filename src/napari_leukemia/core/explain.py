@@ -23,13 +23,14 @@ def gradcam(classifier: Classifier, crops: np.ndarray, targets, *, batch_size: i
     -------
     (N, S, S) ndarray of float32 in [0, 1]
     """
+    import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     net = classifier.net
     if net.training:  # GradCAM puts what it is given in eval mode: never hand it a model being trained
         net = copy.deepcopy(net)
-    net.float().to(memory_format=__import__("torch").contiguous_format)
+    net.float().to(memory_format=torch.contiguous_format)
     device = next(net.parameters()).device
     out = np.zeros((len(crops), crops.shape[1], crops.shape[2]), np.float32)
     with GradCAM(model=net, target_layers=[net.features.norm5]) as cam:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import CheckpointError, read_safetensors
 from .config import CropConfig
-from .segment import CheckpointError, _read_safetensors
 
 CLASSIFIER_FORMAT = "napari-leukemia-classifier"
 ARCHITECTURE = "densenet201"
@@ -190,7 +190,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     from .segment import resolve_device
 
     path = Path(path) if path else DEFAULT_CLASSIFIER
-    meta, state = _read_safetensors(path, CLASSIFIER_FORMAT)
+    meta, state = read_safetensors(path, CLASSIFIER_FORMAT)
     if meta.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE}")
     try:

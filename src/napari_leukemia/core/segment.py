@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import CheckpointError, read_safetensors
 from .config import SegmentConfig
 
 SEGMENTER_FORMAT = "napari-leukemia-segmenter"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "leukocyte_cellpose.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A model file that is not ours, is damaged, or does not fit."""
 
 
 def cellpose_input(image: np.ndarray) -> np.ndarray:
@@ -85,7 +82,7 @@ def load_segmenter(path=None, device: str = "auto"):
     import torch
 
     path = Path(path) if path else DEFAULT_SEGMENTER
-    meta, state = _read_safetensors(path, SEGMENTER_FORMAT)
+    meta, state = read_safetensors(path, SEGMENTER_FORMAT)
     dev = resolve_device(device)
     model = new_cellpose(float(meta["diam_mean"]), json.loads(meta.get("nbase", "[2, 32, 64, 128, 256]")), dev)
     state = {k: v.float() for k, v in state.items()}
@@ -124,29 +121,6 @@ def new_cellpose(diam_mean: float, nbase, device):
                                 diam_mean=diam_mean).to(device)
     model.net.nbase = list(model.nbase)
     return model
-
-
-def _read_safetensors(path: Path, expected_format: str):
-    """Metadata and tensors of a safetensors file, checked to be of ``expected_format``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file (damaged, truncated or another format: {err})"
-        ) from err
-    if meta.get("format") != expected_format:
-        raise CheckpointError(
-            f"{path}: not a {expected_format} file (format tag {meta.get('format')!r}); "
-            "was it saved by napari-leukemia?"
-        )
-    return meta, state
 
 
 def segment_leukocytes(
