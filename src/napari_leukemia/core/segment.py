@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -172,14 +174,18 @@ def _cellpose_at(image: np.ndarray, diameter: float, cfg: SegmentConfig, model) 
     h, w = image.shape[:2]
     small = (max(16, round(w * scale)), max(16, round(h * scale)))
     x = cv2.resize(cellpose_input(image), small, interpolation=cv2.INTER_AREA)
-    masks = model.eval(
-        x,
-        channel_axis=-1,
-        diameter=model.diam_mean,
-        flow_threshold=cfg.flow_threshold,
-        cellprob_threshold=cfg.cellprob_threshold,
-        min_size=-1,
-    )[0]
+    # an empty field is a normal outcome here, not a warning; torch's sparse-tensor notice is noise
+    logging.getLogger("cellpose.dynamics").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+        masks = model.eval(
+            x,
+            channel_axis=-1,
+            diameter=model.diam_mean,
+            flow_threshold=cfg.flow_threshold,
+            cellprob_threshold=cfg.cellprob_threshold,
+            min_size=-1,
+        )[0]
     labels = upscale_labels(masks, (h, w))
     areas = np.bincount(labels.ravel())
     small_ids = np.nonzero(areas < cfg.min_area_fraction * np.pi / 4 * diameter**2)[0]
