@@ -20,7 +20,7 @@ SEGMENTER_FORMAT = "napari-leukemia-segmenter"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "leukocyte_cellpose.safetensors"
 
 
-def cellpose_input(image: np.ndarray) -> np.ndarray:
+def cellpose_input(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarray:
     """The two channels cellpose sees: cell density and nuclear stain.
 
     Parameters
@@ -33,9 +33,10 @@ def cellpose_input(image: np.ndarray) -> np.ndarray:
         Channel 0 is inverted luminance (every cell is bright), channel 1 is the blue-violet
         nuclear stain (-b* of CIE L*a*b*, clipped at 0).
     """
-    from skimage import color
+    if lab is None:
+        from skimage import color
 
-    lab = color.rgb2lab(image)
+        lab = color.rgb2lab(image)
     density = 100.0 - lab[..., 0]
     nuclear = np.clip(-lab[..., 2], 0, None)
     return np.stack([density, nuclear], axis=-1).astype(np.float32)
@@ -143,21 +144,25 @@ def segment_leukocytes(
     labels : (H, W) ndarray of int32
         0 is background, 1..N the leukocytes, numbered without gaps.
     """
+    from skimage import color
+
     from .stain import estimate_diameter, stain_segment
 
-    diameter = cfg.diameter or estimate_diameter(image)
+    lab = color.rgb2lab(image)  # once: the stain estimate, the stain segmenter and cellpose's input share it
+    diameter = cfg.diameter or estimate_diameter(image, lab)
     if diameter is None:
         # no blue-violet nuclear stain anywhere: a Wright-Giemsa field without leukocytes (give a
         # diameter to run the segmenter regardless, e.g. on another stain)
         return np.zeros(image.shape[:2], np.int32)
     if cfg.method == "stain":
-        return stain_segment(image, diameter, cfg.min_area_fraction)
+        return stain_segment(image, diameter, cfg.min_area_fraction, lab)
     model = model or load_segmenter(None, device)
-    labels = _cellpose_at(image, diameter, cfg, model)
+    x = cellpose_input(image, lab)
+    labels = _cellpose_at(x, diameter, cfg, model)
     if labels.max() == 0 and cfg.diameter is None:
         # the stain estimate runs large where a nucleus fills its cell (blasts): look again at a smaller scale
         diameter /= RETRY_FACTOR
-        labels = _cellpose_at(image, diameter, cfg, model)
+        labels = _cellpose_at(x, diameter, cfg, model)
     return labels
 
 
@@ -165,15 +170,15 @@ def segment_leukocytes(
 RETRY_FACTOR = 1.6
 
 
-def _cellpose_at(image: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> np.ndarray:
-    """Run cellpose with the image resized so leukocytes of ``diameter`` px match the model's scale."""
+def _cellpose_at(x: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> np.ndarray:
+    """Run cellpose on ``x`` (:func:`cellpose_input`) resized so leukocytes of ``diameter`` px match the model."""
     import cv2
     from skimage.segmentation import relabel_sequential
 
     scale = model.diam_mean / diameter
-    h, w = image.shape[:2]
+    h, w = x.shape[:2]
     small = (max(16, round(w * scale)), max(16, round(h * scale)))
-    x = cv2.resize(cellpose_input(image), small, interpolation=cv2.INTER_AREA)
+    x = cv2.resize(x, small, interpolation=cv2.INTER_AREA)
     # an empty field is a normal outcome here, not a warning; torch's sparse-tensor notice is noise
     logging.getLogger("cellpose.dynamics").setLevel(logging.ERROR)
     with warnings.catch_warnings():

@@ -16,21 +16,22 @@ NUCLEUS_B_THRESHOLD = -20.0
 CELL_OVER_NUCLEUS = 1.3
 
 
-def nucleus_mask(image: np.ndarray) -> np.ndarray:
-    """Boolean mask of nuclear stain in an RGB uint8 smear."""
-    from skimage import color
+def nucleus_mask(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of nuclear stain in an RGB uint8 smear (``lab``: its CIE L*a*b*, if already computed)."""
+    if lab is None:
+        from skimage import color
 
-    b = color.rgb2lab(image)[..., 2]
-    b = ndi.gaussian_filter(b, 1.0)
+        lab = color.rgb2lab(image)
+    b = ndi.gaussian_filter(lab[..., 2], 1.0)
     return b < NUCLEUS_B_THRESHOLD
 
 
-def estimate_diameter(image: np.ndarray) -> float | None:
+def estimate_diameter(image: np.ndarray, lab: np.ndarray | None = None) -> float | None:
     """Estimate the leukocyte diameter (pixels) of a smear from its largest nuclear groups.
 
     Returns ``None`` when the image holds no nuclear stain of any size.
     """
-    nuc = nucleus_mask(image)
+    nuc = nucleus_mask(image, lab)
     radius = max(2, int(0.02 * min(image.shape[:2])))
     groups, n = ndi.label(ndi.binary_dilation(nuc, _disk(radius)))
     if n == 0:
@@ -42,7 +43,8 @@ def estimate_diameter(image: np.ndarray) -> float | None:
     return float(CELL_OVER_NUCLEUS * 2 * np.sqrt(np.median(big) / np.pi))
 
 
-def stain_segment(image: np.ndarray, diameter: float | None = None, min_area_fraction: float = 0.15) -> np.ndarray:
+def stain_segment(image: np.ndarray, diameter: float | None = None, min_area_fraction: float = 0.15,
+                  lab: np.ndarray | None = None) -> np.ndarray:
     """Segment leukocytes by their nuclear stain.
 
     Parameters
@@ -54,6 +56,8 @@ def stain_segment(image: np.ndarray, diameter: float | None = None, min_area_fra
     min_area_fraction : float
         Nuclear groups smaller than this fraction of the expected nucleus area are dropped
         (platelets, stain debris).
+    lab : (H, W, 3) ndarray, optional
+        The image in CIE L*a*b*, when the caller has it already.
 
     Returns
     -------
@@ -64,11 +68,15 @@ def stain_segment(image: np.ndarray, diameter: float | None = None, min_area_fra
     from skimage.morphology import convex_hull_image
     from skimage.segmentation import watershed
 
+    if lab is None:
+        from skimage import color
+
+        lab = color.rgb2lab(image)
     if diameter is None:
-        diameter = estimate_diameter(image)
+        diameter = estimate_diameter(image, lab)
         if diameter is None:
             return np.zeros(image.shape[:2], np.int32)
-    nuc = nucleus_mask(image)
+    nuc = nucleus_mask(image, lab)
     nuc = ndi.binary_opening(nuc, _disk(max(1, int(diameter * 0.02))))
     # lobes of one nucleus lie within ~15% of a cell diameter of each other
     groups, n = ndi.label(ndi.binary_dilation(nuc, _disk(max(1, int(0.12 * diameter)))))
