@@ -75,9 +75,6 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     name : str
         Shown in messages and the summary.
     """
-    from .model import Classifier
-    from .predict import p_leukemic, predict_logits, probabilities
-    from .preprocess import crop_cells
     from .segment import load_segmenter, resolve_device, segment_leukocytes
 
     t_start = time.perf_counter()
@@ -86,7 +83,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     timings = {}
     total = 4 if config.gradcam else 3
     yield Progress(0, total, "loading models")
-    clf = classifier if isinstance(classifier, Classifier) else _cached_classifier(str(classifier or ""), str(device))
+    clf = get_classifier(classifier, device)
     if labels is None:
         seg_model = None
         if config.segment.method == "cellpose":
@@ -101,12 +98,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         segmenter_name = "user labels"
     yield Progress(2, total, "classifying cells")
     t = time.perf_counter()
-    crops = crop_cells(image, labels, clf.info.crop)
-    if len(crops.labels):
-        proba = probabilities(clf, predict_logits(clf, crops.images, batch_size=config.batch_size))
-    else:
-        proba = np.zeros((0, len(clf.info.classes)))
-    p_leuk = p_leukemic(clf, proba)
+    cells, crops = classify_cells(image, labels, clf, batch_size=config.batch_size)
     timings["classify_s"] = time.perf_counter() - t
     cam_image = None
     if config.gradcam:
@@ -116,10 +108,9 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         if len(crops.labels):
             from .explain import gradcam
 
-            cams = gradcam(clf, crops.images, proba.argmax(axis=1))
+            cams = gradcam(clf, crops.images, cells["predicted_class"].cat.codes.to_numpy())
             _paste_windows(cam_image, cams, crops.windows)
         timings["gradcam_s"] = time.perf_counter() - t
-    cells = cell_table(labels, crops.labels, proba, p_leuk, clf.info.classes, clf.info.leukemic)
     prob_image = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
     timings["total_s"] = time.perf_counter() - t_start
     n, k = len(cells), int(cells["leukemic"].sum())
@@ -171,12 +162,58 @@ def check_labels(labels, shape, name: str = "image") -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
-def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
-    """The per-cell table (pandas): geometry, class probabilities, p_leukemic, uncertainty, call.
+def get_classifier(classifier=None, device="auto"):
+    """A loaded :class:`~.model.Classifier`: ``classifier`` itself, or the checkpoint at that path (the shipped
+    one when ``None``), loaded once per path and device."""
+    from .model import Classifier
+    from .segment import resolve_device
 
-    Each class ``c`` gets a column ``p_<c>``; a class named ``leukemic`` that is not the only leukaemic
-    class gets ``p_class_leukemic`` so that ``p_leukemic`` always means the sum over leukaemic classes.
+    if isinstance(classifier, Classifier):
+        return classifier
+    return _cached_classifier(str(classifier or ""), str(resolve_device(str(device))))
+
+
+def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=None, batch_size: int = 32):
+    """Crop (:func:`~.preprocess.crop_cells`) and classify cells: the one classification path of every caller.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int
+    classifier : Classifier
+    ids : sequence of int, optional
+        Classify only these labels (default: every label present).
+
+    Returns
+    -------
+    cells : pandas.DataFrame
+        :func:`cell_table` of the classified cells, in the order of ``ids``.
+    crops : CellCrops
     """
+    from .predict import p_leukemic, predict_logits, probabilities
+    from .preprocess import crop_cells
+
+    crops = crop_cells(image, labels, classifier.info.crop, ids=ids)
+    if len(crops.labels):
+        proba = probabilities(classifier, predict_logits(classifier, crops.images, batch_size=batch_size))
+    else:
+        proba = np.zeros((0, len(classifier.info.classes)))
+    cells = cell_table(labels, crops.labels, proba, p_leukemic(classifier, proba), classifier.info.classes,
+                       classifier.info.leukemic)
+    return cells, crops
+
+
+def probability_column(cls: str, leukemic=("leukemic",)) -> str:
+    """Name of class ``cls``'s probability column in the cell table.
+
+    ``p_<cls>``; a class named ``leukemic`` that is not the only leukaemic class gets ``p_class_leukemic``, so
+    that ``p_leukemic`` always means the sum over leukaemic classes.
+    """
+    return "p_class_leukemic" if cls == "leukemic" and tuple(leukemic) != ("leukemic",) else f"p_{cls}"
+
+
+def cell_geometry(labels: np.ndarray, ids):
+    """Per-cell geometry (pandas): ``label``, centroid, bounding box (``bbox_y1/x1`` exclusive) and area."""
     import pandas as pd
     from scipy import ndimage as ndi
 
@@ -187,23 +224,32 @@ def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
     boxes = [[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)]
     bbox = np.array(boxes, int).reshape(n, 4)
     area = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1 if n else 1)[ids] if n else np.zeros(0, int)
-    table = {
+    return pd.DataFrame({
         "label": ids,
         "centroid_y": centroids[:, 0],
         "centroid_x": centroids[:, 1],
         "bbox_y0": bbox[:, 0], "bbox_x0": bbox[:, 1], "bbox_y1": bbox[:, 2], "bbox_x1": bbox[:, 3],
         "area": area,
-        "predicted_class": pd.Categorical(
-            [classes[i] for i in np.asarray(proba).argmax(axis=1)] if n else [], categories=list(classes)
-        ),
-        "p_leukemic": np.asarray(p_leuk, float),
-        "uncertainty": 1 - np.abs(2 * np.asarray(p_leuk, float) - 1),
-        "leukemic": np.asarray(p_leuk, float) >= LEUKEMIC_THRESHOLD,
-    }
+    })
+
+
+def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
+    """The per-cell table (pandas): geometry (:func:`cell_geometry`), class probabilities, p_leukemic,
+    uncertainty, call. Each class ``c`` gets a column :func:`probability_column`."""
+    import pandas as pd
+
+    table = cell_geometry(labels, ids)
+    n = len(table)
+    p_leuk = np.asarray(p_leuk, float)
+    table["predicted_class"] = pd.Categorical(
+        [classes[i] for i in np.asarray(proba).argmax(axis=1)] if n else [], categories=list(classes)
+    )
+    table["p_leukemic"] = p_leuk
+    table["uncertainty"] = 1 - np.abs(2 * p_leuk - 1)
+    table["leukemic"] = p_leuk >= LEUKEMIC_THRESHOLD
     for j, c in enumerate(classes):
-        column = "p_class_leukemic" if c == "leukemic" and tuple(leukemic) != ("leukemic",) else f"p_{c}"
-        table[column] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
-    return pd.DataFrame(table)
+        table[probability_column(c, leukemic)] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
+    return table
 
 
 def paint_values(labels: np.ndarray, ids, values) -> np.ndarray:
