@@ -64,3 +64,39 @@ def test_invalid_segment_config():
         SegmentConfig(method="magic")
     with pytest.raises(ValueError, match="diameter"):
         SegmentConfig(diameter=-3)
+
+
+def _mosaic(image, box):
+    """2 x 2 mosaic of a real field and its mirror images, with the leukocyte box in each quarter."""
+    top = np.concatenate([image, image[:, ::-1]], axis=1)
+    mosaic = np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
+    h, w = mosaic.shape[:2]
+    r0, c0, r1, c1 = box
+    return mosaic, np.array([[r0, c0, r1, c1], [r0, w - c1, r1, w - c0],
+                             [h - r1, c0, h - r0, c1], [h - r1, w - c1, h - r0, w - c0]])
+
+
+@pytest.mark.parametrize("method", ["cellpose", "stain"])
+def test_tiles_find_each_leukocyte_once_across_seams(bccd_image, bccd_boxes, segmenter_path, method):
+    from napari_leukemia.core.segment import segment_tiled
+
+    mosaic, boxes = _mosaic(bccd_image, bccd_boxes[0])
+    tile = 256
+    seams = lambda lo, hi, size: any(lo < s < hi for s in range(tile, size, tile))
+    assert all(seams(b[0], b[2], mosaic.shape[0]) or seams(b[1], b[3], mosaic.shape[1]) for b in boxes)  # seams cut every cell
+    model = load_segmenter(segmenter_path, "cpu")
+    whole = segment_leukocytes(mosaic, SegmentConfig(method=method), model=model)
+    ticks = []
+    tiled = segment_leukocytes(mosaic, SegmentConfig(method=method, tile_size=tile), model=model,
+                               progress=lambda done, total: ticks.append((done, total)))
+    assert ticks[-1] == (20, 20)
+    assert tiled.max() == whole.max() and list(np.unique(tiled)) == list(range(tiled.max() + 1))
+    m = match_boxes(label_boxes(tiled), boxes)
+    assert m["tp"] == 4
+    for k in range(1, whole.max() + 1):  # each cell of the untiled result is one cell of the tiled one
+        ids, counts = np.unique(tiled[whole == k], return_counts=True)
+        best = ids[np.argmax(counts)]
+        assert best > 0
+        iou = np.sum((tiled == best) & (whole == k)) / np.sum((tiled == best) | (whole == k))
+        assert iou > 0.85, (k, iou)
+    assert segment_tiled(np.full((600, 600, 3), 230, np.uint8), SegmentConfig(tile_size=256)).max() == 0

@@ -136,3 +136,57 @@ def score_segmentation(image_paths, voc_dir, segment, *, iou_threshold: float = 
     summary.update(iou_threshold=iou_threshold, seconds_per_megapixel=seconds / max(pixels / 1e6, 1e-9),
                    per_image=rows, errors=errors)
     return summary
+
+
+#: Outcomes of :func:`centre_cell_outcome`.
+CENTRE_OUTCOMES = ("one", "missed", "split", "merged", "no stain")
+
+
+def centre_cell_outcome(labels: np.ndarray, nucleus: np.ndarray, diameter: float) -> str:
+    """Judge a segmentation of a single-cell field (a leukocyte at the centre) against its nuclear stain.
+
+    The centre nucleus is the piece of nuclear stain (at least a tenth of the largest piece) nearest the
+    field centre. The cell the pipeline takes (:func:`~.preprocess.centre_cell`) must cover at least half
+    of it (else ``"missed"``) and no other cell more than 15% of it (else ``"split"``). Pieces of stain
+    within 12% of a cell diameter of each other form one nucleus (the lobes of a neutrophil; also nuclei
+    that touch); the cell may not cover more than 30% of another nucleus of at least a fifth of its
+    size (else ``"merged"``). ``"no stain"``: the field has no nuclear stain to judge by.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+    nucleus : (H, W) ndarray of bool
+        Nuclear stain (:func:`~.stain.nucleus_mask`).
+    diameter : float
+        Leukocyte diameter in pixels.
+    """
+    from scipy import ndimage as ndi
+
+    from .preprocess import centre_cell
+
+    pieces, n = ndi.label(nucleus)
+    if n == 0:
+        return "no stain"
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    rows, cols = np.nonzero(np.isin(pieces, np.nonzero(sizes >= 0.1 * sizes.max())[0]))
+    h, w = labels.shape
+    k = np.argmin((rows - h / 2) ** 2 + (cols - w / 2) ** 2)
+    central = pieces == pieces[rows[k], cols[k]]
+    cell = centre_cell(labels)
+    inside = labels[central]
+    if cell == 0 or np.mean(inside == cell) < 0.5:
+        return "missed"
+    if np.mean((inside != cell) & (inside != 0)) > 0.15:
+        return "split"
+    r = max(1, int(0.12 * diameter))
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    groups, _ = ndi.label(ndi.binary_dilation(nucleus, x * x + y * y <= r * r))
+    groups[~nucleus] = 0
+    own = groups[central][0]
+    sizes = np.bincount(groups.ravel())
+    covered = np.bincount(groups[labels == cell], minlength=len(sizes))
+    for g in np.nonzero(covered)[0]:
+        if g not in (0, own) and sizes[g] >= 0.2 * sizes[own] and covered[g] > 0.3 * sizes[g]:
+            return "merged"
+    return "one"

@@ -70,6 +70,12 @@ class SegmentConfig(_Serializable):
         Objects smaller than this fraction of the expected leukocyte area are dropped.
     cellprob_threshold, flow_threshold : float
         Passed to cellpose.
+    tile_size : int
+        Images with a side longer than this are segmented in tiles of this size (pixels), each
+        read with a margin of ``tile_margin`` leukocyte diameters; memory is set by the tile size.
+    tile_margin : float
+        Margin around each tile, in leukocyte diameters. A cell belongs to the tile holding its
+        centre, so it is never split or counted twice while it is narrower than twice the margin.
     """
 
     method: str = "cellpose"
@@ -77,12 +83,17 @@ class SegmentConfig(_Serializable):
     min_area_fraction: float = 0.15
     cellprob_threshold: float = 0.0
     flow_threshold: float = 0.4
+    tile_size: int = 2048
+    tile_margin: float = 1.5
 
     def __post_init__(self):
         if self.method not in ("cellpose", "stain"):
             raise ValueError(f"segmentation method must be 'cellpose' or 'stain', got {self.method!r}")
         if self.diameter is not None and not self.diameter > 0:
             raise ValueError(f"leukocyte diameter must be positive, got {self.diameter}")
+        if self.tile_size < 256 or self.tile_margin < 0.5:
+            raise ValueError(f"tile_size must be >= 256 px and tile_margin >= 0.5 diameters, "
+                             f"got {self.tile_size} and {self.tile_margin}")
 
 
 @dataclass(frozen=True)

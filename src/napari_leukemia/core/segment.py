@@ -127,26 +127,32 @@ def new_cellpose(diam_mean: float, nbase, device):
 
 
 def segment_leukocytes(
-    image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto"
+    image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto", progress=None
 ) -> np.ndarray:
     """Find every leukocyte in an RGB smear.
+
+    Images with a side longer than ``cfg.tile_size`` are segmented tile by tile (:func:`segment_tiled`).
 
     Parameters
     ----------
     image : (H, W, 3) ndarray of uint8
     cfg : SegmentConfig
-        Method, expected diameter (estimated from the stain when ``None``) and thresholds.
+        Method, expected diameter (estimated from the stain when ``None``), thresholds and tiling.
     model : cellpose model, optional
         From :func:`load_segmenter`; the shipped model when omitted.
+    progress : callable, optional
+        ``progress(done, total)`` after each tile of a tiled image.
 
     Returns
     -------
     labels : (H, W) ndarray of int32
         0 is background, 1..N the leukocytes, numbered without gaps.
     """
+    if max(image.shape[:2]) > cfg.tile_size:
+        return segment_tiled(image, cfg, model=model, device=device, progress=progress)
     from skimage import color
 
-    from .stain import estimate_diameter, stain_segment
+    from .stain import estimate_diameter
 
     lab = color.rgb2lab(image)  # once: the stain estimate, the stain segmenter and cellpose's input share it
     diameter = cfg.diameter or estimate_diameter(image, lab)
@@ -154,16 +160,86 @@ def segment_leukocytes(
         # no blue-violet nuclear stain anywhere: a Wright-Giemsa field without leukocytes (give a
         # diameter to run the segmenter regardless, e.g. on another stain)
         return np.zeros(image.shape[:2], np.int32)
+    if cfg.method == "cellpose":
+        model = model or load_segmenter(None, device)
+    labels = _segment_at(image, lab, diameter, cfg, model)
+    if labels.max() == 0 and cfg.diameter is None and cfg.method == "cellpose":
+        # the stain estimate runs large where a nucleus fills its cell (blasts): look again at a smaller scale
+        labels = _segment_at(image, lab, diameter / RETRY_FACTOR, cfg, model)
+    return labels
+
+
+def segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto",
+                  progress=None) -> np.ndarray:
+    """Segment a large image in tiles of ``cfg.tile_size`` with bounded memory.
+
+    Each tile is segmented with a margin of ``cfg.tile_margin`` leukocyte diameters and keeps the
+    cells whose centre lies inside it, so a cell crossing a seam is found whole, once. The diameter,
+    unless given, is the median of the tiles' stain estimates (on tiles at half resolution).
+    """
+    import cv2
+    from skimage import color
+
+    from .stain import estimate_diameter
+
+    h, w = image.shape[:2]
+    step = cfg.tile_size
+    cores = [(r, min(r + step, h), c, min(c + step, w)) for r in range(0, h, step) for c in range(0, w, step)]
+    diameter = cfg.diameter
+    if diameter is None:
+        estimates = []
+        for r0, r1, c0, c1 in cores:
+            tile = image[r0:r1, c0:c1]
+            half = cv2.resize(tile, ((c1 - c0 + 1) // 2, (r1 - r0 + 1) // 2), interpolation=cv2.INTER_AREA)
+            d = estimate_diameter(half)
+            if d is not None:
+                estimates.append(2 * d)
+        if not estimates:
+            return np.zeros((h, w), np.int32)
+        diameter = float(np.median(estimates))
+    if cfg.method == "cellpose":
+        model = model or load_segmenter(None, device)
+    margin = int(np.ceil(cfg.tile_margin * diameter))
+    out = np.zeros((h, w), np.int32)
+    n = 0
+    for i, (r0, r1, c0, c1) in enumerate(cores):
+        R0, R1, C0, C1 = max(r0 - margin, 0), min(r1 + margin, h), max(c0 - margin, 0), min(c1 + margin, w)
+        tile = image[R0:R1, C0:C1]
+        labels = _segment_at(tile, color.rgb2lab(tile), diameter, cfg, model)
+        n = _paste_centred(out, labels, (R0, C0), (r0, r1, c0, c1), n)
+        if progress:
+            progress(i + 1, len(cores))
+    return out
+
+
+def _paste_centred(out: np.ndarray, labels: np.ndarray, origin, core, n: int) -> int:
+    """Copy into ``out`` the cells of a tile's ``labels`` whose box centre lies in ``core``; returns the last id."""
+    from scipy import ndimage as ndi
+
+    R0, C0 = origin
+    r0, r1, c0, c1 = core
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        cy = R0 + (sl[0].start + sl[0].stop - 1) / 2
+        cx = C0 + (sl[1].start + sl[1].stop - 1) / 2
+        if not (r0 <= cy < r1 and c0 <= cx < c1):
+            continue
+        target = out[R0 + sl[0].start : R0 + sl[0].stop, C0 + sl[1].start : C0 + sl[1].stop]
+        free = (labels[sl] == k) & (target == 0)
+        if free.any():
+            n += 1
+            target[free] = n
+    return n
+
+
+def _segment_at(image: np.ndarray, lab: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> np.ndarray:
+    """One field (or tile) at a known leukocyte diameter, by ``cfg.method``."""
+    from .stain import stain_segment
+
     if cfg.method == "stain":
         return stain_segment(image, diameter, cfg.min_area_fraction, lab)
-    model = model or load_segmenter(None, device)
-    x = cellpose_input(image, lab)
-    labels = _cellpose_at(x, diameter, cfg, model)
-    if labels.max() == 0 and cfg.diameter is None:
-        # the stain estimate runs large where a nucleus fills its cell (blasts): look again at a smaller scale
-        diameter /= RETRY_FACTOR
-        labels = _cellpose_at(x, diameter, cfg, model)
-    return labels
+    return _cellpose_at(cellpose_input(image, lab), diameter, cfg, model)
 
 
 #: When nothing is found at an estimated diameter, cellpose runs once more at the diameter over this.
