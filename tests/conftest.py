@@ -84,3 +84,23 @@ def sample_cells(deepapl_image):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def cell_dataset(tmp_path_factory, deepapl_image, bccd_image) -> Path:
+    """A tiny class-folder dataset of real single-cell crops (64 px PNGs): ``leukemic/`` from the DeepAPL sample's
+    blast, ``normal/`` from the BCCD sample's leukocyte, six turns and flips of each (every file its own group)."""
+    from PIL import Image
+
+    from napari_leukemia.core.config import CropConfig
+    from napari_leukemia.core.preprocess import crop_cells
+    from napari_leukemia.core.stain import stain_segment
+
+    root = tmp_path_factory.mktemp("cells")
+    for image, label in ((deepapl_image, "leukemic"), (bccd_image, "normal")):
+        cell = crop_cells(image, stain_segment(image), CropConfig(size=64)).images[0]
+        (root / label).mkdir()
+        for k in range(6):
+            turned = np.rot90(cell, k % 4)
+            Image.fromarray(np.ascontiguousarray(turned[:, ::-1] if k >= 4 else turned)).save(root / label / f"{label}_{k}.png")
+    return root

@@ -1,4 +1,5 @@
-"""Command line: ``napari-leukemia analyze`` runs the whole analysis on smear images, without napari.
+"""Command line: ``napari-leukemia analyze`` runs the whole analysis on smear images, without napari;
+``train`` and ``evaluate`` make and score classifiers from a dataset.
 
 Research use only: not a diagnostic device.
 
@@ -22,6 +23,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 #: The files written per image, in ``DIR/<stem>/``.
 OUTPUT_FILES = ("labels.tif", "cells.csv", "summary.json", "overlay.png")
 SUMMARY_CSV = "summary.csv"
+#: What ``train`` writes in its output folder.
+TRAIN_FILES = ("best.safetensors", "last.safetensors", "last_state.pt", "history.json", "run.json", "curves.png",
+               "classifier.safetensors")
+DATASET_HELP = ("a folder of class sub-folders, a CSV with columns path,label[,group][,split] (paths relative to it), "
+                "or DeepAPL's manifest.csv")
 SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction",
                    "segmenter", "classifier", "seconds", "error")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -83,7 +89,93 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate_segmentation, subparser=e)
+    _add_classifier_commands(sub)
     return parser
+
+
+def _add_classifier_commands(sub) -> None:
+    """The ``train`` and ``evaluate`` sub-commands (thin over :mod:`.core.fit`)."""
+    from .core.config import CropConfig, TrainConfig
+
+    d = TrainConfig()
+    t = sub.add_parser(
+        "train",
+        help="train a DenseNet201 classifier on a dataset",
+        description="Train a DenseNet201 cell classifier on DATASET, split by group (patient): train / val "
+                    "(best epoch, calibration) / test (kept aside; score it with `evaluate`). Writes DIR/{"
+                    + ",".join(TRAIN_FILES) + "}; Ctrl-C stops cleanly, keeping the checkpoints (--resume continues). "
+                    "Exit codes: 0 trained, 1 trained but some files were skipped (named), 2 bad input, 130 stopped. "
+                    + DISCLAIMER,
+    )
+    t.add_argument("dataset", type=Path, metavar="DATASET", help=DATASET_HELP)
+    t.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"at most this many (default {d.epochs})")
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    t.add_argument("--patience", type=_positive_int, default=d.patience,
+                   help=f"stop after this many epochs without a better validation loss (default {d.patience})")
+    t.add_argument("--size", type=_positive_int, metavar="PX",
+                   help=f"crop side in pixels (default: the --init or resumed checkpoint's, else {CropConfig().size})")
+    t.add_argument("--leukemic-classes", nargs="+", metavar="CLASS",
+                   help="the classes that are leukaemic (default: 'leukemic' for leukemic/normal data; else names "
+                        "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
+    t.add_argument("--init", metavar="CKPT", help="fine-tune this classifier checkpoint (same class list)")
+    t.add_argument("--imagenet", default=d.imagenet, metavar="auto|PATH|none",
+                   help="ImageNet DenseNet201 weights: auto (torchvision's cache, if there), a .pth file, or none; "
+                        "nothing is downloaded")
+    t.add_argument("--resume", action="store_true", help="continue the unfinished run in DIR")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or earlier run in DIR")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"split and training seed (default {d.seed})")
+    t.add_argument("--steps-per-epoch", type=int, default=0, metavar="N",
+                   help="cap the training steps per epoch (default 0: the whole training set)")
+    _dataset_options(t)
+    t.set_defaults(func=cmd_train, subparser=t)
+
+    v = sub.add_parser(
+        "evaluate",
+        help="score a classifier on a dataset split",
+        description="Score a classifier on one split of DATASET (the same split by group as `train` with the "
+                    "checkpoint's seed: `test` is what training kept aside). Writes DIR/{metrics.json,roc.png,"
+                    "confusion.png}: accuracy, balanced accuracy, precision, recall, F1, specificity, ROC-AUC, "
+                    "sensitivity at 95%% specificity, ECE, confusion matrix, per-class and per-group results. "
+                    "Exit codes: 0 ok, 1 some files were skipped (named), 2 bad input. " + DISCLAIMER,
+    )
+    v.add_argument("dataset", type=Path, metavar="DATASET", help=DATASET_HELP)
+    v.add_argument("--classifier", metavar="PATH", help="classifier checkpoint (default: the shipped one)")
+    v.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    v.add_argument("--split", choices=("test", "val", "train", "all"), default="test", help="default test")
+    v.add_argument("--seed", type=int, help="split seed (default: the one the checkpoint was trained with, else 0)")
+    v.add_argument("--leukemic-classes", nargs="+", metavar="LABEL",
+                   help="dataset labels that are leukaemic, when they are not the checkpoint's classes")
+    v.add_argument("--batch-size", type=_positive_int, default=64, help="default 64")
+    v.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
+    _dataset_options(v)
+    v.set_defaults(func=cmd_evaluate, subparser=v)
+
+
+def _dataset_options(p) -> None:
+    p.add_argument("--single-cells", action="store_true",
+                   help="the images are single-cell crops already (no segmentation)")
+    p.add_argument("--labels", choices=("binary", "cell_class"), default="binary",
+                   help="DeepAPL manifest: leukemic/normal (default) or the pathologist's cell classes")
+    p.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
+                   help="how whole fields are segmented before their centre cell is cropped")
+    p.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
+    p.add_argument("--diameter", type=_positive_float, metavar="PX", help="expected leukocyte diameter in pixels")
+    p.add_argument("--crops-cache", type=Path, metavar="NPZ",
+                   help="read crops made before from this file and add new ones to it (segmenting is slow)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -103,6 +195,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, usage errors
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else EXIT_USAGE)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UsageError as err:
@@ -207,6 +300,182 @@ def cmd_evaluate_segmentation(args) -> int:
     print(f"{report['images']} images, {report['tp'] + report['fn']} boxes: precision {report['precision']:.3f}, "
           f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}, mean IoU {report['mean_iou']:.3f}; {target}")
     return EXIT_FAILED if report["errors"] else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- train, evaluate
+
+
+def cmd_train(args) -> int:
+    """``napari-leukemia train``: see :func:`build_parser`."""
+    import shlex
+
+    from .core.config import TrainConfig
+
+    imagenet = "" if args.imagenet == "none" else args.imagenet
+    if imagenet not in ("", "auto") and not Path(imagenet).is_file():
+        raise UsageError(f"--imagenet {imagenet}: no such file (give auto, none or a .pth file)")
+    try:
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                             seed=args.seed, device=args.device, imagenet=imagenet,
+                             max_steps_per_epoch=max(args.steps_per_epoch, 0))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    _check_device(args.device)
+    from .core.fit import fit_classifier
+
+    with StopOnInterrupt() as stop:
+        run = fit_classifier(args.dataset, args.out, config=config, size=args.size, single_cells=args.single_cells,
+                             deepapl_labels=args.labels, leukemic=args.leukemic_classes, init=args.init,
+                             resume=args.resume, overwrite=args.overwrite, segment=_segment_config(args),
+                             segmenter=args.segmenter, crops_cache=args.crops_cache,
+                             command=shlex.join(["napari-leukemia", *args.argv]), should_stop=stop)
+        result = _drive(run, args, on_event=_print_training_event)
+    for message in result["skipped"]:
+        print(f"skipped: {message}", file=sys.stderr)
+    if result["stopped"]:
+        where = f"; {result['checkpoint']} kept, continue with --resume" if result["history"] else ""
+        print(f"stopped{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    m = result["val_metrics"]
+    print(f"validation: ROC-AUC {m['roc_auc']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+          f"ECE {m['ece']:.3f} (temperature {result['temperature']:.2f})")
+    print(f"classifier: {result['checkpoint']}  (score it on the test split: napari-leukemia evaluate "
+          f"{shlex.quote(str(args.dataset))} --classifier {shlex.quote(result['checkpoint'])} --out DIR)")
+    print(DISCLAIMER)
+    return EXIT_FAILED if result["skipped"] else EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    """``napari-leukemia evaluate``: see :func:`build_parser`."""
+    target = Path(args.out) / "metrics.json"
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    _check_device(args.device)
+    from .core.checkpoint import CheckpointError
+    from .core.fit import evaluate_dataset
+    from .core.model import load_classifier
+
+    try:
+        classifier = load_classifier(args.classifier, args.device)
+    except CheckpointError as err:
+        raise UsageError(f"cannot load the classifier: {err}") from err
+    with StopOnInterrupt() as stop:
+        run = evaluate_dataset(args.dataset, classifier, args.out, split=args.split, single_cells=args.single_cells,
+                               deepapl_labels=args.labels, truth_leukemic=args.leukemic_classes, seed=args.seed,
+                               segment=_segment_config(args), segmenter=args.segmenter, crops_cache=args.crops_cache,
+                               device=args.device, batch_size=args.batch_size, should_stop=stop)
+        report = _drive(run, args)
+    if report is None:
+        print("stopped: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for message in report["skipped"]:
+        print(f"skipped: {message}", file=sys.stderr)
+    if report["split_matches_training"] is False:
+        print(f"warning: this {args.split} split differs from the one the classifier was trained with (other data, "
+              "seed or settings): its cells may have been seen in training", file=sys.stderr)
+    o = report["overall"]
+    print(f"{report['n_cells']} cells ({args.split}): accuracy {o['accuracy']:.3f}, balanced accuracy "
+          f"{o['balanced_accuracy']:.3f}, ROC-AUC {o['roc_auc']:.3f}, sensitivity at 95% specificity "
+          f"{o['sensitivity_at_95_specificity']:.3f}, ECE {o['ece']:.3f}; results in {args.out}")
+    print(DISCLAIMER)
+    return EXIT_FAILED if report["skipped"] else EXIT_OK
+
+
+def _check_device(device: str) -> None:
+    from .core.segment import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _segment_config(args):
+    from .core.config import SegmentConfig
+
+    return SegmentConfig(method=args.method, diameter=args.diameter)
+
+
+class StopOnInterrupt:
+    """While active, the first Ctrl-C asks the run to stop at its next step (checkpoints are kept); a second aborts.
+
+    Call the object to read the request (it is the ``should_stop`` of the core generators).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_interrupt(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping at the next step (checkpoints are kept); Ctrl-C again to abort", file=sys.stderr)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _drive(run, args, on_event=None):
+    """Run a core generator to its result, with a crop progress bar; refusals become usage errors (exit 2)."""
+    from tqdm import tqdm
+
+    from .core.checkpoint import CheckpointError
+
+    bar = None
+    try:
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as done:
+                return done.value
+            if event["stage"] == "crop":
+                if bar is None:
+                    bar = tqdm(total=event["total"], desc="cropping cells", unit="file", file=sys.stderr,
+                               disable=args.quiet)
+                bar.update(event["done"] - bar.n)
+                continue
+            if bar is not None:
+                bar.close()
+            if on_event:
+                on_event(event)
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
+        raise UsageError(str(err)) from err
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _print_training_event(event: dict) -> None:
+    if event["stage"] == "data":
+        cells = event["cells"]
+        print(f"classes {event['classes']} (leukaemic: {event['leukemic']}), {event['crop_size']} px crops, "
+              f"{event['start']}")
+        for name in ("train", "val", "test"):
+            print(f"  {name:<5} {sum(cells[name].values()):>6} cells  {event['groups'][name]:>5} groups  {cells[name]}")
+        if event["skipped"]:
+            print(f"  {len(event['skipped'])} files skipped (listed at the end)")
+    elif event["stage"] == "epoch" and not event.get("stopped"):
+        print(f"epoch {event['epoch']:>3}/{event['epochs']}  train loss {event['train_loss']:.4f} acc "
+              f"{event['train_accuracy']:.3f}  val loss {event['val_loss']:.4f} acc {event['val_accuracy']:.3f}  "
+              f"lr {event['lr']:.2g}  {event['seconds']:.0f} s{'  best' if event['improved'] else ''}", flush=True)
+    elif event["stage"] == "calibrate":
+        print("calibrating on the validation split", flush=True)
 
 
 def expand_images(items) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from .config import CropConfig, SegmentConfig
 #: DeepAPL coarse labels that are leukaemic (see ../shared/data/deepapl/README.md).
 DEEPAPL_LEUKEMIC = ("leukemic_blast", "leukemic_or_precursor")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,15 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
     """
     source = Path(source)
     if source.is_dir():
-        samples = [Sample(f, d.name, f"{d.name}/{f.stem}") for d in sorted(source.iterdir()) if d.is_dir()
-                   for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        folders = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+        files = {d: [f for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES] for d in folders}
+        samples = [Sample(f, d.name, f"{d.name}/{f.stem}") for d in folders for f in files[d]]
         if not samples:
-            raise ValueError(f"{source}: no class sub-folders with images")
+            raise ValueError(f"{source}: no class sub-folders with images ({' '.join(IMAGE_SUFFIXES)})")
+        empty = [d.name for d in folders if not files[d]]
+        if empty:
+            raise ValueError(f"{source}: class folder(s) {', '.join(empty)} hold no images; "
+                             "add images or remove the folder")
         return samples
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such dataset folder or CSV")
@@ -63,27 +70,60 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
         ]
     if not {"path", "label"} <= columns:
         raise ValueError(f"{source}: needs columns path,label[,group][,split]; has {sorted(columns)}")
-    return [Sample(root / r["path"], r["label"], r.get("group") or r["path"], r.get("split") or "") for r in rows]
+    blank = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
+    if blank:
+        raise ValueError(f"{source}: empty path or label on line(s) {', '.join(map(str, blank[:10]))}")
+    return [Sample(root / r["path"], r["label"].strip(), (r.get("group") or "").strip() or r["path"],
+                   (r.get("split") or "").strip()) for r in rows]
 
 
 def split_by_group(samples: list[Sample], fractions=(0.70, 0.15, 0.15), seed: int = 0) -> dict[str, list[Sample]]:
-    """Train / val / test splits by group, never by image.
+    """Train / val / test splits by group (patient, slide), never by image.
 
-    A split given in the data is kept: ``test`` stays test; groups without a split are drawn into
-    train/val/test by ``fractions`` (train/val only, renormalised, when a test split is given).
+    Splits given in the data are kept, for whole groups: ``test`` is never drawn from, and when a ``val``
+    split is given every other sample trains. Otherwise the groups without ``val``/``test`` are drawn into
+    train / val (and test, when none is given) by ``fractions``, class by class (a group counts for its most
+    frequent label) so that every class with two groups or more reaches both train and val.
+
+    Raises
+    ------
+    ValueError
+        An unknown split name, or a group given in two splits.
     """
-    given_test = any(s.split == "test" for s in samples)
-    out = {"train": [], "val": [], "test": [s for s in samples if s.split == "test"]}
-    rest = [s for s in samples if s.split != "test"]
-    groups = sorted({s.group for s in rest})
-    rng = np.random.default_rng(seed)
-    rng.shuffle(groups)
-    f = np.asarray(fractions[:2] if given_test else fractions, float)
+    given: dict[str, str] = {}
+    for s in samples:
+        if s.split not in ("", *SPLITS):
+            raise ValueError(f"{s.path}: unknown split {s.split!r}; use train, val or test (or leave it empty)")
+        if s.split and given.setdefault(s.group, s.split) != s.split:
+            raise ValueError(f"group {s.group!r} is given in two splits ({given[s.group]} and {s.split}); "
+                             "a group (patient) must stay in one split")
+    has_val, has_test = "val" in given.values(), "test" in given.values()
+    where = {g: sp for g, sp in given.items() if sp != "train" or has_val}
+    names = ["train", "val"] if has_test else ["train", "val", "test"]
+    f = np.asarray(fractions[: len(names)], float)
     f = f / f.sum()
-    cuts = np.round(np.cumsum(f) * len(groups)).astype(int)
-    names = ["train", "val"] if given_test else ["train", "val", "test"]
-    where = {g: names[int(np.searchsorted(cuts, i, side="right"))] for i, g in enumerate(groups)}
-    for s in rest:
+    by_label: dict[str, Counter] = {}
+    for s in samples:
+        if s.group not in where:
+            by_label.setdefault(s.group, Counter())[s.label] += 1
+    strata: dict[str, list[str]] = {}
+    for g, counts in sorted(by_label.items()):
+        strata.setdefault(counts.most_common(1)[0][0] if not has_val else "", []).append(g)
+    rng = np.random.default_rng(seed)
+    for _, groups in sorted(strata.items()):
+        if has_val:  # everything not given as val or test trains
+            where.update(dict.fromkeys(groups, "train"))
+            continue
+        rng.shuffle(groups)
+        n = len(groups)
+        n_val = max(int(np.round(f[1] * n)), 1 if n >= 2 else 0)
+        n_test = int(np.round(f[2] * n)) if len(names) == 3 else 0
+        n_test = max(0, min(n_test, n - n_val - 1))
+        n_train = n - n_val - n_test
+        for i, g in enumerate(groups):
+            where[g] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    out = {name: [] for name in SPLITS}
+    for s in samples:
         out[where[s.group]].append(s)
     return out
 
@@ -95,7 +135,7 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
 
     Whole fields are segmented and their centre cell is cropped; with ``single_cells`` the image is
     already one cell and the whole image is its mask. Unreadable images and fields without a cell are
-    skipped and reported.
+    skipped and reported. ``progress(done, total)`` is called after every sample.
 
     Returns
     -------
@@ -115,17 +155,14 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
             image = read_image(s.path)
         except ImageError as err:
             skipped.append(str(err))
-            continue
-        if single_cells:
-            labels = np.ones(image.shape[:2], np.int32)
         else:
-            labels = segment_leukocytes(image, segment, model=segmenter)
-        cell = centre_cell(labels)
-        if cell == 0:
-            skipped.append(f"{s.path}: no leukocyte found")
-            continue
-        images.append(crop_cells(image, labels, crop, ids=[cell]).images[0])
-        kept.append(s)
+            labels = np.ones(image.shape[:2], np.int32) if single_cells else segment_leukocytes(image, segment, model=segmenter)
+            cell = centre_cell(labels)
+            if cell == 0:
+                skipped.append(f"{s.path}: no leukocyte found")
+            else:
+                images.append(crop_cells(image, labels, crop, ids=[cell]).images[0])
+                kept.append(s)
         if progress:
             progress(i + 1, len(samples))
     empty = np.zeros((0, crop.size, crop.size, 3), np.uint8)

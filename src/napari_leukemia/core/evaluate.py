@@ -81,69 +81,92 @@ def expected_calibration_error(y_true, p, bins: int = 15) -> float:
     return float(ece)
 
 
-def plot_roc(y_true, p, path, title: str = "ROC") -> None:
-    """Save a ROC curve with its AUC."""
-    import matplotlib
+def multiclass_report(y_true, y_pred, classes) -> dict:
+    """Per-class precision, recall, F1 and support, macro-F1, accuracy and the confusion matrix.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
+    Parameters
+    ----------
+    y_true, y_pred : (N,) array of int
+        Class indices into ``classes``.
+    classes : sequence of str
 
+    Returns
+    -------
+    dict
+        ``per_class`` (``{class: {precision, recall, f1, support}}``), ``macro_f1``, ``accuracy`` and
+        ``confusion_matrix`` (rows: truth, columns: prediction, in the order of ``classes``).
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y, pred = np.asarray(y_true, int), np.asarray(y_pred, int)
+    labels = list(range(len(classes)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=np.nan)
+    present = support > 0
+    return {
+        "per_class": {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "macro_f1": float(np.nanmean(np.nan_to_num(f1[present], nan=0.0))) if present.any() else float("nan"),
+        "accuracy": float((y == pred).mean()) if len(y) else float("nan"),
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+def _save(fig, path) -> None:
+    """Write a matplotlib figure as PNG, atomically (no pyplot: safe in threads and beside a Qt backend)."""
     from .io import atomic_path
 
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_roc(y_true, p, path, title: str = "ROC") -> None:
+    """Save a ROC curve with its AUC."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     fpr, tpr, _ = roc_curve(y_true, p)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
+    fig = Figure(figsize=(4, 4), dpi=120)
+    ax = fig.subplots()
     ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y_true, p):.4f}")
     ax.plot([0, 1], [0, 1], ":", color="gray")
     ax.axvline(0.05, ls="--", color="tab:red", lw=0.8, label="95% specificity")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(matrix, classes, path, title: str = "Confusion matrix") -> None:
     """Save a confusion matrix (rows: truth, columns: prediction)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_path
+    from matplotlib.figure import Figure
 
     m = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(classes), 1 + 0.8 * len(classes)), dpi=120)
+    fig = Figure(figsize=(1.2 + 0.9 * len(classes), 1 + 0.8 * len(classes)), dpi=120)
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
+
+
+def draw_curves(axes, history: list[dict]) -> None:
+    """Draw loss and accuracy, train vs validation, per epoch, on two matplotlib axes."""
+    ep = [h["epoch"] for h in history]
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.clear()
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
+        ax.plot(ep, [h[f"val_{key}"] for h in history], "o-", ms=3, label="validation")
+        ax.set(xlabel="epoch", ylabel=key)
+        ax.legend()
 
 
 def plot_curves(history: list[dict], path) -> None:
     """Save training curves: loss and accuracy, train vs validation, per epoch."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_path
-
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.plot(ep, [h[f"train_{key}"] for h in history], label="train")
-        ax.plot(ep, [h[f"val_{key}"] for h in history], label="validation")
-        ax.set(xlabel="epoch", ylabel=key)
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    fig = Figure(figsize=(8, 3.2), dpi=120)
+    draw_curves(fig.subplots(1, 2), history)
+    _save(fig, path)

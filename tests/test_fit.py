@@ -1,0 +1,230 @@
+"""Training and evaluating classifiers from a dataset: ``napari-leukemia train`` / ``evaluate`` over ``core.fit``.
+
+Tiny real runs: 32 px crops of real cells, two epochs, random initialisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_leukemia import cli
+from napari_leukemia.core.datasets import read_dataset, split_by_group
+from napari_leukemia.core.fit import FINAL_NAME, default_leukemic, fit_classifier
+from napari_leukemia.core.model import load_classifier
+
+FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
+RUN_FILES = ["best.safetensors", "classifier.safetensors", "curves.png", "history.json", "last.safetensors",
+             "last_state.pt", "run.json"]
+METRICS = ["accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
+           "sensitivity_at_95_specificity", "ece", "confusion_matrix"]
+
+
+def run(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def is_png(path) -> bool:
+    with Image.open(path) as im:
+        return im.format == "PNG" and min(im.size) > 50
+
+
+@pytest.fixture(scope="module")
+def trained(cell_dataset, tmp_path_factory):
+    """One CLI training run on the cell dataset plus an unreadable file: (dataset, out, code, stdout, stderr)."""
+    data = copy_dataset(cell_dataset, tmp_path_factory.mktemp("data") / "cells")
+    (data / "leukemic" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path_factory.mktemp("run") / "run"
+    code, stdout, stderr = run("train", data, "--out", out, "--epochs", 2, *FAST)
+    return data, out, code, stdout, stderr
+
+
+def test_train_writes_checkpoints_curves_and_a_calibrated_classifier(trained):
+    data, out, code, stdout, stderr = trained
+    assert code == 1, stderr  # trained, but a file was skipped: named, exit 1
+    assert "skipped:" in stderr and str(data / "leukemic" / "broken.png") in stderr
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
+    assert "epoch   1/2" in stdout and "epoch   2/2" in stdout and "Research use only" in stdout
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert is_png(out / "curves.png")
+    clf = load_classifier(out / FINAL_NAME, "cpu")
+    assert clf.info.classes == ("normal", "leukemic") and clf.info.leukemic == ("leukemic",)
+    assert clf.info.crop.size == 32 and clf.info.temperature > 0
+    prov = clf.info.provenance
+    assert prov["command"].startswith("napari-leukemia train") and "--epochs 2" in prov["command"]
+    splits = split_by_group(read_dataset(data), seed=0)
+    usable = {name: [x for x in part if x.path.name != "broken.png"] for name, part in splits.items()}
+    for name in ("train", "val"):
+        assert prov["data"]["cells"][name] == {c: sum(x.label == c for x in usable[name]) for c in ("normal", "leukemic")}
+    assert prov["data"]["skipped"] == 1 and prov["epochs_run"] == 2 and prov["seconds"] > 0
+    assert prov["train_config"]["epochs"] == 2 and prov["hardware"] and "cores" in prov["hardware"]
+    assert set(METRICS) <= set(prov["val_metrics"]) and prov["val_metrics"]["n"] == sum(prov["data"]["cells"]["val"].values())
+
+
+def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
+    data, out, *_ = trained
+    ev = tmp_path / "eval"
+    code, stdout, stderr = run("evaluate", data, "--classifier", out / FINAL_NAME, "--out", ev, "--split", "all",
+                               "--single-cells", "--device", "cpu", "--quiet")
+    assert code == 1 and "broken.png" in stderr  # the unreadable file is named again
+    assert sorted(p.name for p in ev.iterdir()) == ["confusion.png", "metrics.json", "roc.png"]
+    assert is_png(ev / "roc.png") and is_png(ev / "confusion.png")
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["n_cells"] == 12 and m["split"] == "all" and m["split_matches_training"] is True
+    overall = m["overall"]
+    assert set(METRICS) <= set(overall)
+    assert np.sum(overall["confusion_matrix"]) == 12 and 0 <= overall["ece"] <= 1
+    assert 0 <= overall["roc_auc"] <= 1 and overall["balanced_accuracy"] == pytest.approx(
+        (overall["recall"] + overall["specificity"]) / 2)
+    per_class = m["per_class"]
+    assert [c["support"] for c in per_class["per_class"].values()] == [6, 6]
+    assert "macro_f1" in per_class and np.sum(per_class["confusion_matrix"]) == 12
+    groups = m["per_group"]
+    assert len(groups) == 12 and all(g["n"] == 1 for g in groups.values())
+    g = groups["leukemic/leukemic_0"]
+    assert g["labels"] == {"leukemic": 1} and g["called_leukemic"] in (0.0, 1.0)
+    assert g["accuracy"] == float(g["called_leukemic"] == 1.0) and 0 <= g["mean_p_leukemic"] <= 1
+    assert "accuracy" in stdout and "ROC-AUC" in stdout
+    # never overwritten without --overwrite
+    before = (ev / "metrics.json").read_bytes()
+    code, _, stderr = run("evaluate", data, "--classifier", out / FINAL_NAME, "--out", ev, "--single-cells", "--quiet")
+    assert code == 2 and "--overwrite" in stderr and (ev / "metrics.json").read_bytes() == before
+
+
+def test_a_finished_run_is_not_overwritten(trained):
+    data, out, *_ = trained
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, _, stderr = run("train", data, "--out", out, "--epochs", 2, *FAST)
+    assert code == 2 and "classifier.safetensors exists" in stderr and "--overwrite" in stderr
+    code, _, stderr = run("train", data, "--out", out, "--epochs", 2, "--resume", *FAST)
+    assert code == 2 and "--overwrite" in stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("one image", "class 'normal' has a single image"),
+    ("empty class", "class folder(s) normal hold no images"),
+    ("one class", "one class (leukemic)"),
+])
+def test_unusable_datasets_are_refused(cell_dataset, tmp_path, problem, message):
+    data = copy_dataset(cell_dataset, tmp_path / "cells")
+    normal = sorted((data / "normal").iterdir())
+    for path in normal[1:] if problem == "one image" else normal:
+        path.unlink()
+    if problem == "one class":
+        (data / "normal").rmdir()
+    code, _, stderr = run("train", data, "--out", tmp_path / "run", *FAST)
+    assert code == 2 and message in stderr
+    if problem == "one image":
+        assert "normal_0.png" in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_fine_tuning_keeps_the_class_list(trained, cell_dataset, tmp_path):
+    _, out, *_ = trained
+    # another class list: refused before anything is written
+    other = copy_dataset(cell_dataset, tmp_path / "other")
+    (other / "leukemic").rename(other / "blast")
+    code, _, stderr = run("train", other, "--out", tmp_path / "refused", "--init", out / FINAL_NAME, *FAST)
+    assert code == 2 and "trained for classes ['normal', 'leukemic']" in stderr and "['blast', 'normal']" in stderr
+    assert not (tmp_path / "refused").exists()
+    # the same class list: fine-tuned at the checkpoint's crop size
+    code, stdout, stderr = run("train", cell_dataset, "--out", tmp_path / "tuned", "--init", out / FINAL_NAME,
+                               "--epochs", 1, *[a for a in FAST if a not in ("--size", "32")])
+    assert code == 0, stderr
+    assert "fine-tuned from" in stdout
+    tuned = load_classifier(tmp_path / "tuned" / FINAL_NAME, "cpu")
+    assert tuned.info.crop.size == 32 and tuned.info.provenance["init"].startswith("fine-tuned from")
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(cell_dataset, tmp_path, monkeypatch):
+    printed = cli._print_training_event
+
+    def interrupt_after_first_epoch(event):
+        printed(event)
+        if event["stage"] == "epoch" and event["epoch"] == 1 and not event["stopped"]:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C sends; the run ends at its next step
+
+    monkeypatch.setattr(cli, "_print_training_event", interrupt_after_first_epoch)
+    handler = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    code, _, stderr = run("train", cell_dataset, "--out", out, "--epochs", 5, *FAST)
+    assert code == 130 and "--resume" in stderr
+    assert (out / "last.safetensors").is_file() and not (out / FINAL_NAME).exists()
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    monkeypatch.undo()
+    code, stdout, stderr = run("train", cell_dataset, "--out", out, "--epochs", 2, "--resume", *FAST)
+    assert code == 0, stderr
+    assert "epoch   2/2" in stdout and "epoch   1/2" not in stdout
+    clf = load_classifier(out / FINAL_NAME, "cpu")
+    assert clf.info.provenance["epochs_run"] == 2 and len(clf.info.provenance["commands"]) == 2
+
+
+def test_csv_groups_are_split_by_group_and_evaluate_uses_the_held_out_ones(trained, cell_dataset, tmp_path):
+    _, out, *_ = trained
+    files = sorted(cell_dataset.rglob("*.png"))
+    rows = ["path,label,group"] + [f"{f},{f.parent.name},patient{k % 6}" for k, f in enumerate(files)]
+    table = tmp_path / "cells.csv"
+    table.write_text("\n".join(rows) + "\n")
+    samples = read_dataset(table)
+    splits = split_by_group(samples, seed=0)
+    groups = {name: {s.group for s in part} for name, part in splits.items()}
+    assert groups["train"] and groups["val"] and groups["test"]
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    assert not (groups["val"] & groups["test"])
+    assert sum(len(p) for p in splits.values()) == len(files)
+    # training sees only train + val: its data report counts them, and the test groups stay aside
+    run_gen = fit_classifier(table, tmp_path / "run", single_cells=True, size=32)
+    event = next(e for e in run_gen if e["stage"] == "data")
+    run_gen.close()
+    assert sum(event["cells"]["test"].values()) == len(splits["test"]) and event["groups"]["test"] == len(groups["test"])
+    # evaluate --split test scores exactly the held-out groups
+    code, _, stderr = run("evaluate", table, "--classifier", out / FINAL_NAME, "--out", tmp_path / "eval",
+                          "--single-cells", "--device", "cpu", "--quiet")
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(m["per_group"]) == groups["test"] and m["n_cells"] == len(splits["test"])
+    # a group given in two splits is refused
+    table.write_text("path,label,group,split\n" + f"{files[0]},leukemic,p1,test\n{files[1]},leukemic,p1,train\n")
+    with pytest.raises(ValueError, match="group 'p1' is given in two splits"):
+        split_by_group(read_dataset(table))
+
+
+def test_given_splits_are_kept_whole():
+    from napari_leukemia.core.datasets import Sample
+
+    samples = [Sample(f"{g}_{i}.png", "ab"[g % 2], f"p{g}") for g in range(10) for i in range(3)]
+    samples += [Sample("t0.png", "a", "p0", "test")]  # one image of p0 is given as test: all of p0 is test
+    splits = split_by_group(samples)
+    assert {s.group for s in splits["test"]} == {"p0"} and len(splits["test"]) == 4
+    # stratified by class: both classes reach train and val
+    for name in ("train", "val"):
+        assert {s.label for s in splits[name]} == {"a", "b"}
+    given = [Sample(s.path, s.label, s.group, "val" if s.group == "p1" else "") for s in samples[:-1]]
+    assert {s.group for s in split_by_group(given)["val"]} == {"p1"}
+    assert not split_by_group(given)["test"]
+
+
+def test_default_leukemic_classes():
+    cell_classes = ["basophil", "blast_no_lineage_spec", "lymphocyte", "myelocyte", "promonocyte", "promyelocyte"]
+    assert default_leukemic(cell_classes) == ("blast_no_lineage_spec", "promonocyte", "promyelocyte")
+    assert default_leukemic(["normal", "leukemic"]) == ("leukemic",)
+    assert default_leukemic(["ALL", "hem"]) == ("ALL",)
+    assert default_leukemic(["non_leukaemic", "leukaemic"]) == ("leukaemic",)
