@@ -92,7 +92,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         t = time.perf_counter()
         labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
         timings["segment_s"] = time.perf_counter() - t
-        segmenter_name = _model_name(getattr(seg_model, "path", None)) if seg_model else "stain-based"
+        segmenter_name = model_name(getattr(seg_model, "path", None)) if seg_model else "stain-based"
     else:
         labels = check_labels(labels, image.shape[:2], name)
         segmenter_name = "user labels"
@@ -123,7 +123,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         "classes": list(clf.info.classes),
         "leukemic_classes": list(clf.info.leukemic),
         "segmenter": segmenter_name,
-        "classifier": _model_name(clf.path),
+        "classifier": model_name(clf.path),
         "device": str(device),
         "timings": {key: round(v, 3) for key, v in timings.items()},
         "message": f"no leukocytes found in {name}" if n == 0 else "",
@@ -282,7 +282,7 @@ def _sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def _model_name(path) -> str:
+def model_name(path) -> str:
     """``file name @ sha256[:12]``: the model and its exact version."""
     if not path:
         return "in-memory"
