@@ -1,5 +1,6 @@
 """Dock widgets. Each forwards to the same core functions the console and the CLI call."""
 
+import weakref
 from pathlib import Path
 
 import napari
@@ -9,6 +10,24 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from ..core.config import DISCLAIMER
 from . import avoid_llvm_clash
 from .layers import META_KEY, our_layers, show_result
+
+#: Weak references to every AnalyzeWidget made, so that other widgets find those of their viewer.
+_ANALYZE_WIDGETS: list = []
+
+
+def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
+    """The live Analyze widgets of ``viewer`` (e.g. to hand them a newly trained classifier).
+
+    napari hands each plugin widget its own proxy of the viewer; the viewers behind them are compared.
+    """
+    alive = [ref() for ref in _ANALYZE_WIDGETS]
+    _ANALYZE_WIDGETS[:] = [weakref.ref(w) for w in alive if w is not None]
+    target = _unwrap(viewer)
+    return [w for w in alive if w is not None and _unwrap(w._viewer) is target]
+
+
+def _unwrap(viewer):
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 class AnalyzeWidget(Container):
@@ -46,6 +65,12 @@ class AnalyzeWidget(Container):
         ])
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
+        _ANALYZE_WIDGETS.append(weakref.ref(self))
+
+    def use_classifier(self, path) -> None:
+        """Select a classifier checkpoint for the next analysis (e.g. one just trained)."""
+        self._classifier.value = str(path)
+        self._status.value = f"classifier: {Path(path).name}"
 
     # --- settings -> core -------------------------------------------------------------------------
     def _config(self):
@@ -136,4 +161,4 @@ def format_summary(summary: dict) -> str:
     )
 
 
-__all__ = ["AnalyzeWidget", "format_summary", "META_KEY"]
+__all__ = ["AnalyzeWidget", "analyze_widgets", "format_summary", "META_KEY"]

@@ -1,0 +1,94 @@
+"""The Train classifier dock widget: tiny real trainings (32 px, random weights) in its worker thread."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _widget(viewer, dataset, out, epochs):
+    from napari_leukemia._napari.train_widget import TrainWidget
+
+    widget = TrainWidget(viewer)
+    widget._dataset.value = dataset
+    widget._single.value = True
+    widget._epochs.value = epochs
+    widget._batch.value = 4
+    widget._size.value = 32
+    widget._imagenet.value = False
+    widget._device.value = "cpu"
+    widget._out.value = out
+    return widget
+
+
+def _wait(widget, qtbot):
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+
+
+def test_training_from_the_widget_hands_the_checkpoint_to_analyze(make_napari_viewer, qtbot, cell_dataset, tmp_path):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer, elsewhere = make_napari_viewer(), make_napari_viewer()
+    analyze, other = AnalyzeWidget(viewer), AnalyzeWidget(elsewhere)
+    widget = _widget(viewer, cell_dataset, tmp_path / "run", epochs=2)
+    assert widget.start() is not None
+    assert not widget._start_button.enabled and widget._stop_button.enabled
+    _wait(widget, qtbot)
+    assert widget.result is not None and not widget.result["stopped"], widget._status.value
+    checkpoint = tmp_path / "run" / "classifier.safetensors"
+    assert widget.result["checkpoint"] == str(checkpoint) and checkpoint.is_file()
+    for ax in widget._axes:  # live curves: train and validation, one point per epoch
+        assert [list(line.get_xdata()) for line in ax.lines] == [[1, 2], [1, 2]]
+        assert all(np.isfinite(line.get_ydata()).all() for line in ax.lines)
+    assert Path(analyze._classifier.value) == checkpoint and analyze._path(analyze._classifier) == str(checkpoint)
+    assert str(other._classifier.value) in ("", ".")  # another viewer's widget is left alone
+    assert "done" in widget._status.value and "Research use only" in widget._disclaimer.value
+    assert widget._start_button.enabled and not widget._stop_button.enabled
+
+
+def test_stop_keeps_last_and_resume_finishes(make_napari_viewer, qtbot, cell_dataset, tmp_path):
+    viewer = make_napari_viewer()
+    out = tmp_path / "run"
+    widget = _widget(viewer, cell_dataset, out, epochs=50)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget._history) >= 1, timeout=120_000)
+    widget.stop()
+    _wait(widget, qtbot)
+    assert widget.result["stopped"] and "Resume" in widget._status.value
+    assert (out / "last.safetensors").is_file() and not (out / "classifier.safetensors").exists()
+    done = len(json.loads((out / "history.json").read_text()))
+    # Start again into the same folder is refused; Resume continues the run to its end
+    widget.start()
+    _wait(widget, qtbot)
+    assert "Error" in widget._status.value and "Resume" in widget._status.value
+    widget._epochs.value = done + 1
+    widget.start(resume=True)
+    _wait(widget, qtbot)
+    assert not widget.result["stopped"], widget._status.value
+    assert (out / "classifier.safetensors").is_file()
+    assert [h["epoch"] for h in widget.result["history"]] == list(range(1, done + 2))
+
+
+def test_missing_settings_are_reported(make_napari_viewer, tmp_path):
+    from napari_leukemia._napari.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    assert widget.start() is None and "choose a dataset" in widget._status.value
+    widget.set_dataset(tmp_path / "cells.csv")
+    assert widget._dataset.mode.value == "r"
+    assert widget.start() is None and "output folder" in widget._status.value
+
+
+def test_train_widget_opens_through_the_manifest_and_finds_the_docked_analyze_widget(make_napari_viewer):
+    from napari_leukemia._napari.widgets import analyze_widgets
+
+    viewer, elsewhere = make_napari_viewer(), make_napari_viewer()
+    _, analyze = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
+    _, train = viewer.window.add_plugin_dock_widget("napari-leukemia", "Train classifier")
+    elsewhere.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
+    # napari gives each plugin widget its own proxy of the viewer: the registry compares the viewers behind them
+    assert analyze_widgets(train._viewer) == [analyze]
