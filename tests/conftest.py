@@ -104,3 +104,16 @@ def cell_dataset(tmp_path_factory, deepapl_image, bccd_image) -> Path:
             turned = np.rot90(cell, k % 4)
             Image.fromarray(np.ascontiguousarray(turned[:, ::-1] if k >= 4 else turned)).save(root / label / f"{label}_{k}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def hand_cells(bccd_image):
+    """Four cells on the BCCD field: its leukocyte (stain segmenter, label 1) and three discs drawn by hand (2-4)."""
+    from napari_leukemia.core.stain import stain_segment
+
+    labels = stain_segment(bccd_image)
+    assert labels.max() == 1
+    yy, xx = np.ogrid[: labels.shape[0], : labels.shape[1]]
+    for cy, cx in ((60, 80), (400, 90), (420, 560)):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= 38**2) & (labels == 0)] = labels.max() + 1
+    return labels

@@ -16,17 +16,6 @@ def disc(shape, cy, cx, r):
 
 
 @pytest.fixture(scope="session")
-def hand_cells(bccd_image):
-    """The BCCD field's leukocyte (stain segmenter) plus three discs drawn by hand: four real cells."""
-    from napari_leukemia.core.stain import stain_segment
-
-    labels = stain_segment(bccd_image)
-    for cy, cx in ((60, 80), (400, 90), (420, 560)):
-        labels[disc(labels.shape, cy, cx, 38) & (labels == 0)] = labels.max() + 1
-    return labels
-
-
-@pytest.fixture(scope="session")
 def analysed(bccd_image, hand_cells, classifier):
     return analyze_smear(bccd_image, labels=hand_cells, classifier=classifier,
                          config=AnalysisConfig(device="cpu", gradcam=False), name="smear")

@@ -7,11 +7,16 @@ import hashlib
 import numpy as np
 
 from ..core.pipeline import SmearResult
-from ..core.render import class_colors
+from ..core.render import EXCLUDED, EXCLUDED_RGBA, class_colors
+from ..core.review import EXCLUDE, calls
 
 #: metadata key marking a layer as a result of ours: {"source": <image layer name>, "role": ..., "hash": ...}
 META_KEY = "napari_leukemia"
 ROLES = ("cells", "p_leukemic", "gradcam")
+#: Alpha of cells without a manual call once a table is under review (it has an ``annotation`` column).
+UNREVIEWED_ALPHA = 0.4
+#: Alpha of cells called "exclude" by hand (gray).
+EXCLUDED_ALPHA = 0.25
 
 
 def labels_hash(labels: np.ndarray) -> str:
@@ -20,14 +25,36 @@ def labels_hash(labels: np.ndarray) -> str:
 
 
 def label_colormap(cells, classes, leukemic):
-    """DirectLabelColormap colouring each label by its predicted class."""
+    """DirectLabelColormap colouring each label by its call: the predicted class, or the manual one once set.
+
+    In a table under review (one with an ``annotation`` column) cells without a manual call are paler and
+    excluded cells faint gray. Labels without a row (painted, not yet classified) are gray.
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
     colors = class_colors(classes, leukemic)
-    mapping = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
-    for label, cls in zip(cells["label"], cells["predicted_class"]):
-        mapping[int(label)] = colors[str(cls)]
+    mapping = {None: EXCLUDED_RGBA, 0: (0.0, 0.0, 0.0, 0.0)}
+    manual = cells["annotation"].fillna("").astype(str) if "annotation" in cells else None
+    for i, (label, call) in enumerate(zip(cells["label"], calls(cells))):
+        if call == EXCLUDE:
+            rgba = (*colors[EXCLUDED][:3], EXCLUDED_ALPHA)
+        else:
+            rgba = colors[str(call)]
+            if manual is not None and not manual.iat[i]:
+                rgba = (*rgba[:3], UNREVIEWED_ALPHA)
+        mapping[int(label)] = rgba
     return DirectLabelColormap(color_dict=mapping)
+
+
+def layer_features(cells):
+    """The cell table as a Labels layer's ``features``: with napari's ``index`` column (= label), so that the
+    status bar shows the row of the cell under the cursor."""
+    return cells.assign(index=cells["label"].to_numpy()).reset_index(drop=True)
+
+
+def cell_table_of(layer):
+    """A cells layer's table without napari's ``index`` column."""
+    return layer.features.drop(columns="index", errors="ignore").reset_index(drop=True)
 
 
 def result_layers(result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list[tuple]:
@@ -39,7 +66,7 @@ def result_layers(result: SmearResult, source: str, classes, leukemic, translate
             result.labels,
             {
                 "name": f"{source} cells",
-                "features": result.cells,
+                "features": layer_features(result.cells),
                 "colormap": label_colormap(result.cells, classes, leukemic),
                 "opacity": 0.55,
                 "metadata": meta("cells", hash=labels_hash(result.labels)),
@@ -92,8 +119,11 @@ def our_layers(viewer, source: str) -> dict:
 
 
 def is_edited(layer) -> bool:
-    """True when a cells layer's labels differ from what the analysis produced (the user painted)."""
+    """True when a cells layer is the user's work: painted on since the analysis, holding manual calls, or
+    loaded from a saved review."""
     info = layer.metadata.get(META_KEY, {})
+    if info.get("review") or ("annotation" in layer.features and (layer.features["annotation"].fillna("") != "").any()):
+        return True
     return info.get("hash") not in (None, labels_hash(np.asarray(layer.data)))
 
 

@@ -151,7 +151,7 @@ def analyze_smear(image, **kwargs) -> SmearResult:
 
 
 def check_labels(labels, shape, name: str = "image") -> np.ndarray:
-    """Validate a user label image against the smear: same shape, integer, non-negative."""
+    """Validate a user label image against the smear (same shape, integer, non-negative); returns an int32 copy."""
     labels = np.asarray(labels)
     if labels.shape != tuple(shape):
         raise ImageError(f"{name}: labels of shape {labels.shape} do not match the image's {tuple(shape)}")
@@ -159,7 +159,7 @@ def check_labels(labels, shape, name: str = "image") -> np.ndarray:
         raise ImageError(f"{name}: labels must be integers, got {labels.dtype}")
     if labels.size and labels.min() < 0:
         raise ImageError(f"{name}: labels must not be negative")
-    return labels.astype(np.int32, copy=False)
+    return labels.astype(np.int32)  # a copy: the result owns its labels (never a view of the user's layer)
 
 
 def get_classifier(classifier=None, device="auto"):

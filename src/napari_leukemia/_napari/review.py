@@ -1,0 +1,487 @@
+"""Review cells: walk through the cells most uncertain first, correct calls and masks, save, export for training.
+
+Shortcuts, active while the cells layer is selected: Alt+1..Alt+9 set the class (checkpoint order), Alt+0 excludes
+the cell (not a leukocyte), Alt+N / Alt+P go to the next / previous cell.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select
+
+from ..core.review import EXCLUDE, ReviewError
+from .layers import META_KEY, cell_table_of, label_colormap, layer_features, our_layers
+from .review_io import is_cells_layer, review_layer, review_of, source_image
+
+#: Zoom so that a cell's bounding box fills this fraction of the canvas' shorter side.
+CELL_FILL = 0.3
+NEXT_KEY, PREVIOUS_KEY, EXCLUDE_KEY = "Alt-N", "Alt-P", "Alt-0"
+
+
+def camera_and_canvas_size(viewer):
+    """The viewer's camera and canvas ``(height, width)``: ``viewer.scene.camera`` and ``viewer.canvas.size`` from
+    napari 0.9, ``viewer.camera`` and ``viewer._canvas_size`` before."""
+    scene = getattr(viewer, "scene", None)
+    if scene is not None:
+        return scene.camera, tuple(viewer.canvas.size)
+    return viewer.camera, tuple(viewer._canvas_size)
+
+
+def class_key(i: int) -> str:
+    """Shortcut of the ``i``-th class (0-based): Alt-1 ... Alt-9."""
+    return f"Alt-{i + 1}"
+
+
+class ReviewWidget(Container):
+    """Review cells: the cells of a result, most uncertain first; set calls, fix masks, save, export.
+
+    Calls go to the cells layer's ``features`` (``annotation``, ``annotated_by``, ``annotated_at``); Update
+    re-classifies only the cells whose mask was edited; Save/Load write and read ``<image>.review/`` folders;
+    Add to training set exports the hand-called cells as crops plus ``dataset.csv``.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker = None
+        self._layer = None  # the cells layer under review, with our key bindings
+        self._order = np.zeros(0, int)
+        self._cells = ComboBox(choices=self._cells_layers, label="cells layer")
+        self._filter = ComboBox(choices=["all"], value="all", label="show")
+        self._unreviewed = CheckBox(value=False, text="only cells not yet reviewed")
+        self._cell_list = Select(choices=[], allow_multiple=False, label="most uncertain first")
+        self._cell_list.native.setMinimumHeight(120)
+        self._previous = PushButton(text="< Previous (Alt+P)")
+        self._next = PushButton(text="Next (Alt+N) >")
+        self._info = Label(value="")
+        self._only_selected = CheckBox(value=False, text="show only this cell")
+        self._advance = CheckBox(value=True, text="go to the next cell after a call")
+        self._calls = Container(layout="horizontal", labels=False, label="call")
+        self._annotator = LineEdit(value=getpass.getuser(), label="annotator")
+        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
+        self._classifier.native.setToolTip("the checkpoint that classified these cells; empty: the shipped DenseNet201")
+        self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
+        self._update = PushButton(text="Update edited cells")
+        self._save = PushButton(text="Save review...")
+        self._load = PushButton(text="Load review...")
+        self._dataset = FileEdit(mode="d", label="training set folder", value="")
+        self._group = LineEdit(value="", label="patient / slide id")
+        self._group.native.setPlaceholderText("default: the image name")
+        self._confirmed = CheckBox(value=True, text="include calls that confirm the prediction")
+        self._export = PushButton(text="Add to training set")
+        self._status = Label(value="")
+        for button, slot in ((self._previous, self.previous), (self._next, self.next), (self._update, self.update),
+                             (self._save, lambda: self.save()), (self._load, lambda: self.load()),
+                             (self._export, lambda: self.export())):
+            button.changed.connect(slot)
+        self._cells.changed.connect(self._attach)
+        self._filter.changed.connect(self.refresh)
+        self._unreviewed.changed.connect(self.refresh)
+        self._cell_list.changed.connect(lambda v: v and self.go_to(v[0]))
+        self._only_selected.changed.connect(self._show_only)
+        self.extend([
+            self._cells, self._filter, self._unreviewed, self._cell_list,
+            Container(widgets=[self._previous, self._next], layout="horizontal", labels=False),
+            self._info, self._only_selected, self._calls, self._advance, self._annotator,
+            self._classifier, self._device, self._update,
+            Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
+            self._dataset, self._group, self._confirmed, self._export, self._status,
+        ])
+        viewer.layers.events.inserted.connect(self._cells.reset_choices)
+        viewer.layers.events.removed.connect(self._cells.reset_choices)
+        self._attach(self._cells.value)
+
+    # --- the layer under review -------------------------------------------------------------------
+    def _cells_layers(self, _widget=None):
+        return [(layer.name, layer) for layer in self._viewer.layers if is_cells_layer(layer)]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._layer.metadata["summary"]["classes"]) if self._layer is not None else []
+
+    @property
+    def leukemic(self) -> list[str]:
+        return list(self._layer.metadata["summary"].get("leukemic_classes", [])) if self._layer is not None else []
+
+    @property
+    def table(self):
+        """The cell table of the layer under review (without napari's ``index`` column)."""
+        return cell_table_of(self._layer)
+
+    def _attach(self, layer):
+        """Review ``layer``: bind the shortcuts to it, one call button per class."""
+        old = self._layer
+        if old is layer:
+            return
+        if old is not None:
+            for key in self._keys(old):
+                old.bind_key(key, None)
+            old.events.selected_label.disconnect(self._on_selected)
+            old.events.features.disconnect(self.refresh)
+        self._layer = layer
+        self._calls.clear()
+        if layer is None:
+            self._filter.choices = ["all"]
+            self.refresh()
+            return
+        actions = [(c, class_key(i)) for i, c in enumerate(self.classes)] + [(EXCLUDE, EXCLUDE_KEY)]
+        for value, key in actions:
+            button = PushButton(text=f"{value} ({key.replace('-', '+')})" if key else value)
+            button.changed.connect(lambda _=None, v=value: self.set_call(v))
+            self._calls.append(button)
+            if key:
+                layer.bind_key(key, lambda _layer, v=value: self.set_call(v), overwrite=True)
+        clear = PushButton(text="clear")
+        clear.changed.connect(lambda: self.set_call(""))
+        self._calls.append(clear)
+        layer.bind_key(NEXT_KEY, lambda _layer: self.next(), overwrite=True)
+        layer.bind_key(PREVIOUS_KEY, lambda _layer: self.previous(), overwrite=True)
+        layer.events.selected_label.connect(self._on_selected)
+        layer.events.features.connect(self.refresh)
+        self._filter.choices = ["all", *self.classes, EXCLUDE]
+        self._filter.value = "all"
+        self.refresh()
+
+    def _keys(self, layer) -> list[str]:
+        classes = layer.metadata.get("summary", {}).get("classes", [])
+        return [class_key(i) for i in range(min(len(classes), 9))] + [EXCLUDE_KEY, NEXT_KEY, PREVIOUS_KEY]
+
+    # --- list, navigation, info --------------------------------------------------------------------
+    def refresh(self, _event=None):
+        """Re-order and re-filter the cell list (most uncertain first)."""
+        from ..core.review import calls, review_order, review_uncertainty
+
+        if self._layer is None:
+            self._order = np.zeros(0, int)
+            self._cell_list.choices = []
+            self._info.value = "No cells layer: run Analyze smear, or load a review."
+            return
+        cells = self.table
+        call = None if self._filter.value == "all" else self._filter.value
+        self._order = review_order(cells, self.classes, self.leukemic, call=call, unreviewed=self._unreviewed.value)
+        rows = cells.set_index("label")
+        u = dict(zip(cells["label"], review_uncertainty(cells, self.classes, self.leukemic)))
+        text = dict(zip(cells["label"], calls(cells)))
+        manual = rows["annotation"] if "annotation" in rows else None
+        choices = [(f"cell {i}: {text[i]}{' (by hand)' if manual is not None and manual[i] else ''}, "
+                    f"uncertainty {u[i]:.2f}", int(i)) for i in self._order]
+        with self._cell_list.changed.blocked():
+            self._cell_list.choices = choices
+            if self._layer.selected_label in self._order:
+                self._cell_list.value = int(self._layer.selected_label)
+        self._show_info(self._layer.selected_label)
+
+    def next(self):
+        """Go to the next cell of the list (wrapping around)."""
+        self._step(1)
+
+    def previous(self):
+        """Go to the previous cell of the list (wrapping around)."""
+        self._step(-1)
+
+    def _step(self, delta: int):
+        if not len(self._order):
+            self._status.value = "No cells to review here (change the filter?)."
+            return
+        current = self._layer.selected_label
+        hits = np.flatnonzero(self._order == current)
+        i = (hits[0] + delta) % len(self._order) if len(hits) else (0 if delta > 0 else len(self._order) - 1)
+        self.go_to(int(self._order[i]))
+
+    def go_to(self, label: int):
+        """Centre the camera on cell ``label``, zoom to it, select it and show its probabilities."""
+        layer, cells = self._layer, self.table
+        row = cells[cells["label"] == label]
+        if layer is None or row.empty:
+            return
+        row = row.iloc[0]
+        camera, canvas = camera_and_canvas_size(self._viewer)
+        camera.center = tuple(layer.data_to_world([row["centroid_y"], row["centroid_x"]]))
+        side = max(row["bbox_y1"] - row["bbox_y0"], row["bbox_x1"] - row["bbox_x0"]) * float(np.max(np.abs(layer.scale)))
+        camera.zoom = CELL_FILL * float(min(canvas)) / max(side, 1.0)
+        layer.selected_label = int(label)
+        self._viewer.layers.selection.active = layer
+        with self._cell_list.changed.blocked():
+            if label in self._order:
+                self._cell_list.value = int(label)
+        self._show_info(label)
+
+    def _on_selected(self, event=None):
+        self._show_info(self._layer.selected_label)
+
+    def _show_only(self, value: bool):
+        if self._layer is not None:
+            self._layer.show_selected_label = bool(value)
+
+    def _show_info(self, label):
+        from ..core.pipeline import probability_column
+
+        cells = self.table if self._layer is not None else None
+        row = None if cells is None else cells[cells["label"] == label]
+        if row is None or row.empty:
+            self._info.value = f"cell {label}: not in the cell table (press Update after painting it)" if label else ""
+            return
+        row = row.iloc[0]
+        position = np.flatnonzero(self._order == label)
+        where = f" ({position[0] + 1} of {len(self._order)})" if len(position) else ""
+        probs = ", ".join(f"p({c}) {row[probability_column(c, self.leukemic)]:.3f}" for c in self.classes)
+        manual = row.get("annotation", "") or "none"
+        if manual != "none":
+            manual += f" by {row['annotated_by']} at {row['annotated_at']}"
+        self._info.value = (f"cell {label}{where}: predicted {row['predicted_class']}\n{probs}\n"
+                            f"p(leukemic) {row['p_leukemic']:.3f}; Grad-CAM in mask: {self._gradcam(row)}\n"
+                            f"manual call: {manual}")
+
+    def _gradcam(self, row) -> str:
+        """Mean Grad-CAM inside the cell's mask, from our Grad-CAM layer of the same image."""
+        info = self._layer.metadata.get(META_KEY, {})
+        cam = our_layers(self._viewer, info.get("source", "")).get("gradcam") if info else None
+        labels = np.asarray(self._layer.data)
+        if cam is None or np.shape(cam.data) != labels.shape:
+            return "n/a (no Grad-CAM layer)"
+        label = int(row["label"])
+        if label in info.get("gradcam_stale", ()):
+            return "n/a (mask edited after the heat map; re-run Analyze to refresh it)"
+        box = np.s_[int(row["bbox_y0"]) : int(row["bbox_y1"]), int(row["bbox_x0"]) : int(row["bbox_x1"])]
+        inside = labels[box] == label
+        return f"{float(np.asarray(cam.data)[box][inside].mean()):.3f}" if inside.any() else "n/a"
+
+    # --- calls ---------------------------------------------------------------------------------------
+    def set_call(self, value: str):
+        """Set the selected cell's manual call: a class, ``"exclude"``, or ``""`` to clear it."""
+        from ..core.review import annotate
+
+        layer = self._layer
+        if layer is None:
+            return
+        label = int(layer.selected_label)
+        try:
+            cells = annotate(self.table, label, value, classes=self.classes, who=self._annotator.value.strip() or None)
+        except KeyError as err:
+            self._status.value = str(err.args[0])
+            return
+        old_order = [int(i) for i in self._order]
+        self._apply(cells)
+        self._status.value = f"cell {label}: {value or 'call cleared'}"
+        if self._advance.value and value and label in old_order:
+            k = old_order.index(label)
+            following = [i for i in old_order[k + 1 :] + old_order[:k] if i in self._order]
+            if following:
+                self.go_to(following[0])
+
+    def _apply(self, cells):
+        """Put a new table on the layer: features (the list follows their event) and colours."""
+        self._layer.colormap = label_colormap(cells, self.classes, self.leukemic)
+        self._layer.features = layer_features(cells)
+
+    # --- update edited cells ---------------------------------------------------------------------
+    def _image(self):
+        """The open source image's pixels, checked against the review's hash and shape (ReviewError if not)."""
+        from ..core.review import source_problem
+
+        name = self._layer.metadata["summary"].get("image", "")
+        image = source_image(self._viewer, name)
+        info = {**self._layer.metadata.get(META_KEY, {}), "image": name, "image_shape": list(np.shape(self._layer.data))}
+        problem = source_problem(info, image)
+        if problem:
+            raise ReviewError(problem)
+        return image
+
+    def _classifier_path(self):
+        value = str(self._classifier.value or "").strip()
+        return value if value not in ("", ".") and Path(value).is_file() else None
+
+    def update(self):
+        """Re-classify, in a worker, only the cells whose mask was edited; returns the worker (or None)."""
+        from napari.qt.threading import create_worker
+
+        from ..core.pipeline import get_classifier, model_name
+        from ..core.review import update_cells
+        from . import avoid_llvm_clash
+
+        if self._layer is None or self._worker is not None:
+            return self._worker
+        try:
+            image = self._image()
+        except ReviewError as err:
+            self._status.value = f"Cannot update: {err}"
+            return None
+        avoid_llvm_clash()
+        layer, labels, table = self._layer, np.array(self._layer.data, copy=True), self.table
+        expected, path, device = layer.metadata["summary"].get("classifier", ""), self._classifier_path(), self._device.value
+
+        def work():
+            clf = get_classifier(path, device)
+            if expected and model_name(clf.path) != expected:
+                raise ReviewError(f"these cells were classified by {expected}, not {model_name(clf.path)}; "
+                                  "choose that checkpoint under 'classifier'")
+            return update_cells(image, labels, table, clf)
+
+        worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
+        worker.returned.connect(lambda result: self._updated(layer, labels, result))
+        return self._start(worker, "updating edited cells")
+
+    def _updated(self, layer, labels, result):
+        from ..core.pipeline import paint_values
+        from ..core.review import carry_annotations
+
+        if layer is not self._layer:
+            self._status.value = "the cells layer changed while updating; nothing was applied"
+            return
+        cells = carry_annotations(result.cells, self.table)  # calls made while the worker ran
+        self._apply(cells)
+        info = layer.metadata.get(META_KEY)
+        if isinstance(info, dict):
+            info["gradcam_stale"] = sorted({*info.get("gradcam_stale", ()), *map(int, result.changed)})
+            probability = our_layers(self._viewer, info.get("source", "")).get("p_leukemic")
+            if probability is not None and np.shape(probability.data) == labels.shape:
+                probability.data = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
+        changed = ", ".join(map(str, result.changed)) or "none"
+        self._status.value = f"re-classified cells: {changed}; removed rows: {len(result.removed)}"
+
+    # --- save / load -----------------------------------------------------------------------------------
+    def _source_file(self) -> str:
+        """The file the source image layer was opened from, else the layer name."""
+        name = self._layer.metadata["summary"].get("image", "image")
+        source = self._viewer.layers[name].source.path if name in self._viewer.layers else None
+        return str(source or name)
+
+    def _default_review_path(self) -> Path:
+        from ..core.review import review_path
+
+        source = Path(self._source_file())
+        return review_path(source if source.is_absolute() else Path.home() / source.name)
+
+    def save(self, path=None):
+        """Save the review of the cells layer to ``path`` (asked for when None); asks before replacing one."""
+        from qtpy.QtWidgets import QFileDialog
+
+        from ..core.review import REVIEW_SUFFIX, save_review
+
+        if self._layer is None:
+            self._status.value = "No cells layer to save."
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self.native, "Save review", str(self._default_review_path()),
+                                                  f"napari-leukemia review (*{REVIEW_SUFFIX})")
+            if not path:
+                return None
+        path = Path(path)
+        if path.suffix != REVIEW_SUFFIX:
+            path = path.with_name(path.name + REVIEW_SUFFIX)
+        overwrite = path.exists()
+        if overwrite and not self._ask(f"{path} exists. Replace it with this review?"):
+            self._status.value = f"not saved: {path} was kept"
+            return None
+        try:
+            image = self._image()
+        except ReviewError:
+            image = None  # saved without re-hashing: the hash the layer came with is kept
+        layer = self._layer
+        try:
+            review = review_of(layer.name, layer.data, layer.features, layer.metadata, translate=layer.translate,
+                               scale=layer.scale, image=image)
+            save_review(path, review, overwrite=overwrite)
+        except (ReviewError, OSError) as err:
+            self._on_error(err)
+            return None
+        info = layer.metadata.get(META_KEY)
+        if isinstance(info, dict):
+            info.update(review=str(path), image_sha256=review.info["image_sha256"])
+        self._status.value = f"saved {path}"
+        return path
+
+    def _ask(self, question: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self.native, "napari-leukemia", question,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def load(self, path=None):
+        """Add a saved review's cells layer to the viewer and review it; returns the layer (None on error)."""
+        from napari.utils.notifications import show_warning
+        from qtpy.QtWidgets import QFileDialog
+
+        from ..core.review import load_review, source_problem
+
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self.native, "Load review (a .review folder)")
+            if not path:
+                return None
+        try:
+            review = load_review(path)
+        except ReviewError as err:
+            self._on_error(err)
+            return None
+        data, kwargs, _ = review_layer(review, path)
+        layer = self._viewer.add_labels(data, **kwargs)
+        self._cells.value = layer
+        problem = source_problem(review.info, source_image(self._viewer, review.info.get("image", "")))
+        self._status.value = f"loaded {path}" + (f"; warning: {problem}" if problem else "")
+        if problem:
+            show_warning(f"napari-leukemia: {path}: {problem}")
+        return layer
+
+    # --- training set ---------------------------------------------------------------------------------
+    def export(self, folder=None):
+        """Add the hand-called cells to the training set folder, in a worker; returns the worker (or None)."""
+        from napari.qt.threading import create_worker
+
+        from ..core.pipeline import get_classifier
+        from ..core.review import export_training_set
+
+        folder = str(folder or self._dataset.value or "").strip()
+        if self._layer is None or self._worker is not None:
+            return self._worker
+        if folder in ("", "."):
+            self._status.value = "Choose a training set folder first."
+            return None
+        try:
+            image = self._image()
+        except ReviewError as err:
+            self._status.value = f"Cannot export: {err}"
+            return None
+        layer, source = self._layer, self._source_file()
+        labels, cells = np.array(layer.data, copy=True), self.table
+        path, device, group, confirmed = self._classifier_path(), self._device.value, self._group.value, self._confirmed.value
+
+        def work():
+            crop = get_classifier(path, device).info.crop
+            return export_training_set(folder, image, labels, cells, crop, source_image=str(source), group=group,
+                                       classes=self.classes, include_confirmed=confirmed)
+
+        worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
+        worker.returned.connect(self._exported)
+        return self._start(worker, "exporting cells")
+
+    def _exported(self, report):
+        skipped = f"; skipped: {'; '.join(report.skipped)}" if report.skipped else ""
+        self._status.value = (f"{report.added} cells added, {report.replaced} replaced, {report.removed} removed "
+                              f"in {report.csv} (train in single-cell mode){skipped}")
+
+    # --- workers -------------------------------------------------------------------------------------
+    def _start(self, worker, what: str):
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        for button in (self._update, self._export):
+            button.enabled = False
+        self._status.value = what + "..."
+        worker.start()
+        return worker
+
+    def _finished(self):
+        self._worker = None
+        for button in (self._update, self._export):
+            button.enabled = True
+
+    def _on_error(self, err):
+        from napari.utils.notifications import show_error
+
+        self._status.value = f"Error: {err}"
+        show_error(f"napari-leukemia: {err}")

@@ -1,0 +1,186 @@
+"""Review cells panel on a real viewer: order, navigation, calls by button and key, Update, save/load, npe2, export."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from napari_leukemia._napari.review import CELL_FILL
+from napari_leukemia.core import review as rv
+from napari_leukemia.core.config import AnalysisConfig
+from napari_leukemia.core.pipeline import analyze_smear
+
+pytestmark = pytest.mark.gui
+TRANSLATE = (100.0, 50.0)
+
+
+@pytest.fixture(scope="module")
+def result(bccd_image, hand_cells, classifier):
+    return analyze_smear(bccd_image, labels=hand_cells, classifier=classifier, config=AnalysisConfig(device="cpu"),
+                         name="smear")
+
+
+@pytest.fixture
+def reviewing(make_napari_viewer, bccd_image, result):
+    """A viewer as Analyze leaves it (image moved by TRANSLATE), and the Review panel."""
+    from napari_leukemia._napari.layers import show_result
+    from napari_leukemia._napari.review import ReviewWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(bccd_image, name="smear", rgb=True, translate=TRANSLATE)
+    result = dataclasses.replace(result, labels=result.labels.copy())  # the tests paint on it
+    show_result(viewer, result, "smear", result.summary["classes"], result.summary["leukemic_classes"], translate=TRANSLATE)
+    widget = ReviewWidget(viewer)
+    widget._device.value = "cpu"
+    widget._advance.value = False
+    return viewer, widget, viewer.layers["smear cells"]
+
+
+def _wait(widget, qtbot):
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+
+
+def test_cells_listed_most_uncertain_first_and_next_centres_on_the_cell(reviewing, result):
+    viewer, widget, layer = reviewing
+    order = list(widget._cell_list.choices)
+    assert order == list(rv.review_order(result.cells, result.summary["classes"], result.summary["leukemic_classes"]))
+    widget.next()
+    first = result.cells.set_index("label").loc[order[0]]
+    assert layer.selected_label == order[0] and viewer.layers.selection.active is layer
+    assert np.allclose(viewer.scene.camera.center[-2:], (first["centroid_y"] + TRANSLATE[0], first["centroid_x"] + TRANSLATE[1]))
+    box = max(first["bbox_y1"] - first["bbox_y0"], first["bbox_x1"] - first["bbox_x0"])
+    assert viewer.scene.camera.zoom * box == pytest.approx(CELL_FILL * min(viewer.canvas.size))
+    mask = result.labels == order[0]
+    assert f"Grad-CAM in mask: {result.gradcam[mask].mean():.3f}" in widget._info.value
+    assert f"p(leukemic) {first['p_leukemic']:.3f}" in widget._info.value and "(1 of 4)" in widget._info.value
+    widget.next()
+    assert layer.selected_label == order[1]
+    widget.previous(), widget.previous()
+    assert layer.selected_label == order[-1]  # wraps around
+    widget._only_selected.value = True
+    assert layer.show_selected_label
+
+
+def test_calls_by_button_and_shortcut_are_recorded_and_shown(reviewing):
+    from napari_leukemia._napari.layers import EXCLUDED_ALPHA, UNREVIEWED_ALPHA
+    from napari_leukemia.core.render import class_colors
+
+    viewer, widget, layer = reviewing
+    classes = widget.classes
+    widget.go_to(2)
+    next(b for b in widget._calls if b.text.startswith("leukemic")).native.click()
+    widget._annotator.value = "dr who"
+    widget.go_to(3)
+    viewer.window._qt_viewer._key_map_handler.press_key("Alt-1")  # the first class
+    widget.go_to(4)
+    viewer.window._qt_viewer._key_map_handler.press_key("Alt-0")
+    table = layer.features.set_index("label")
+    assert list(table.loc[[1, 2, 3, 4], "annotation"]) == ["", "leukemic", classes[0], "exclude"]
+    assert table.loc[3, "annotated_by"] == "dr who" and table.loc[2, "annotated_at"].startswith("20")
+    colors = class_colors(classes, widget.leukemic)
+    rgba = layer.colormap.map(np.array([1, 2, 4]))
+    assert np.allclose(rgba[1], colors["leukemic"]) and rgba[0][3] == pytest.approx(UNREVIEWED_ALPHA)
+    assert rgba[2][3] == pytest.approx(EXCLUDED_ALPHA) and np.allclose(rgba[2][:3], colors["excluded"][:3])
+    widget._unreviewed.value = True
+    assert list(widget._cell_list.choices) == [1]
+    widget._unreviewed.value, widget._filter.value = False, "exclude"
+    assert list(widget._cell_list.choices) == [4]
+    # going on to the next cell after a call
+    widget._filter.value, widget._advance.value = "all", True
+    order = list(widget._cell_list.choices)
+    widget.go_to(order[0])
+    viewer.window._qt_viewer._key_map_handler.press_key("Alt-2")
+    assert layer.selected_label == order[1]
+
+
+def test_update_reclassifies_only_painted_and_erased_cells(reviewing, qtbot):
+    viewer, widget, layer = reviewing
+    widget.go_to(1)
+    widget.set_call("leukemic")
+    before = layer.features.set_index("label")
+    layer.brush_size = 40
+    layer.paint((240, 330), 9)  # napari's brush: a new cell
+    layer.fill((420, 560), 0)  # napari's bucket: erase cell 4
+    assert widget.update() is not None
+    _wait(widget, qtbot)
+    assert "re-classified cells: 9;" in widget._status.value and "removed rows: 1" in widget._status.value
+    after = layer.features.set_index("label")
+    assert list(after.index) == [1, 2, 3, 9]
+    for i in (1, 2, 3):
+        assert after.loc[i].equals(before.loc[i])
+    assert after.loc[1, "annotation"] == "leukemic" and after.loc[9, "area"] == np.count_nonzero(layer.data == 9)
+    probability = viewer.layers["smear p(leukemic)"].data
+    assert np.allclose(probability[layer.data == 9], after.loc[9, "p_leukemic"]) and probability[layer.data == 0].max() == 0
+    widget.go_to(9)
+    assert "mask edited after the heat map" in widget._info.value
+
+
+def test_save_load_round_trip_through_panel_and_npe2(reviewing, tmp_path, qtbot):
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    viewer, widget, layer = reviewing
+    widget.go_to(3)
+    widget.set_call("leukemic")
+    path = widget.save(tmp_path / "smear")
+    assert path == tmp_path / "smear.review" and (path / "review.json").is_file()
+    before = (path / "cells.csv").read_bytes()
+    widget.set_call("")
+
+    def answer_no():
+        box = QApplication.activeModalWidget()
+        box.button(QMessageBox.StandardButton.No).click()
+
+    QTimer.singleShot(100, answer_no)
+    assert widget.save(path) is None and "was kept" in widget._status.value
+    assert (path / "cells.csv").read_bytes() == before
+    # File > Open through the plugin's reader
+    loaded = viewer.open(path, plugin="napari-leukemia")[0]
+    assert loaded.name.startswith("smear cells") and np.array_equal(loaded.data, layer.data)
+    assert loaded.features.set_index("label").loc[3, "annotation"] == "leukemic"
+    assert tuple(loaded.translate) == TRANSLATE and loaded.metadata["napari_leukemia"]["image_sha256"]
+    # File > Save Layers through the plugin's writer
+    viewer.layers.selection = {loaded}
+    written = viewer.layers.save(str(tmp_path / "copy.review"), selected=True, plugin="napari-leukemia")
+    copy = rv.load_review(written[0])
+    assert np.array_equal(copy.labels, layer.data) and copy.cells.set_index("label").loc[3, "annotation"] == "leukemic"
+    assert copy.info["image_sha256"] == rv.image_sha256(viewer.layers["smear"].data)
+    # the panel loads too, and warns when the image is not open
+    viewer.layers.remove("smear")
+    assert widget.load(path) is widget._layer and "is not open" in widget._status.value
+    assert widget.update() is None and "not open" in widget._status.value
+
+
+def test_bad_review_is_refused_with_its_file_name(make_napari_viewer, tmp_path, result):
+    viewer = make_napari_viewer()
+    info = {"image": "smear", "classes": result.summary["classes"], "leukemic_classes": ["leukemic"]}
+    path = rv.save_review(tmp_path / "s.review", rv.Review(result.labels, result.cells, info))
+    with pytest.warns(UserWarning, match="'smear' of this review is not open"):
+        viewer.open(path, plugin="napari-leukemia")
+    (path / "review.json").write_text("{not json")
+    with pytest.raises(Exception, match="review.json: not valid JSON"):
+        viewer.open(path, plugin="napari-leukemia")
+    assert len(viewer.layers) == 1
+
+
+def test_export_adds_the_called_cells_to_a_training_set(reviewing, tmp_path, qtbot):
+    from napari_leukemia.core.datasets import read_dataset
+
+    viewer, widget, layer = reviewing
+    widget.go_to(2)
+    widget.set_call("normal")
+    widget.go_to(3)
+    widget.set_call("leukemic")
+    widget._dataset.value = tmp_path / "set"
+    widget._group.value = "patient 1"
+    assert widget.export() is not None
+    _wait(widget, qtbot)
+    assert "2 cells added" in widget._status.value and "single-cell" in widget._status.value
+    samples = read_dataset(tmp_path / "set" / rv.DATASET_CSV)
+    assert sorted(s.label for s in samples) == ["leukemic", "normal"] and {s.group for s in samples} == {"patient 1"}
+
+
+def test_panel_opens_through_the_manifest(reviewing):
+    viewer, _, layer = reviewing
+    _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Review cells")
+    assert widget._layer is layer and len(widget._calls) == len(widget.classes) + 2
