@@ -30,6 +30,9 @@ _API = {
     "load_classifier": "core.model",
     "save_classifier": "core.model",
     "stain_segment": "core.stain",
+    "load_review": "core.review",
+    "save_review": "core.review",
+    "export_training_set": "core.review",
     "load_sample": "samples",
 }
 
