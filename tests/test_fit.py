@@ -107,6 +107,26 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path):
     assert code == 2 and "--overwrite" in stderr and (ev / "metrics.json").read_bytes() == before
 
 
+def test_labels_outside_the_class_list_are_scored_leukaemic_vs_not(trained, cell_dataset, tmp_path):
+    _, out, *_ = trained
+    data = copy_dataset(cell_dataset, tmp_path / "cells")  # cell classes, like DeepAPL's --labels cell_class
+    (data / "leukemic").rename(data / "blast")
+    (data / "normal").rename(data / "lymphocyte")
+    code, _, stderr = run("evaluate", data, "--classifier", out / FINAL_NAME, "--out", tmp_path / "eval",
+                          "--split", "all", "--single-cells", "--device", "cpu", "--quiet")
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["per_class"] is None and m["truth_leukemic_labels"] == ["blast"]
+    assert sorted(m["per_label"]) == ["blast", "lymphocyte"] and m["per_label"]["blast"]["n"] == 6
+    assert m["overall"]["confusion_matrix"][1][0] + m["overall"]["confusion_matrix"][1][1] == 6
+    assert is_png(tmp_path / "eval" / "confusion.png")
+    # no label looks leukaemic: name them
+    (data / "blast").rename(data / "myelocyte")
+    code, _, stderr = run("evaluate", data, "--classifier", out / FINAL_NAME, "--out", tmp_path / "eval2",
+                          "--single-cells", "--quiet")
+    assert code == 2 and "--leukemic-classes" in stderr
+
+
 def test_a_finished_run_is_not_overwritten(trained):
     data, out, *_ = trained
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -78,8 +78,8 @@ def test_missing_settings_are_reported(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
     assert widget.start() is None and "choose a dataset" in widget._status.value
-    widget.set_dataset(tmp_path / "cells.csv")
-    assert widget._dataset.mode.value == "r"
+    widget.set_dataset(tmp_path / "cells.csv", single_cells=True)
+    assert widget._dataset.mode.value == "r" and widget._single.value
     assert widget.start() is None and "output folder" in widget._status.value
 
 

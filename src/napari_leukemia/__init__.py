@@ -29,6 +29,8 @@ _API = {
     "crop_cells": "core.preprocess",
     "load_classifier": "core.model",
     "save_classifier": "core.model",
+    "fit_classifier": "core.fit",
+    "evaluate_dataset": "core.fit",
     "stain_segment": "core.stain",
     "load_review": "core.review",
     "save_review": "core.review",

@@ -73,10 +73,12 @@ class TrainWidget(Container):
         self.append(self._disclaimer)
 
     # --- settings -> core -------------------------------------------------------------------------
-    def set_dataset(self, path, kind: str = "CSV table / DeepAPL manifest") -> None:
-        """Train on ``path`` (e.g. a CSV of cells corrected in the viewer)."""
+    def set_dataset(self, path, kind: str = "CSV table / DeepAPL manifest", single_cells: bool | None = None) -> None:
+        """Train on ``path`` (e.g. the CSV of cells corrected in the viewer: ``single_cells=True``)."""
         self._kind.value = kind
         self._dataset.value = str(path)
+        if single_cells is not None:
+            self._single.value = single_cells
 
     def dataset_source(self):
         """What :func:`~napari_leukemia.core.fit.fit_classifier` trains on; raises ValueError when unset."""

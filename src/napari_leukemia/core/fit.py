@@ -585,7 +585,7 @@ def evaluate_dataset(source, classifier, out_dir, *, split: str = "test", single
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
     clf = classifier if isinstance(classifier, Classifier) else load_classifier(classifier, device)
-    trained = clf.info.provenance or {}
+    trained = {k: v for k, v in (clf.info.provenance or {}).items() if isinstance(v, dict)}  # older: free text
     if seed is None:
         seed = int(trained.get("train_config", {}).get("seed", 0))
     samples = read_samples(source, deepapl_labels)
