@@ -31,6 +31,7 @@ def reviewing(make_napari_viewer, bccd_image, result):
     result = dataclasses.replace(result, labels=result.labels.copy())  # the tests paint on it
     show_result(viewer, result, "smear", result.summary["classes"], result.summary["leukemic_classes"], translate=TRANSLATE)
     widget = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Review cells")  # docking resets the choices of its widgets
     widget._device.value = "cpu"
     widget._advance.value = False
     return viewer, widget, viewer.layers["smear cells"]
@@ -81,6 +82,7 @@ def test_calls_by_button_and_shortcut_are_recorded_and_shown(reviewing):
     rgba = layer.colormap.map(np.array([1, 2, 4]))
     assert np.allclose(rgba[1], colors["leukemic"]) and rgba[0][3] == pytest.approx(UNREVIEWED_ALPHA)
     assert rgba[2][3] == pytest.approx(EXCLUDED_ALPHA) and np.allclose(rgba[2][:3], colors["excluded"][:3])
+    assert list(widget._cell_list.choices) == list(rv.review_order(layer.features, classes, widget.leukemic))
     widget._unreviewed.value = True
     assert list(widget._cell_list.choices) == [1]
     widget._unreviewed.value, widget._filter.value = False, "exclude"
@@ -184,3 +186,5 @@ def test_panel_opens_through_the_manifest(reviewing):
     viewer, _, layer = reviewing
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Review cells")
     assert widget._layer is layer and len(widget._calls) == len(widget.classes) + 2
+    assert sorted(widget._cell_list.choices) == [1, 2, 3, 4]
+    assert widget._filter.choices == ("all", *widget.classes, "exclude")

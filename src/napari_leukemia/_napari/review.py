@@ -51,9 +51,10 @@ class ReviewWidget(Container):
         self._layer = None  # the cells layer under review, with our key bindings
         self._order = np.zeros(0, int)
         self._cells = ComboBox(choices=self._cells_layers, label="cells layer")
-        self._filter = ComboBox(choices=["all"], value="all", label="show")
+        self._list_items = []  # (text, label) of the listed cells; callable choices survive napari's reset_choices
+        self._filter = ComboBox(choices=lambda _w: ["all", *self.classes, EXCLUDE], value="all", label="show")
         self._unreviewed = CheckBox(value=False, text="only cells not yet reviewed")
-        self._cell_list = Select(choices=[], allow_multiple=False, label="most uncertain first")
+        self._cell_list = Select(choices=lambda _w: self._list_items, allow_multiple=False, label="most uncertain first")
         self._cell_list.native.setMinimumHeight(120)
         self._previous = PushButton(text="< Previous (Alt+P)")
         self._next = PushButton(text="Next (Alt+N) >")
@@ -125,7 +126,7 @@ class ReviewWidget(Container):
         self._layer = layer
         self._calls.clear()
         if layer is None:
-            self._filter.choices = ["all"]
+            self._filter.reset_choices()
             self.refresh()
             return
         actions = [(c, class_key(i)) for i, c in enumerate(self.classes)] + [(EXCLUDE, EXCLUDE_KEY)]
@@ -142,8 +143,10 @@ class ReviewWidget(Container):
         layer.bind_key(PREVIOUS_KEY, lambda _layer: self.previous(), overwrite=True)
         layer.events.selected_label.connect(self._on_selected)
         layer.events.features.connect(self.refresh)
-        self._filter.choices = ["all", *self.classes, EXCLUDE]
-        self._filter.value = "all"
+        with self._filter.changed.blocked():
+            self._filter.native.clear()  # rebuilt in class order
+            self._filter.reset_choices()
+            self._filter.value = "all"
         self.refresh()
 
     def _keys(self, layer) -> list[str]:
@@ -157,7 +160,8 @@ class ReviewWidget(Container):
 
         if self._layer is None:
             self._order = np.zeros(0, int)
-            self._cell_list.choices = []
+            self._list_items = []
+            self._cell_list.reset_choices()
             self._info.value = "No cells layer: run Analyze smear, or load a review."
             return
         cells = self.table
@@ -167,10 +171,11 @@ class ReviewWidget(Container):
         u = dict(zip(cells["label"], review_uncertainty(cells, self.classes, self.leukemic)))
         text = dict(zip(cells["label"], calls(cells)))
         manual = rows["annotation"] if "annotation" in rows else None
-        choices = [(f"cell {i}: {text[i]}{' (by hand)' if manual is not None and manual[i] else ''}, "
-                    f"uncertainty {u[i]:.2f}", int(i)) for i in self._order]
+        self._list_items = [(f"cell {i}: {text[i]}{' (by hand)' if manual is not None and manual[i] else ''}, "
+                             f"uncertainty {u[i]:.2f}", int(i)) for i in self._order]
         with self._cell_list.changed.blocked():
-            self._cell_list.choices = choices
+            self._cell_list.native.clear()  # magicgui keeps items it already has in place: rebuild, in order
+            self._cell_list.reset_choices()
             if self._layer.selected_label in self._order:
                 self._cell_list.value = int(self._layer.selected_label)
         self._show_info(self._layer.selected_label)
@@ -450,11 +455,12 @@ class ReviewWidget(Container):
         layer, source = self._layer, self._source_file()
         labels, cells = np.array(layer.data, copy=True), self.table
         path, device, group, confirmed = self._classifier_path(), self._device.value, self._group.value, self._confirmed.value
+        classes = self.classes
 
         def work():
             crop = get_classifier(path, device).info.crop
-            return export_training_set(folder, image, labels, cells, crop, source_image=str(source), group=group,
-                                       classes=self.classes, include_confirmed=confirmed)
+            return export_training_set(folder, image, labels, cells, crop, source_image=source, group=group,
+                                       classes=classes, include_confirmed=confirmed)
 
         worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(self._exported)
