@@ -227,6 +227,30 @@ def test_csv_groups_are_split_by_group_and_evaluate_uses_the_held_out_ones(train
         split_by_group(read_dataset(table))
 
 
+def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
+    from napari_leukemia.core.config import CropConfig
+    from napari_leukemia.core.fit import iter_crops
+
+    def crop(samples, size):
+        gen = iter_crops(samples, CropConfig(size=size), single_cells=True, cache=tmp_path / "crops.npz")
+        events = []
+        while True:
+            try:
+                events.append(next(gen))
+            except StopIteration as done:
+                return events, done.value
+
+    samples = read_dataset(cell_dataset)
+    events, first = crop(samples[:5], 32)
+    assert events[0]["cached"] == 0 and events[-1]["done"] == 5 and (tmp_path / "crops.npz").is_file()
+    events, again = crop(samples, 32)  # the first five are read back, the others cropped and added
+    assert events[0]["cached"] == 5 and len(again.samples) == len(samples)
+    assert np.abs(again.images[:5].astype(float) - first.images).mean() < 4  # stored as JPEG, quality 95
+    assert crop(samples, 32)[0][0]["cached"] == len(samples)
+    with pytest.raises(ValueError, match="crops.npz: these crops were made with other settings"):
+        crop(samples, 48)
+
+
 def test_given_splits_are_kept_whole():
     from napari_leukemia.core.datasets import Sample
 

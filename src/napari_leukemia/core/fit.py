@@ -307,6 +307,9 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
 
     t_start = time.perf_counter()
     out = Path(out_dir)
+    if resume and init:
+        raise ValueError("resume continues the run in the output folder from its own last checkpoint; "
+                         "do not give a checkpoint to fine-tune (init) as well")
     check_out_dir(out, resume=resume, overwrite=overwrite)
     samples = read_samples(source, deepapl_labels)
     check_samples(samples)
