@@ -54,7 +54,8 @@ class ReviewWidget(Container):
         self._list_items = []  # (text, label) of the listed cells; callable choices survive napari's reset_choices
         self._filter = ComboBox(choices=lambda _w: ["all", *self.classes, EXCLUDE], value="all", label="show")
         self._unreviewed = CheckBox(value=False, text="only cells not yet reviewed")
-        self._cell_list = Select(choices=lambda _w: self._list_items, allow_multiple=False, label="most uncertain first")
+        self._cell_list = Select(choices=lambda _w: self._list_items, allow_multiple=False, label="most uncertain first",
+                                 tooltip="each cell's current call and its highest class probability (top p)")
         self._cell_list.native.setMinimumHeight(120)
         self._previous = PushButton(text="< Previous (Alt+P)")
         self._next = PushButton(text="Next (Alt+N) >")
@@ -172,7 +173,7 @@ class ReviewWidget(Container):
         text = dict(zip(cells["label"], calls(cells)))
         manual = rows["annotation"] if "annotation" in rows else None
         self._list_items = [(f"cell {i}: {text[i]}{' (by hand)' if manual is not None and manual[i] else ''}, "
-                             f"uncertainty {u[i]:.2f}", int(i)) for i in self._order]
+                             f"top p {1 - u[i]:.2f}", int(i)) for i in self._order]
         with self._cell_list.changed.blocked():
             self._cell_list.native.clear()  # magicgui keeps items it already has in place: rebuild, in order
             self._cell_list.reset_choices()
