@@ -130,7 +130,7 @@ class ReviewWidget(Container):
             self._filter.reset_choices()
             self.refresh()
             return
-        actions = [(c, class_key(i)) for i, c in enumerate(self.classes)] + [(EXCLUDE, EXCLUDE_KEY)]
+        actions = [(c, class_key(i) if i < 9 else "") for i, c in enumerate(self.classes)] + [(EXCLUDE, EXCLUDE_KEY)]
         for value, key in actions:
             button = PushButton(text=f"{value} ({key.replace('-', '+')})" if key else value)
             button.changed.connect(lambda _=None, v=value: self.set_call(v))
