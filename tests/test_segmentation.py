@@ -100,3 +100,15 @@ def test_tiles_find_each_leukocyte_once_across_seams(bccd_image, bccd_boxes, seg
         iou = np.sum((tiled == best) & (whole == k)) / np.sum((tiled == best) | (whole == k))
         assert iou > 0.85, (k, iou)
     assert segment_tiled(np.full((600, 600, 3), 230, np.uint8), SegmentConfig(tile_size=256)).max() == 0
+
+
+def test_centre_cell_judgement():
+    from napari_leukemia.core.boxes import centre_cell, centre_cell_outcome
+
+    labels = np.zeros((100, 100), np.int32)
+    assert centre_cell(labels) == (0, 0)
+    labels[5:15, 5:15] = 1  # far from the centre: the field's cell was missed
+    assert centre_cell(labels) == (0, 0)
+    labels[45:60, 40:55] = 2
+    assert centre_cell(labels) == (2, 225)
+    assert [centre_cell_outcome(a, 200.0) for a in (0, 90, 225, 450)] == ["missed", "split", "one", "merged"]

@@ -139,54 +139,37 @@ def score_segmentation(image_paths, voc_dir, segment, *, iou_threshold: float = 
 
 
 #: Outcomes of :func:`centre_cell_outcome`.
-CENTRE_OUTCOMES = ("one", "missed", "split", "merged", "no stain")
+CENTRE_OUTCOMES = ("one", "missed", "split", "merged")
 
 
-def centre_cell_outcome(labels: np.ndarray, nucleus: np.ndarray, diameter: float) -> str:
-    """Judge a segmentation of a single-cell field (a leukocyte at the centre) against its nuclear stain.
+def centre_cell(labels: np.ndarray, reach: float = 0.1) -> tuple[int, int]:
+    """The cell a single-cell field is about: label and area of the cell at (or nearest) the centre.
 
-    The centre nucleus is the piece of nuclear stain (at least a tenth of the largest piece) nearest the
-    field centre. The cell the pipeline takes (:func:`~.preprocess.centre_cell`) must cover at least half
-    of it (else ``"missed"``) and no other cell more than 15% of it (else ``"split"``). Pieces of stain
-    within 12% of a cell diameter of each other form one nucleus (the lobes of a neutrophil; also nuclei
-    that touch); the cell may not cover more than 30% of another nucleus of at least a fifth of its
-    size (else ``"merged"``). ``"no stain"``: the field has no nuclear stain to judge by.
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of int
-    nucleus : (H, W) ndarray of bool
-        Nuclear stain (:func:`~.stain.nucleus_mask`).
-    diameter : float
-        Leukocyte diameter in pixels.
+    ``(0, 0)`` when no cell comes within ``reach`` x the shorter side of the field's centre.
     """
-    from scipy import ndimage as ndi
+    from .preprocess import centre_cell as nearest
 
-    from .preprocess import centre_cell
-
-    pieces, n = ndi.label(nucleus)
-    if n == 0:
-        return "no stain"
-    sizes = np.bincount(pieces.ravel())
-    sizes[0] = 0
-    rows, cols = np.nonzero(np.isin(pieces, np.nonzero(sizes >= 0.1 * sizes.max())[0]))
+    cell = nearest(labels)
+    if cell == 0:
+        return 0, 0
+    rows, cols = np.nonzero(labels == cell)
     h, w = labels.shape
-    k = np.argmin((rows - h / 2) ** 2 + (cols - w / 2) ** 2)
-    central = pieces == pieces[rows[k], cols[k]]
-    cell = centre_cell(labels)
-    inside = labels[central]
-    if cell == 0 or np.mean(inside == cell) < 0.5:
+    if np.min((rows - h / 2) ** 2 + (cols - w / 2) ** 2) > (reach * min(h, w)) ** 2:
+        return 0, 0
+    return cell, len(rows)
+
+
+def centre_cell_outcome(area: int, typical_area: float) -> str:
+    """Judge the centre cell of a single-cell field by its area against the typical area of its class.
+
+    ``"missed"``: no cell at the centre (area 0); ``"split"``: under half the typical area (a cell cut
+    in parts, or cytoplasm lost); ``"merged"``: over twice the typical area (neighbours joined to it);
+    else ``"one"``. The typical area is the median over fields of the same cell class.
+    """
+    if area == 0:
         return "missed"
-    if np.mean((inside != cell) & (inside != 0)) > 0.15:
+    if area < 0.5 * typical_area:
         return "split"
-    r = max(1, int(0.12 * diameter))
-    y, x = np.ogrid[-r : r + 1, -r : r + 1]
-    groups, _ = ndi.label(ndi.binary_dilation(nucleus, x * x + y * y <= r * r))
-    groups[~nucleus] = 0
-    own = groups[central][0]
-    sizes = np.bincount(groups.ravel())
-    covered = np.bincount(groups[labels == cell], minlength=len(sizes))
-    for g in np.nonzero(covered)[0]:
-        if g not in (0, own) and sizes[g] >= 0.2 * sizes[own] and covered[g] > 0.3 * sizes[g]:
-            return "merged"
+    if area > 2.0 * typical_area:
+        return "merged"
     return "one"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -15,6 +16,17 @@ def _device_of(net):
     return next(net.parameters()).device
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast_for(device, fast: bool = True):
     """Mixed precision context: bf16 on CPUs that support it, fp16 on CUDA; a no-op when ``fast`` is off."""
     import torch
@@ -23,6 +35,8 @@ def autocast_for(device, fast: bool = True):
         return contextlib.nullcontext()
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
+    if not cpu_has_bf16():
+        return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
@@ -33,7 +47,7 @@ def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int
     Parameters
     ----------
     fast : bool
-        channels_last memory and bf16 (CPU) / fp16 (CUDA) autocast; predictions match fp32 (see tests).
+        channels_last memory and fp16 autocast on CUDA, bf16 on CPUs with native bf16; predictions match fp32 (see tests).
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
     """
