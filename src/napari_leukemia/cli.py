@@ -599,17 +599,9 @@ def run_and_write(path, folder: Path, *, classifier, segmenter, config) -> dict:
 
 
 def _write_summary_csv(path: Path, rows) -> None:
-    import csv
-    import io
+    from .core.io import write_csv
 
-    from .core.io import atomic_path
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    write_csv(path, rows, SUMMARY_COLUMNS)
 
 
 

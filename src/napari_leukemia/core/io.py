@@ -128,6 +128,19 @@ def write_json(path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
+def write_csv(path, rows, fieldnames) -> None:
+    """Write dict ``rows`` as CSV with these columns (missing values empty, others ignored), atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CropConfig
-from .io import as_rgb8, atomic_path, write_json
+from .io import as_rgb8, atomic_path, write_csv, write_json
 from .pipeline import cell_geometry, classify_cells, probability_column
 
 REVIEW_FORMAT = "napari-leukemia-review"
@@ -413,7 +413,6 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
         Also export cells whose manual call agrees with the prediction (else only corrections).
     """
     import csv
-    import io
 
     from PIL import Image
 
@@ -459,12 +458,7 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
     replaced = sum(key(r) in new_keys for r in rows)
     dropped = [r for r in rows if r.get("source_sha256") == sha and r.get("cell_id") in excluded]
     rows = [r for r in rows if key(r) not in new_keys and r not in dropped] + new_rows
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fieldnames, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    write_csv(csv_path, rows, fieldnames)
     for r in dropped:  # only crops this function wrote
         if r["path"].startswith("crops/"):
             (folder / r["path"]).unlink(missing_ok=True)
