@@ -128,6 +128,12 @@ def _add_classifier_commands(sub) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help=f"split and training seed (default {d.seed})")
     t.add_argument("--steps-per-epoch", type=int, default=0, metavar="N",
                    help="cap the training steps per epoch (default 0: the whole training set)")
+    t.add_argument("--stain-jitter", type=_non_negative_float, default=d.stain_jitter, metavar="SIGMA",
+                   help="stain-aware augmentation: per-image scale N(1, SIGMA) and shift N(0, SIGMA) of each "
+                        f"haematoxylin/eosin/DAB optical density; 0 turns it off (default {d.stain_jitter:g})")
+    t.add_argument("--stain-vector-jitter", type=_non_negative_float, default=d.stain_vector_jitter, metavar="SIGMA",
+                   help="stain-aware augmentation: per-image N(0, SIGMA) noise on the stain colour vectors, as another "
+                        f"dye batch or scanner would colour the cell; 0 turns it off (default {d.stain_vector_jitter:g})")
     _dataset_options(t)
     t.set_defaults(func=cmd_train, subparser=t)
 
@@ -175,6 +181,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text!r}")
     return value
 
 
@@ -317,7 +333,8 @@ def cmd_train(args) -> int:
     try:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                              seed=args.seed, device=args.device, imagenet=imagenet,
-                             max_steps_per_epoch=max(args.steps_per_epoch, 0))
+                             max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
+                             stain_vector_jitter=args.stain_vector_jitter)
     except ValueError as err:
         raise UsageError(str(err)) from err
     _check_device(args.device)

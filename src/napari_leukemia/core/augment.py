@@ -8,11 +8,13 @@ import math
 _HED_FROM_RGB = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]
 
 
-def augment_batch(x, *, stain_jitter: float = 0.05, blur_p: float = 0.1, generator=None):
+def augment_batch(x, *, stain_jitter: float = 0.05, stain_vector_jitter: float = 0.0, blur_p: float = 0.1,
+                  generator=None):
     """Randomly augment a float batch ``(N, 3, S, S)`` in [0, 1].
 
     Right-angle turns and flips; a small free rotation and zoom (0.9-1.1); brightness and contrast
-    (+-10%); stain-aware jitter that scales and shifts each haematoxylin / eosin / DAB optical density;
+    (+-10%); stain-aware jitter (:func:`hed_jitter`) that scales and shifts each haematoxylin / eosin / DAB
+    optical density by ``stain_jitter`` and changes the stain colours by ``stain_vector_jitter``;
     Gaussian blur with probability ``blur_p``.
     """
     import torch
@@ -36,8 +38,8 @@ def augment_batch(x, *, stain_jitter: float = 0.05, blur_p: float = 0.1, generat
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if stain_jitter > 0:
-        x = hed_jitter(x, stain_jitter, generator=g)
+    if stain_jitter > 0 or stain_vector_jitter > 0:
+        x = hed_jitter(x, stain_jitter, vector_sigma=stain_vector_jitter, generator=g)
     # brightness and contrast
     b = 1 + (rand(n, 1, 1, 1) * 2 - 1) * 0.1
     c = 1 + (rand(n, 1, 1, 1) * 2 - 1) * 0.1
@@ -53,8 +55,16 @@ def augment_batch(x, *, stain_jitter: float = 0.05, blur_p: float = 0.1, generat
     return x.clamp_(0, 1)
 
 
-def hed_jitter(x, sigma: float, generator=None):
-    """Scale and shift each stain's optical density by ``N(1, sigma)`` and ``N(0, sigma)`` per image."""
+def hed_jitter(x, sigma: float, *, vector_sigma: float = 0.0, generator=None):
+    """Stain-aware colour jitter of a float batch ``(N, 3, H, W)`` in [0, 1], per image.
+
+    The optical density ``-log(x)`` is split into haematoxylin, eosin and DAB amounts (Ruifrok & Johnston
+    colour deconvolution); each amount is scaled by ``N(1, sigma)`` and shifted by ``N(0, sigma)``. The
+    amounts are turned back into RGB through the same stain vectors or, with ``vector_sigma > 0``, through
+    stain vectors that each get ``N(0, vector_sigma)`` noise (kept non-negative, renormalised): the same cell
+    as another dye batch or scanner would colour it. ``sigma = vector_sigma = 0`` returns ``x`` (up to the
+    clamp at 1e-3).
+    """
     import torch
 
     dev, n = x.device, x.shape[0]
@@ -66,5 +76,10 @@ def hed_jitter(x, sigma: float, generator=None):
     alpha = 1 + sigma * torch.randn(n, 3, 1, 1, device=dev, generator=generator)
     beta = sigma * torch.randn(n, 3, 1, 1, device=dev, generator=generator)
     hed = hed * alpha + beta
-    od = torch.einsum("ndhw,dc->nchw", hed, m)
+    if vector_sigma > 0:
+        mn = (m + vector_sigma * torch.randn(n, 3, 3, device=dev, generator=generator)).clamp(min=1e-3)
+        mn = mn / mn.norm(dim=2, keepdim=True)  # (N, stain, RGB)
+        od = torch.einsum("ndhw,ndc->nchw", hed, mn)
+    else:
+        od = torch.einsum("ndhw,dc->nchw", hed, m)
     return torch.exp(-od)

@@ -147,7 +147,12 @@ class TrainConfig(_Serializable):
     augment : bool
         Rotations, flips, zoom, brightness/contrast, HED stain jitter, blur.
     stain_jitter : float
-        Standard deviation of the per-channel HED scale jitter.
+        Standard deviation of the per-image scale (around 1) and shift (around 0) of each haematoxylin, eosin
+        and DAB optical density (0: no stain jitter).
+    stain_vector_jitter : float
+        Standard deviation of a per-image random change of the stain colours themselves: each unit optical-density
+        vector that turns stain amounts back into RGB gets Gaussian noise of this size and is renormalised, as a
+        different dye batch, stain protocol or scanner would colour the same cell (0: off).
     imagenet : str
         ``"auto"`` (torchvision's cache if present), a path, or ``""`` for random initialisation.
     fast : bool
@@ -164,6 +169,7 @@ class TrainConfig(_Serializable):
     balance: str = "weights"
     augment: bool = True
     stain_jitter: float = 0.05
+    stain_vector_jitter: float = 0.0
     blur_p: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -174,5 +180,7 @@ class TrainConfig(_Serializable):
     def __post_init__(self):
         if self.balance not in ("weights", "none"):
             raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
+        if self.stain_jitter < 0 or self.stain_vector_jitter < 0:
+            raise ValueError("stain jitter and stain vector jitter must not be negative")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")

@@ -108,7 +108,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             x = images_dev[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             y = torch.from_numpy(train.targets[idx]).to(device)
             if cfg.augment:
-                x = augment_batch(x, stain_jitter=cfg.stain_jitter, blur_p=cfg.blur_p)
+                x = augment_batch(x, stain_jitter=cfg.stain_jitter, stain_vector_jitter=cfg.stain_vector_jitter,
+                                  blur_p=cfg.blur_p)
             x = normalize(x, info.crop)
             if cfg.fast:
                 x = x.contiguous(memory_format=torch.channels_last)
