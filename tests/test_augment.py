@@ -67,9 +67,25 @@ def test_cli_stain_options():
     from napari_leukemia.cli import build_parser
 
     args = build_parser().parse_args(["train", "data", "--out", "o", "--stain-jitter", "0.2",
-                                      "--stain-vector-jitter", "0.1"])
-    assert (args.stain_jitter, args.stain_vector_jitter) == (0.2, 0.1)
+                                      "--stain-vector-jitter", "0.1", "--lowres-p", "0.3"])
+    assert (args.stain_jitter, args.stain_vector_jitter, args.lowres_p) == (0.2, 0.1, 0.3)
     defaults = build_parser().parse_args(["train", "data", "--out", "o"])
     assert (defaults.stain_jitter, defaults.stain_vector_jitter) == (TrainConfig().stain_jitter, 0.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "data", "--out", "o", "--stain-jitter", "-1"])
+
+
+def test_low_resolution_removes_fine_detail_only():
+    from napari_leukemia.core.augment import low_resolution
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    y = low_resolution(x, 2.0)
+    assert y.shape == x.shape
+    assert float(y.std()) < float(x.std()) * 0.8  # pixel noise (fine texture) is smoothed away
+    flat = torch.full((1, 3, 32, 32), 0.7)
+    assert torch.allclose(low_resolution(flat, 3.0), flat, atol=1e-5)  # flat colour is kept
+    z = augment_batch(x, stain_jitter=0.0, blur_p=0.0, lowres_p=1.0, generator=torch.Generator().manual_seed(5))
+    assert z.shape == x.shape and 0 <= float(z.min()) and float(z.max()) <= 1
+    with pytest.raises(ValueError, match="probabilities"):
+        TrainConfig(lowres_p=1.5)

@@ -134,6 +134,9 @@ def _add_classifier_commands(sub) -> None:
     t.add_argument("--stain-vector-jitter", type=_non_negative_float, default=d.stain_vector_jitter, metavar="SIGMA",
                    help="stain-aware augmentation: per-image N(0, SIGMA) noise on the stain colour vectors, as another "
                         f"dye batch or scanner would colour the cell; 0 turns it off (default {d.stain_vector_jitter:g})")
+    t.add_argument("--lowres-p", type=_non_negative_float, default=d.lowres_p, metavar="P",
+                   help="augmentation: probability that a crop is shrunk 1.5-3 times and enlarged back, as a smear "
+                        f"imaged at lower resolution looks (default {d.lowres_p:g})")
     _dataset_options(t)
     t.set_defaults(func=cmd_train, subparser=t)
 
@@ -334,7 +337,7 @@ def cmd_train(args) -> int:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                              seed=args.seed, device=args.device, imagenet=imagenet,
                              max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
-                             stain_vector_jitter=args.stain_vector_jitter)
+                             stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p)
     except ValueError as err:
         raise UsageError(str(err)) from err
     _check_device(args.device)

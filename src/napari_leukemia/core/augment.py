@@ -9,13 +9,15 @@ _HED_FROM_RGB = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]
 
 
 def augment_batch(x, *, stain_jitter: float = 0.05, stain_vector_jitter: float = 0.0, blur_p: float = 0.1,
-                  generator=None):
+                  lowres_p: float = 0.0, generator=None):
     """Randomly augment a float batch ``(N, 3, S, S)`` in [0, 1].
 
     Right-angle turns and flips; a small free rotation and zoom (0.9-1.1); brightness and contrast
     (+-10%); stain-aware jitter (:func:`hed_jitter`) that scales and shifts each haematoxylin / eosin / DAB
     optical density by ``stain_jitter`` and changes the stain colours by ``stain_vector_jitter``;
-    Gaussian blur with probability ``blur_p``.
+    Gaussian blur with probability ``blur_p``; with probability ``lowres_p`` an image is shrunk by a
+    factor of 1.5-3 (one per batch) and enlarged back (:func:`low_resolution`), as a smear photographed at a lower
+    magnification or resolution looks.
     """
     import torch
     import torch.nn.functional as F
@@ -52,7 +54,23 @@ def augment_batch(x, *, stain_jitter: float = 0.05, stain_vector_jitter: float =
             k2 = (kernel[:, None] * kernel[None]).expand(3, 1, 5, 5)
             blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k2, groups=3)
             x = torch.where(blur.view(n, 1, 1, 1), blurred, x)
+    if lowres_p > 0:
+        low = rand(n) < lowres_p
+        if low.any():
+            factor = 1.5 + 1.5 * float(rand(1))
+            x = torch.where(low.view(n, 1, 1, 1), low_resolution(x, factor), x)
     return x.clamp_(0, 1)
+
+
+def low_resolution(x, factor: float):
+    """Shrink a float batch ``(N, 3, S, S)`` by ``factor`` (antialiased) and enlarge it back to ``S``: fine
+    detail such as chromatin texture is lost, as in a field imaged at lower resolution."""
+    import torch.nn.functional as F
+
+    size = x.shape[-1]
+    small = max(int(round(size / factor)), 4)
+    x = F.interpolate(x, size=(small, small), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def hed_jitter(x, sigma: float, *, vector_sigma: float = 0.0, generator=None):

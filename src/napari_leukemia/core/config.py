@@ -153,6 +153,10 @@ class TrainConfig(_Serializable):
         Standard deviation of a per-image random change of the stain colours themselves: each unit optical-density
         vector that turns stain amounts back into RGB gets Gaussian noise of this size and is renormalised, as a
         different dye batch, stain protocol or scanner would colour the same cell (0: off).
+    blur_p : float
+        Probability of a light Gaussian blur per image.
+    lowres_p : float
+        Probability per image of shrinking it 1.5-3 times and enlarging it back (lower imaging resolution; 0: off).
     imagenet : str
         ``"auto"`` (torchvision's cache if present), a path, or ``""`` for random initialisation.
     fast : bool
@@ -171,6 +175,7 @@ class TrainConfig(_Serializable):
     stain_jitter: float = 0.05
     stain_vector_jitter: float = 0.0
     blur_p: float = 0.1
+    lowres_p: float = 0.0
     seed: int = 0
     device: str = "auto"
     imagenet: str = "auto"
@@ -182,5 +187,7 @@ class TrainConfig(_Serializable):
             raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
         if self.stain_jitter < 0 or self.stain_vector_jitter < 0:
             raise ValueError("stain jitter and stain vector jitter must not be negative")
+        if not (0 <= self.blur_p <= 1 and 0 <= self.lowres_p <= 1):
+            raise ValueError("blur_p and lowres_p are probabilities, within [0, 1]")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")

@@ -109,7 +109,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             y = torch.from_numpy(train.targets[idx]).to(device)
             if cfg.augment:
                 x = augment_batch(x, stain_jitter=cfg.stain_jitter, stain_vector_jitter=cfg.stain_vector_jitter,
-                                  blur_p=cfg.blur_p)
+                                  blur_p=cfg.blur_p, lowres_p=cfg.lowres_p)
             x = normalize(x, info.crop)
             if cfg.fast:
                 x = x.contiguous(memory_format=torch.channels_last)
