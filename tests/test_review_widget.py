@@ -177,7 +177,7 @@ def test_export_adds_the_called_cells_to_a_training_set(reviewing, tmp_path, qtb
     widget._group.value = "patient 1"
     assert widget.export() is not None
     _wait(widget, qtbot)
-    assert "2 cells added" in widget._status.value and "single-cell" in widget._status.value
+    assert "2 cells added" in widget._status.value and "fine-tune in Train classifier" in widget._status.value
     samples = read_dataset(tmp_path / "set" / rv.DATASET_CSV)
     assert sorted(s.label for s in samples) == ["leukemic", "normal"] and {s.group for s in samples} == {"patient 1"}
 

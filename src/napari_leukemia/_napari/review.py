@@ -468,9 +468,16 @@ class ReviewWidget(Container):
         return self._start(worker, "exporting cells")
 
     def _exported(self, report):
+        from . import docked
+        from .train_widget import CORRECTIONS, TrainWidget
+
+        trainers = docked(self._viewer, TrainWidget)
+        for widget in trainers:
+            widget.use_corrections(report.csv, self._classifier_path())
         skipped = f"; skipped: {'; '.join(report.skipped)}" if report.skipped else ""
+        where = "set in Train classifier" if trainers else f"fine-tune in Train classifier (dataset: {CORRECTIONS})"
         self._status.value = (f"{report.added} cells added, {report.replaced} replaced, {report.removed} removed "
-                              f"in {report.csv} (train in single-cell mode){skipped}")
+                              f"in {report.csv}; {where}{skipped}")
 
     # --- workers -------------------------------------------------------------------------------------
     def _start(self, worker, what: str):

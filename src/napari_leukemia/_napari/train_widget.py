@@ -9,13 +9,13 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from ..core.config import DISCLAIMER, TrainConfig
-from . import avoid_llvm_clash
+from . import avoid_llvm_clash, register
 from .widgets import analyze_widgets
 
-#: Where a training set comes from: name -> FileEdit mode. Another source (e.g. cells corrected in the viewer,
-#: exported as a CSV dataset) adds an entry here and a branch in :meth:`TrainWidget.dataset_source`, or calls
-#: :meth:`TrainWidget.set_dataset` with the CSV it wrote.
-DATASET_KINDS = {"class folders": "d", "CSV table / DeepAPL manifest": "r"}
+#: The dataset kind of cells corrected in the viewer (the Review panel's ``dataset.csv``): fine-tuning.
+CORRECTIONS = "cells corrected in the viewer (dataset.csv)"
+#: Where a training set comes from: name -> FileEdit mode.
+DATASET_KINDS = {"class folders": "d", "CSV table / DeepAPL manifest": "r", CORRECTIONS: "r"}
 #: Recorded as the command in the checkpoint's provenance.
 COMMAND = "napari-leukemia Train classifier widget"
 
@@ -26,6 +26,11 @@ class TrainWidget(Container):
     Training runs in a worker thread with a napari progress bar. **Stop** ends it at the next step and keeps
     ``last.safetensors``; **Resume** continues the run in the output folder. The finished, calibrated checkpoint
     is selected at once in every Analyze widget of the viewer.
+
+    With :data:`CORRECTIONS` as the dataset it fine-tunes the current model (``fine-tune from``, else the
+    Analyze widget's classifier, else the shipped one) on the cells corrected in the viewer, optionally mixed
+    with the original training data, and reports accuracy before / after on held-out corrections
+    (:func:`~napari_leukemia.core.fit.fine_tune`).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -50,6 +55,13 @@ class TrainWidget(Container):
         self._leukemic = LineEdit(value="", label="leukaemic classes",
                                   tooltip="comma-separated; empty: 'leukemic' for leukemic/normal data, else class "
                                           "names with leukem/leukaem/blast/promyelocyte/promonocyte")
+        self._mix = FileEdit(mode="r", value="", label="mix in original data",
+                             tooltip="optional: the model's training data (CSV / DeepAPL manifest), so that it "
+                                     "does not forget what it knew")
+        self._mix_single = CheckBox(value=False, text="mixed-in images are single-cell crops")
+        self._held_out = FloatSpinBox(value=0.2, min=0.0, max=0.6, step=0.05, label="held-out corrections",
+                                      tooltip="fraction of the corrected slides (or cells, with fewer than 3 "
+                                              "slides) kept aside to score the model before and after")
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._overwrite = CheckBox(value=False, text="replace an earlier run in the output folder")
         self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
@@ -59,20 +71,36 @@ class TrainWidget(Container):
         self._status = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
         self._init.native.setToolTip("empty: a new network (ImageNet or random weights)")
-        self._kind.changed.connect(lambda kind: setattr(self._dataset, "mode", DATASET_KINDS[kind]))
+        self._kind.changed.connect(self._kind_changed)
         self._start_button.changed.connect(lambda: self.start())
         self._resume_button.changed.connect(lambda: self.start(resume=True))
         self._stop_button.changed.connect(self.stop)
         self.extend([
-            self._kind, self._dataset, self._single, self._epochs, self._batch, self._lr, self._size, self._init,
-            self._imagenet, self._leukemic, self._out, self._overwrite, self._device, self._start_button,
-            self._stop_button, self._resume_button, self._status,
+            self._kind, self._dataset, self._single, self._mix, self._mix_single, self._held_out, self._epochs,
+            self._batch, self._lr, self._size, self._init, self._imagenet, self._leukemic, self._out, self._overwrite,
+            self._device, self._start_button, self._stop_button, self._resume_button, self._status,
         ])
         self._canvas, self._axes = _curves_canvas()
         self.native.layout().addWidget(self._canvas)
         self.append(self._disclaimer)
+        self._kind_changed(self._kind.value)
+        register(self)
 
     # --- settings -> core -------------------------------------------------------------------------
+    def _kind_changed(self, kind: str):
+        self._dataset.mode = DATASET_KINDS[kind]
+        corrections = kind == CORRECTIONS
+        self._single.visible = not corrections
+        for widget in (self._mix, self._mix_single, self._held_out):
+            widget.visible = corrections
+
+    def use_corrections(self, path, classifier=None) -> None:
+        """Fine-tune ``classifier`` (default: the Analyze widget's) on the corrected cells in ``path`` (dataset.csv)."""
+        self.set_dataset(path, kind=CORRECTIONS)
+        if classifier:
+            self._init.value = str(classifier)
+        self._status.value = f"corrected cells: {path}; choose an output folder and press Start to fine-tune"
+
     def set_dataset(self, path, kind: str = "CSV table / DeepAPL manifest", single_cells: bool | None = None) -> None:
         """Train on ``path`` (e.g. the CSV of cells corrected in the viewer: ``single_cells=True``)."""
         self._kind.value = kind
@@ -87,17 +115,30 @@ class TrainWidget(Container):
             raise ValueError("choose a dataset: a folder of class sub-folders, or a CSV table")
         return path
 
-    def _settings(self, resume: bool) -> dict:
+    def _current_classifier(self) -> str:
+        """The model to fine-tune: ``fine-tune from``, else the Analyze widget's classifier, else the shipped one."""
+        from ..core.model import DEFAULT_CLASSIFIER
+
+        chosen = _path(self._init) or next((w.classifier for w in analyze_widgets(self._viewer) if w.classifier), None)
+        return str(chosen or DEFAULT_CLASSIFIER)
+
+    def _settings(self, resume: bool) -> tuple:
+        """``(core function, its keyword arguments)`` from the widget's settings."""
+        from ..core.fit import fine_tune, fit_classifier
+
         source = self.dataset_source()
         out = _path(self._out)
         if out is None:
             raise ValueError("choose an output folder")
         config = TrainConfig(epochs=self._epochs.value, batch_size=self._batch.value, lr=self._lr.value,
                              device=self._device.value, imagenet="auto" if self._imagenet.value else "")
+        common = dict(out_dir=out, config=config, resume=resume, overwrite=self._overwrite.value, command=COMMAND)
+        if self._kind.value == CORRECTIONS:
+            return fine_tune, dict(corrections=source, init=self._current_classifier(), mix=_path(self._mix),
+                                   mix_single_cells=self._mix_single.value, held_out=self._held_out.value, **common)
         leukemic = [c.strip() for c in self._leukemic.value.split(",") if c.strip()] or None
-        return dict(source=source, out_dir=out, config=config, size=self._size.value or None,
-                    single_cells=self._single.value, leukemic=leukemic, init=_path(self._init), resume=resume,
-                    overwrite=self._overwrite.value, command=COMMAND)
+        return fit_classifier, dict(source=source, size=self._size.value or None, single_cells=self._single.value,
+                                    leukemic=leukemic, init=_path(self._init), **common)
 
     # --- run ----------------------------------------------------------------------------------------
     def start(self, resume: bool = False):
@@ -105,13 +146,11 @@ class TrainWidget(Container):
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
-        from ..core.fit import fit_classifier
-
         avoid_llvm_clash()
         if self._worker is not None:
             return self._worker
         try:
-            settings = self._settings(resume)
+            train, settings = self._settings(resume)
         except ValueError as err:
             self._status.value = str(err)
             return None
@@ -119,7 +158,7 @@ class TrainWidget(Container):
         self._history = []
         self.result = None
         self._draw()
-        gen = fit_classifier(**settings, should_stop=self._stop.is_set)
+        gen = train(**settings, should_stop=self._stop.is_set)
         worker = create_worker(lambda: (yield from gen), _connect={"errored": self._on_error}, _start_thread=False)
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_done)
@@ -173,7 +212,7 @@ class TrainWidget(Container):
             widget.use_classifier(path)
         m = result["val_metrics"]
         self._status.value = (f"done: {path}\nvalidation ROC-AUC {m['roc_auc']:.3f}, balanced accuracy "
-                              f"{m['balanced_accuracy']:.3f}; selected in Analyze smear")
+                              f"{m['balanced_accuracy']:.3f}; selected in Analyze smear" + _before_after(result))
 
     def _on_error(self, err):
         from napari.utils.notifications import show_error
@@ -211,6 +250,18 @@ class TrainWidget(Container):
         self._canvas.draw_idle()
 
 
+def _before_after(result: dict) -> str:
+    """A fine-tuning run's held-out figures, as a status line (empty for other runs)."""
+    if "held_out" not in result:
+        return ""
+    if not result["before"]:
+        return "\nno corrections held out: correct more cells (or slides) to see before / after figures"
+    b, a = result["before"], result["after"]
+    optimistic = ", cells of the training slides: optimistic" if result["held_out_by"] == "cell" else ""
+    return (f"\nheld-out corrections ({result['held_out']} cells{optimistic}): accuracy {b['accuracy']:.2f} -> "
+            f"{a['accuracy']:.2f}, class accuracy {b['class_accuracy']:.2f} -> {a['class_accuracy']:.2f}")
+
+
 def _path(edit: FileEdit):
     value = str(edit.value or "").strip()
     return value if value not in ("", ".") else None
@@ -236,4 +287,4 @@ def _release_memory():
         torch.cuda.empty_cache()
 
 
-__all__ = ["TrainWidget", "DATASET_KINDS"]
+__all__ = ["TrainWidget", "DATASET_KINDS", "CORRECTIONS"]

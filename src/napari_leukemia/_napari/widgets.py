@@ -1,6 +1,5 @@
 """Dock widgets. Each forwards to the same core functions the console and the CLI call."""
 
-import weakref
 from pathlib import Path
 
 import napari
@@ -8,26 +7,13 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
 from ..core.config import DISCLAIMER
-from . import avoid_llvm_clash
+from . import avoid_llvm_clash, docked, register
 from .layers import META_KEY, our_layers, show_result
-
-#: Weak references to every AnalyzeWidget made, so that other widgets find those of their viewer.
-_ANALYZE_WIDGETS: list = []
 
 
 def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
-    """The live Analyze widgets of ``viewer`` (e.g. to hand them a newly trained classifier).
-
-    napari hands each plugin widget its own proxy of the viewer; the viewers behind them are compared.
-    """
-    alive = [ref() for ref in _ANALYZE_WIDGETS]
-    _ANALYZE_WIDGETS[:] = [weakref.ref(w) for w in alive if w is not None]
-    target = _unwrap(viewer)
-    return [w for w in alive if w is not None and _unwrap(w._viewer) is target]
-
-
-def _unwrap(viewer):
-    return getattr(viewer, "__wrapped__", viewer)
+    """The live Analyze widgets of ``viewer``."""
+    return docked(viewer, AnalyzeWidget)
 
 
 class AnalyzeWidget(Container):
@@ -65,7 +51,12 @@ class AnalyzeWidget(Container):
         ])
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
-        _ANALYZE_WIDGETS.append(weakref.ref(self))
+        register(self)
+
+    @property
+    def classifier(self) -> str | None:
+        """The chosen classifier checkpoint, or None for the shipped one."""
+        return self._path(self._classifier)
 
     def use_classifier(self, path) -> None:
         """Select a classifier checkpoint for the next analysis (e.g. one just trained)."""
@@ -97,22 +88,22 @@ class AnalyzeWidget(Container):
             return None
         if self._worker is not None:
             return self._worker
-        labels = None
+        labels = calls = None
         if self._use_cells.value:
             cells = our_layers(self._viewer, layer.name).get("cells")
             if cells is None:
                 self._status.value = f"No cells layer of {layer.name!r} to re-classify; run Analyze first."
                 return None
-            labels = np.asarray(cells.data)
+            labels, calls = np.array(cells.data, copy=True), cells.features.copy()
         data = np.asarray(layer.data)
         if layer.multiscale:
             data = np.asarray(layer.data[0])
-        gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self._path(self._classifier),
+        gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self.classifier,
                                  config=self._config(), labels=labels, name=layer.name)
         worker = create_worker(lambda: (yield from gen), _progress={"total": 4, "desc": f"Analyzing {layer.name}"},
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.yielded.connect(lambda p: setattr(self._status, "value", p.message))
-        worker.returned.connect(lambda result: self._show(result, layer))
+        worker.returned.connect(lambda result: self._show(result, layer, calls))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run_button.enabled = False
@@ -128,7 +119,14 @@ class AnalyzeWidget(Container):
             self._status.value = "cancelling..."
 
     # --- worker callbacks (main thread) ---------------------------------------------------------
-    def _show(self, result, layer):
+    def _show(self, result, layer, calls=None):
+        """Show a result; ``calls``: the re-classified cells layer's table, whose manual calls are carried over."""
+        if calls is not None:
+            from dataclasses import replace
+
+            from ..core.review import carry_annotations
+
+            result = replace(result, cells=carry_annotations(result.cells, calls))
         classes = result.summary["classes"]
         leukemic = result.summary["leukemic_classes"]
         show_result(self._viewer, result, layer.name, classes, leukemic,

@@ -20,12 +20,14 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a dataset: its file, class, group (patient or slide) and given split (or "")."""
+    """One image of a dataset: its file, class, group (patient or slide), given split (or "") and whether it
+    is a single-cell crop already (not a field to segment)."""
 
     path: Path
     label: str
     group: str
     split: str = ""
+    single_cell: bool = False
 
 
 def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
@@ -133,9 +135,9 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
               progress: Callable[[int, int], None] | None = None):
     """Crop each sample's cell through the shared preprocessing.
 
-    Whole fields are segmented and their centre cell is cropped; with ``single_cells`` the image is
-    already one cell and the whole image is its mask. Unreadable images and fields without a cell are
-    skipped and reported. ``progress(done, total)`` is called after every sample.
+    Whole fields are segmented and their centre cell is cropped; with ``single_cells`` (or a sample's
+    ``single_cell``) the image is already one cell and the whole image is its mask. Unreadable images and
+    fields without a cell are skipped and reported. ``progress(done, total)`` is called after every sample.
 
     Returns
     -------
@@ -156,7 +158,8 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
         except ImageError as err:
             skipped.append(str(err))
         else:
-            labels = np.ones(image.shape[:2], np.int32) if single_cells else segment_leukocytes(image, segment, model=segmenter)
+            whole = single_cells or s.single_cell
+            labels = np.ones(image.shape[:2], np.int32) if whole else segment_leukocytes(image, segment, model=segmenter)
             cell = centre_cell(labels)
             if cell == 0:
                 skipped.append(f"{s.path}: no leukocyte found")

@@ -183,7 +183,7 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
     n_cached = len(samples) - len(todo)
     yield {"stage": "crop", "done": n_cached, "total": len(samples), "cached": n_cached}
     model = None
-    if todo and not single_cells and segment.method == "cellpose":
+    if segment.method == "cellpose" and any(not (single_cells or samples[i].single_cell) for i in todo):
         from .segment import load_segmenter
 
         model = load_segmenter(segmenter, device)
@@ -609,6 +609,110 @@ def evaluate_dataset(source, classifier, out_dir, *, split: str = "test", single
               "files": len(chosen), "skipped": crops.skipped, **report}
     write_evaluation(out_dir, report, y, p)
     return report
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+
+#: Fewer groups (slides) than this in the corrections: held out and validated by cell instead of by slide.
+MIN_SLIDES = 3
+#: Before/after figures of a fine-tuning run, in its output folder.
+FINE_TUNE_REPORT = "fine_tune.json"
+
+
+def hold_out(samples: list[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Set aside ``fraction`` of the groups of each class (by a group's most frequent label), seeded.
+
+    A class keeps at least two groups (to train and validate on); one with three or more gives at least one.
+    Returns ``(kept, held_out)``.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    labels: dict[str, Counter] = {}
+    for s in samples:
+        labels.setdefault(s.group, Counter())[s.label] += 1
+    strata: dict[str, list[str]] = {}
+    for g, counts in sorted(labels.items()):
+        strata.setdefault(counts.most_common(1)[0][0], []).append(g)
+    rng = np.random.default_rng(seed)
+    held: set[str] = set()
+    for _, groups in sorted(strata.items()):
+        rng.shuffle(groups)
+        n = len(groups)
+        k = min(max(int(np.round(fraction * n)), 1), n - 2) if fraction > 0 and n >= 3 else 0
+        held.update(groups[:k])
+    return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
+
+
+def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = False, held_out: float = 0.2,
+              config: TrainConfig = TrainConfig(), deepapl_labels: str = "binary", resume: bool = False,
+              overwrite: bool = False, segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None,
+              command: str = "", should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
+    """Fine-tune a classifier on cells corrected in the viewer, with before/after figures on held-out corrections.
+
+    ``held_out`` of the corrections' slides (per class) never train; they score ``init`` and the new
+    checkpoint alike, written to :data:`FINE_TUNE_REPORT`. With corrections from fewer than
+    :data:`MIN_SLIDES` slides, cells are held out and validated one by one instead (cells of one slide on both
+    sides: the figures are then optimistic, and say so). The rest of the corrections, with the ``mix`` data
+    when given (so the model does not forget what it knew), go through :func:`fit_classifier` starting from
+    ``init``; ``mix`` keeps its own test split aside.
+
+    Parameters
+    ----------
+    corrections : path or list of Sample
+        Single-cell crops with their calls: the ``dataset.csv`` written by
+        :func:`~.review.export_training_set` (its labels must be classes of ``init``).
+    init : path
+        The classifier the corrections were made on.
+    mix : path, optional
+        The original training data (class folders, CSV or DeepAPL manifest); ``mix_single_cells`` when its
+        images are single-cell crops.
+    held_out : float
+        Fraction of the corrections' slides (or cells) set aside for the before/after figures.
+
+    Other parameters are :func:`fit_classifier`'s. Yields its events; returns its result plus ``before``,
+    ``after`` (:func:`score_cells` overall figures and class accuracy on the held-out cells, None when none
+    is held out), ``held_out`` (cells) and ``held_out_by`` (``"slide"`` or ``"cell"``).
+    """
+    from .model import load_classifier
+    from .pipeline import model_name
+
+    if not init:
+        raise ValueError("fine-tuning needs the classifier the corrections were made on (init)")
+    cells = [dataclasses.replace(s, single_cell=True, split="") for s in read_samples(corrections)]
+    by = "slide" if len({s.group for s in cells}) >= MIN_SLIDES else "cell"
+    if by == "cell":
+        cells = [dataclasses.replace(s, group=f"{s.group}#{i}") for i, s in enumerate(cells)]
+    kept, held = hold_out(cells, held_out, seed=config.seed)
+    held = [dataclasses.replace(s, split="test") for s in held]
+    samples = kept + held
+    if mix:
+        samples += [dataclasses.replace(s, single_cell=mix_single_cells)
+                    for s in read_samples(mix, deepapl_labels)]
+    result = yield from fit_classifier(samples, out_dir, config=config, init=None if resume else init,
+                                       resume=resume, overwrite=overwrite, segment=segment, segmenter=segmenter,
+                                       crops_cache=crops_cache, command=command, should_stop=should_stop)
+    result = {**result, "held_out": len(held), "held_out_by": by, "before": None, "after": None}
+    if result["stopped"]:
+        return result
+    if held:
+        after = load_classifier(result["checkpoint"], config.device)
+        before = load_classifier(init, config.device)
+        images, scored, skipped = crops_for(held, after.info.crop)
+        if scored:
+            for name, clf in (("before", before), ("after", after)):
+                report, _, _ = score_cells(clf, images, scored)
+                per_class = report["per_class"] or {}
+                result[name] = {**report["overall"], "class_accuracy": per_class.get("accuracy"),
+                                "classifier": model_name(clf.path)}
+        result["skipped_held_out"] = skipped
+    from .io import write_json
+
+    write_json(Path(out_dir) / FINE_TUNE_REPORT, _finite({
+        "corrections": str(corrections) if not isinstance(corrections, (list, tuple)) else "samples",
+        "mix": str(mix) if mix else None, "init": str(init), "checkpoint": result["checkpoint"],
+        "held_out": result["held_out"], "held_out_by": by, "before": result["before"], "after": result["after"],
+    }))
+    return result
 
 
 def _finite(obj):
