@@ -112,3 +112,27 @@ def test_centre_cell_judgement():
     labels[45:60, 40:55] = 2
     assert centre_cell(labels) == (2, 225)
     assert [centre_cell_outcome(a, 200.0) for a in (0, 90, 225, 450)] == ["missed", "split", "one", "merged"]
+
+
+def test_split_touching_cuts_touching_cells_not_lobes():
+    from napari_leukemia.core.stain import split_touching
+
+    yy, xx = np.mgrid[:120, :200]
+    disc = lambda cy, cx, r: (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    touching = disc(60, 60, 32) | disc(60, 118, 32)  # two round cells pressed together
+    parts = split_touching(touching, touching.astype(np.int32), diameter=100)
+    assert parts.max() == 2 and {parts[60, 60], parts[60, 118]} == {1, 2}
+    lobes = disc(60, 70, 9) | disc(60, 100, 9) | disc(60, 130, 9)  # a neutrophil nucleus: thin lobes
+    zone = np.zeros_like(lobes, np.int32)
+    zone[40:80, 55:145] = 1
+    assert split_touching(lobes, zone, diameter=100).max() == 1
+
+
+def test_dilation_by_distance_transform_matches_a_disk():
+    from scipy import ndimage as ndi
+
+    from napari_leukemia.core.stain import _dilate, _disk
+
+    mask = np.random.default_rng(0).random((60, 70)) > 0.97
+    for radius in (1, 4, 9):
+        assert (_dilate(mask, radius) == ndi.binary_dilation(mask, _disk(radius))).all()
