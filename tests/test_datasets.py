@@ -61,3 +61,11 @@ def test_crops_skip_unreadable_files_and_name_them(folder_dataset):
     single, _, _ = crops_for(good, CropConfig(size=32, margin=0), single_cells=True)
     assert single.shape == (1, 32, 32, 3)
     assert not np.array_equal(single[0], images[0])
+
+
+def test_csv_margin_column_is_read_and_checked(tmp_path):
+    (tmp_path / "a.csv").write_text("path,label,margin\nx.png,normal,0.25\ny.png,leukemic,\n")
+    assert [s.margin for s in read_dataset(tmp_path / "a.csv")] == [0.25, 0.0]
+    (tmp_path / "b.csv").write_text("path,label,margin\nx.png,normal,wide\n")
+    with pytest.raises(ValueError, match="b.csv: line 2: margin 'wide'"):
+        read_dataset(tmp_path / "b.csv")

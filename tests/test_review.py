@@ -1,6 +1,7 @@
 """core.review: review order, calls, re-classifying edited cells, saved reviews, training-set export."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -187,14 +188,15 @@ def test_export_reads_back_as_a_single_cell_training_set(analysed, bccd_image, c
     rows = (out / rv.DATASET_CSV).read_text().splitlines()
     assert rows[0] == ",".join(rv.DATASET_COLUMNS) and len(rows) == 3
     assert len(list((out / "crops").iterdir())) == 2
-    # the crops are single cells: single-cell mode puts the margin back, as at inference
+    # the crops are the classifier's input with its context margin: single-cell training cuts them as inference does
+    assert {s.margin for s in samples} == {crop.margin}
     images, kept, skipped = crops_for(samples, crop, single_cells=True)
     assert not skipped and images.shape == (2, crop.size, crop.size, 3)
-    ids = [int(r.split(",")[-1]) for r in rows[1:]]
+    ids = [int(r.split(",")[-2]) for r in rows[1:]]
     reference = crop_cells(bccd_image, analysed.labels, crop, ids=ids).images
-    inner = slice(crop.size // 4, 3 * crop.size // 4)  # the cell itself; the margin is padded in single-cell mode
-    diff = np.abs(images[:, inner, inner].astype(int) - reference[:, inner, inner].astype(int)).mean()
-    assert diff < 5, diff  # about 1 here; 26 if the crops kept their margin
+    assert np.array_equal(images, reference)
+    padded = crops_for([replace(s, margin=0.0) for s in samples], crop, single_cells=True)[0]  # margin taken as cell
+    assert np.abs(padded.astype(int) - reference.astype(int)).mean() > 10
     # a cell excluded later leaves the training set
     cells = rv.annotate(cells, 2, rv.EXCLUDE, classes=classes)
     report = rv.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg")

@@ -20,14 +20,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a dataset: its file, class, group (patient or slide), given split (or "") and whether it
-    is a single-cell crop already (not a field to segment)."""
+    """One image of a dataset: its file, class, group (patient or slide), given split (or ""), whether it is a
+    single-cell crop already (not a field to segment), and the context ``margin`` such a crop holds around the
+    cell's box (as a fraction of the box side, like :attr:`~.config.CropConfig.margin`; 0: cut at the cell)."""
 
     path: Path
     label: str
     group: str
     split: str = ""
     single_cell: bool = False
+    margin: float = 0.0
 
 
 def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
@@ -71,12 +73,20 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
             for r in rows if r.get("duplicate_in_other_class", "0") != "1"
         ]
     if not {"path", "label"} <= columns:
-        raise ValueError(f"{source}: needs columns path,label[,group][,split]; has {sorted(columns)}")
+        raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin]; has {sorted(columns)}")
     blank = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
     if blank:
         raise ValueError(f"{source}: empty path or label on line(s) {', '.join(map(str, blank[:10]))}")
+    margins = []
+    for i, r in enumerate(rows):
+        try:
+            margins.append(float((r.get("margin") or "0").strip()))
+        except ValueError:
+            margins.append(-1.0)
+        if not 0 <= margins[-1] <= 2:
+            raise ValueError(f"{source}: line {i + 2}: margin {r.get('margin')!r} is not a number in [0, 2]")
     return [Sample(root / r["path"], r["label"].strip(), (r.get("group") or "").strip() or r["path"],
-                   (r.get("split") or "").strip()) for r in rows]
+                   (r.get("split") or "").strip(), margin=m) for r, m in zip(rows, margins)]
 
 
 def split_by_group(samples: list[Sample], fractions=(0.70, 0.15, 0.15), seed: int = 0) -> dict[str, list[Sample]]:
@@ -136,8 +146,9 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
     """Crop each sample's cell through the shared preprocessing.
 
     Whole fields are segmented and their centre cell is cropped; with ``single_cells`` (or a sample's
-    ``single_cell``) the image is already one cell and the whole image is its mask. Unreadable images and
-    fields without a cell are skipped and reported. ``progress(done, total)`` is called after every sample.
+    ``single_cell``) the image is already one cell: its box is the image less the sample's ``margin`` (so a
+    crop exported with the classifier's own margin is cut again exactly as at inference). Unreadable images
+    and fields without a cell are skipped and reported. ``progress(done, total)`` is called after every sample.
 
     Returns
     -------
@@ -159,7 +170,7 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
             skipped.append(str(err))
         else:
             whole = single_cells or s.single_cell
-            labels = np.ones(image.shape[:2], np.int32) if whole else segment_leukocytes(image, segment, model=segmenter)
+            labels = cell_box(image.shape[:2], s.margin) if whole else segment_leukocytes(image, segment, model=segmenter)
             cell = centre_cell(labels)
             if cell == 0:
                 skipped.append(f"{s.path}: no leukocyte found")
@@ -170,3 +181,21 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
             progress(i + 1, len(samples))
     empty = np.zeros((0, crop.size, crop.size, 3), np.uint8)
     return (np.stack(images) if images else empty), kept, skipped
+
+
+def cell_box(shape, margin: float = 0.0) -> np.ndarray:
+    """The label image of a single-cell crop: its central box (label 1), the crop less ``margin`` on each side.
+
+    Of the box sides that round alike, the one whose :func:`~.preprocess.crop_cells` window with this margin is
+    the whole crop is taken, so that a crop exported with the classifier's margin is cut again unchanged.
+    """
+    labels = np.zeros(shape, np.int32)
+    box = []
+    for n in shape:
+        side = max(int(round(n / (1 + 2 * margin))), 1)
+        exact = [c for c in (side, side - 1, side + 1)
+                 if c >= 1 and (n - c) % 2 == 0 and 2 * int(round(c * (0.5 + margin))) == n]
+        side = exact[0] if exact else side
+        box.append(slice((n - side) // 2, (n - side) // 2 + side))
+    labels[tuple(box)] = 1
+    return labels

@@ -13,7 +13,7 @@ import getpass
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +33,7 @@ ANNOTATION_COLUMNS = ("annotation", "annotated_by", "annotated_at")
 GEOMETRY_COLUMNS = ("centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area")
 REQUIRED_COLUMNS = ("label", *GEOMETRY_COLUMNS, "predicted_class", "p_leukemic")
 DATASET_CSV = "dataset.csv"
-DATASET_COLUMNS = ("path", "label", "group", "source_image", "source_sha256", "cell_id")
+DATASET_COLUMNS = ("path", "label", "group", "source_image", "source_sha256", "cell_id", "margin")
 
 
 class ReviewError(ValueError):
@@ -389,11 +389,11 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
                         classes=None, include_confirmed: bool = True) -> Export:
     """Add a smear's hand-called cells to a training set: PNG crops plus ``dataset.csv``.
 
-    Each crop is the cell's square cut by :func:`~.preprocess.crop_cells` with the classifier's ``crop``
-    settings but no margin: a single-cell image, so train on it in single-cell mode (the margin is added
-    again there, as at inference). ``dataset.csv`` has columns :data:`DATASET_COLUMNS` (paths relative to
-    it) and reads with :func:`~.datasets.read_dataset`. Re-exporting a cell (same image sha256 and cell id)
-    replaces its row and crop; cells now called :data:`EXCLUDE` are removed from the set.
+    Each crop is the classifier's own input for the cell: :func:`~.preprocess.crop_cells` with its ``crop``
+    settings, context margin included (recorded in the ``margin`` column, so that single-cell training cuts it
+    exactly as at inference; see :func:`~.datasets.crops_for`). ``dataset.csv`` has columns
+    :data:`DATASET_COLUMNS` (paths relative to it) and reads with :func:`~.datasets.read_dataset`. Re-exporting
+    a cell (same image sha256 and cell id) replaces its row and crop; cells now called :data:`EXCLUDE` are removed from the set.
 
     Parameters
     ----------
@@ -445,14 +445,14 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
 
     ids = cells.loc[chosen, "label"].to_numpy(int)
     new_rows = []
-    crops = crop_cells(image, np.asarray(labels).astype(np.int32, copy=False), replace(crop, margin=0.0), ids=ids)
+    crops = crop_cells(image, np.asarray(labels).astype(np.int32, copy=False), crop, ids=ids)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source_image).stem) or "image"
     for cell, picture, call in zip(crops.labels, crops.images, manual[chosen]):
         rel = f"crops/{stem}_{sha[:12]}_cell{int(cell)}.png"
         with atomic_path(folder / rel) as tmp:
             Image.fromarray(picture).save(tmp, format="PNG")
         new_rows.append({"path": rel, "label": call, "group": group, "source_image": str(source_image),
-                         "source_sha256": sha, "cell_id": str(int(cell))})
+                         "source_sha256": sha, "cell_id": str(int(cell)), "margin": f"{crop.margin:g}"})
     new_keys = {(sha, r["cell_id"]) for r in new_rows}
     key = lambda r: (r.get("source_sha256", ""), r.get("cell_id", ""))  # noqa: E731
     replaced = sum(key(r) in new_keys for r in rows)
