@@ -1,10 +1,15 @@
 """Derive leukocyte training masks for cellpose from ../shared/data with the stain-based segmenter.
 
 Masks are kept only where they are trustworthy: on BCCD every WBC box must be matched (IoU >= 0.6) with no
-extra object; on DeepAPL every object must be a plausible single leukocyte (solid, not larger than 1.7x the
-median cell). BCCD images whose index is a multiple of 5 are held out for evaluation and never written.
+extra object; on DeepAPL every object must be a plausible single leukocyte (solid, 0.3-1.7x the median cell;
+a cell cut by the field border need only not be too large). Where the plain stain mask of a DeepAPL field
+fails this because touching leukocytes merged, they are cut apart (``stain_segment(..., split=True)``, a
+distance-transform watershed of the stain, at the estimated diameter or smaller ones) and the field is kept
+if the cut masks pass and the centre cell has its class's typical size; so the network sees touching cells.
+BCCD images whose index is a multiple of 5 are held out for evaluation and never written; DeepAPL
+``split=test`` is never used.
 
-    python scripts/make_segmenter_masks.py --shared ../shared/data --out .segdata --per-class 120
+    python scripts/make_segmenter_masks.py --shared ../shared/data --out .segdata --per-class 130
 """
 
 import argparse
@@ -17,9 +22,9 @@ import numpy as np
 from PIL import Image
 from skimage.measure import regionprops
 
-from napari_leukemia.core.boxes import label_boxes, match_boxes, read_voc_boxes
+from napari_leukemia.core.boxes import centre_cell, label_boxes, match_boxes, read_voc_boxes
 from napari_leukemia.core.io import ImageError, read_image
-from napari_leukemia.core.stain import stain_segment
+from napari_leukemia.core.stain import estimate_diameter, stain_segment
 
 
 def bccd_is_holdout(path) -> bool:
@@ -52,23 +57,27 @@ def main():
     manifest = [r for r in manifest if r["split"] == "train" and r["decode_ok"] == "1" and r["duplicate_in_other_class"] == "0"]
     random.Random(0).shuffle(manifest)
     per_class = Counter()
-    candidates = []
+    fields = []
     for r in manifest:
         if per_class[r["cell_class"]] >= args.per_class:
             continue
         per_class[r["cell_class"]] += 1
         try:
-            im = read_image(shared / "deepapl" / r["file"])
+            fields.append((r, read_image(shared / "deepapl" / r["file"])))
         except ImageError:
             continue
-        candidates.append((r, im, stain_segment(im)))
-    areas = [p.area for _, _, lab in candidates for p in regionprops(lab)]
-    median = float(np.median(areas))
-    for r, im, lab in candidates:
-        props = regionprops(lab)
+    # typical sizes from the plain stain masks: every cell, and the centre cell of fields holding one cell
+    plain = [stain_segment(im).astype(np.uint16) for _, im in fields]
+    median = float(np.median([p.area for lab in plain for p in regionprops(lab)]))
+    centre = {c: np.median([centre_cell(lab)[1] for (r, _), lab in zip(fields, plain) if r["cell_class"] == c
+                            and lab.max() == 1 and centre_cell(lab)[1]]) for c in per_class}
+    for (r, im), lab in zip(fields, plain):
         kept["deepapl_seen"] += 1
-        if not props or any(p.solidity < 0.9 or p.area > 1.7 * median or p.area < 0.3 * median for p in props):
-            continue
+        if not _good(lab, median):
+            lab = _split_masks(im, lab, median, centre[r["cell_class"]])
+            if lab is None:
+                continue
+            kept["deepapl_split"] += 1
         name = "deepapl_" + r["file"].replace("/", "_").removesuffix(".jpg")
         rows.append(_save(out, name, im, lab))
         kept["deepapl"] += 1
@@ -77,6 +86,29 @@ def main():
         w.writerow(["image", "masks"])
         w.writerows(rows)
     print(dict(kept), "median DeepAPL leukocyte area", median)
+
+
+def _good(lab, median) -> bool:
+    """Every object one plausible leukocyte: solid, 0.3-1.7x the median cell (a cell cut by the border may be small)."""
+    props = regionprops(lab)
+    border = lambda p: p.bbox[0] == 0 or p.bbox[1] == 0 or p.bbox[2] == lab.shape[0] or p.bbox[3] == lab.shape[1]
+    return bool(props) and all(p.solidity >= 0.9 and p.area <= 1.7 * median and (border(p) or p.area >= 0.3 * median)
+                               for p in props)
+
+
+def _split_masks(im, lab, median, centre_area):
+    """Touching cells cut apart: the first of ever smaller diameters at which every object is plausible.
+
+    The stain estimate of the diameter runs large where cells touch, so the split is tried at the
+    estimate and at 1/1.3 and 1/1.6 of it. The centre cell must also be of its class's typical size
+    (0.6-1.7x), so a single cell cut into lobes is not taken for touching cells. ``None`` if none fits.
+    """
+    diameter = estimate_diameter(im)
+    for factor in (1.0, 1.3, 1.6):
+        cut = stain_segment(im, diameter / factor, split=True)
+        if cut.max() > lab.max() and _good(cut, median) and 0.6 <= centre_cell(cut)[1] / centre_area <= 1.7:
+            return cut
+    return None
 
 
 def _save(out, name, im, lab):
