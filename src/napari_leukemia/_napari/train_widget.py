@@ -70,7 +70,8 @@ class TrainWidget(Container):
         self._resume_button = PushButton(text="Resume")
         self._status = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
-        self._init.native.setToolTip("empty: a new network (ImageNet or random weights)")
+        self._init.native.setToolTip("empty: a new network (ImageNet or random weights); for corrected cells: the "
+                                     "Analyze widget's classifier, else the shipped one")
         self._kind.changed.connect(self._kind_changed)
         self._start_button.changed.connect(lambda: self.start())
         self._resume_button.changed.connect(lambda: self.start(resume=True))
@@ -89,8 +90,9 @@ class TrainWidget(Container):
     # --- settings -> core -------------------------------------------------------------------------
     def _kind_changed(self, kind: str):
         self._dataset.mode = DATASET_KINDS[kind]
-        corrections = kind == CORRECTIONS
-        self._single.visible = not corrections
+        corrections = kind == CORRECTIONS  # fine-tuning: crop size, classes and weights come from the model
+        for widget in (self._single, self._size, self._imagenet, self._leukemic):
+            widget.visible = not corrections
         for widget in (self._mix, self._mix_single, self._held_out):
             widget.visible = corrections
 
