@@ -100,6 +100,7 @@ def test_update_reclassifies_only_painted_and_erased_cells(reviewing, qtbot):
     widget.go_to(1)
     widget.set_call("leukemic")
     before = layer.features.set_index("label")
+    cam_before = np.array(viewer.layers["smear Grad-CAM"].data, copy=True)
     layer.brush_size = 40
     layer.paint((240, 330), 9)  # napari's brush: a new cell
     layer.fill((420, 560), 0)  # napari's bucket: erase cell 4
@@ -113,8 +114,10 @@ def test_update_reclassifies_only_painted_and_erased_cells(reviewing, qtbot):
     assert after.loc[1, "annotation"] == "leukemic" and after.loc[9, "area"] == np.count_nonzero(layer.data == 9)
     probability = viewer.layers["smear p(leukemic)"].data
     assert np.allclose(probability[layer.data == 9], after.loc[9, "p_leukemic"]) and probability[layer.data == 0].max() == 0
-    widget.go_to(9)
-    assert "mask edited after the heat map" in widget._info.value
+    widget.go_to(9)  # the new cell's Grad-CAM is painted inside its mask; the other cells' maps are left alone
+    cam = viewer.layers["smear Grad-CAM"].data
+    assert cam[layer.data == 9].max() > 0 and "Grad-CAM in mask: 0." in widget._info.value
+    assert np.array_equal(cam[layer.data == 1], cam_before[layer.data == 1])
 
 
 def test_save_load_round_trip_through_panel_and_npe2(reviewing, tmp_path, qtbot):

@@ -245,9 +245,9 @@ class ReviewWidget(Container):
     def _gradcam(self, row) -> str:
         """Mean Grad-CAM inside the cell's mask, from our Grad-CAM layer of the same image."""
         info = self._layer.metadata.get(META_KEY, {})
-        cam = our_layers(self._viewer, info.get("source", "")).get("gradcam") if info else None
         labels = np.asarray(self._layer.data)
-        if cam is None or np.shape(cam.data) != labels.shape:
+        cam = self._gradcam_layer(labels.shape)
+        if cam is None:
             return "n/a (no Grad-CAM layer)"
         label = int(row["label"])
         if label in info.get("gradcam_stale", ()):
@@ -297,6 +297,12 @@ class ReviewWidget(Container):
             raise ReviewError(problem)
         return image
 
+    def _gradcam_layer(self, shape):
+        """The Grad-CAM layer of the reviewed cells' analysis (None when there is none of that shape)."""
+        info = self._layer.metadata.get(META_KEY) if self._layer is not None else None
+        cam = our_layers(self._viewer, info.get("source", "")).get("gradcam") if isinstance(info, dict) else None
+        return cam if cam is not None and np.shape(cam.data) == tuple(shape) else None
+
     def _classifier_path(self):
         value = str(self._classifier.value or "").strip()
         return value if value not in ("", ".") and Path(value).is_file() else None
@@ -319,13 +325,14 @@ class ReviewWidget(Container):
         avoid_llvm_clash()
         layer, labels, table = self._layer, np.array(self._layer.data, copy=True), self.table
         expected, path, device = layer.metadata["summary"].get("classifier", ""), self._classifier_path(), self._device.value
+        explain = self._gradcam_layer(labels.shape) is not None
 
         def work():
             clf = get_classifier(path, device)
             if expected and model_name(clf.path) != expected:
                 raise ReviewError(f"these cells were classified by {expected}, not {model_name(clf.path)}; "
                                   "choose that checkpoint under 'classifier'")
-            return update_cells(image, labels, table, clf)
+            return update_cells(image, labels, table, clf, gradcam=explain)
 
         worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(lambda result: self._updated(layer, labels, result))
@@ -342,7 +349,12 @@ class ReviewWidget(Container):
         self._apply(cells)
         info = layer.metadata.get(META_KEY)
         if isinstance(info, dict):
-            info["gradcam_stale"] = sorted({*info.get("gradcam_stale", ()), *map(int, result.changed)})
+            cam = self._gradcam_layer(labels.shape)
+            stale = {*info.get("gradcam_stale", ()), *map(int, result.changed)}
+            if cam is not None and result.gradcam is not None:
+                cam.data = np.where(np.isin(labels, result.changed), result.gradcam, np.asarray(cam.data))
+                stale -= set(map(int, result.changed))
+            info["gradcam_stale"] = sorted(stale)
             probability = our_layers(self._viewer, info.get("source", "")).get("p_leukemic")
             if probability is not None and np.shape(probability.data) == labels.shape:
                 probability.data = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())

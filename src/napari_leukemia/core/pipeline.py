@@ -259,6 +259,17 @@ def paint_values(labels: np.ndarray, ids, values) -> np.ndarray:
     return lut[labels]
 
 
+def paint_maps_in_cells(labels: np.ndarray, crops, maps: np.ndarray) -> np.ndarray:
+    """Float image with each crop's map (e.g. Grad-CAM) resized to its window and kept inside its cell, 0 elsewhere."""
+    canvas = np.zeros(labels.shape, np.float32)
+    for cell, window, m in zip(crops.labels, crops.windows, maps):
+        one = np.zeros(labels.shape, np.float32)
+        _paste_windows(one, m[None], np.asarray(window)[None])
+        inside = labels == cell
+        canvas[inside] = one[inside]
+    return canvas
+
+
 def _paste_windows(canvas: np.ndarray, maps: np.ndarray, windows: np.ndarray) -> None:
     import cv2
 

@@ -180,14 +180,16 @@ def carry_annotations(cells, source):
 
 @dataclass
 class Update:
-    """What :func:`update_cells` did: the new table and the labels it re-classified or dropped."""
+    """What :func:`update_cells` did: the new table, the labels it re-classified or dropped, and (when asked for)
+    the Grad-CAM of the re-classified cells inside their masks (an image, 0 elsewhere)."""
 
     cells: object
     changed: np.ndarray
     removed: np.ndarray
+    gradcam: np.ndarray | None = None
 
 
-def update_cells(image, labels, cells, classifier, *, batch_size: int = 32) -> Update:
+def update_cells(image, labels, cells, classifier, *, batch_size: int = 32, gradcam: bool = False) -> Update:
     """Re-classify only the cells whose mask changed, drop the rows of deleted cells, keep the others as they are.
 
     Manual annotations of cells that kept their label are kept. The same path as the analysis
@@ -202,6 +204,8 @@ def update_cells(image, labels, cells, classifier, *, batch_size: int = 32) -> U
         The table the cells had before the edits.
     classifier : Classifier
         The classifier that made ``cells`` (same classes).
+    gradcam : bool
+        Also explain the re-classified cells (:attr:`Update.gradcam`).
     """
     import pandas as pd
 
@@ -216,11 +220,18 @@ def update_cells(image, labels, cells, classifier, *, batch_size: int = 32) -> U
         raise ReviewError(f"the cells were not classified with classes {classes} (no columns {missing}); "
                           f"choose the classifier that made them")
     changed, removed = changed_cells(labels, cells)
-    fresh, _ = classify_cells(image, labels, classifier, ids=changed, batch_size=batch_size)
+    fresh, crops = classify_cells(image, labels, classifier, ids=changed, batch_size=batch_size)
+    cams = None
+    if gradcam:
+        from .explain import gradcam as explain
+        from .pipeline import paint_maps_in_cells
+
+        maps = explain(classifier, crops.images, fresh["predicted_class"].cat.codes.to_numpy()) if len(changed) else []
+        cams = paint_maps_in_cells(labels, crops, maps)
     kept = cells[~cells["label"].isin(np.union1d(changed, removed))]
     out = pd.concat([kept, fresh], ignore_index=True).sort_values("label", ignore_index=True)
     out["predicted_class"] = pd.Categorical(out["predicted_class"].astype(str), categories=classes)
-    return Update(cells=carry_annotations(out, cells), changed=changed, removed=removed)
+    return Update(cells=carry_annotations(out, cells), changed=changed, removed=removed, gradcam=cams)
 
 
 # ------------------------------------------------------------------------------------------ save / load
