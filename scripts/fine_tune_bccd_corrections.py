@@ -1,6 +1,6 @@
 """The review loop on real data: correct BCCD cells (normal blood, another lab) and fine-tune the shipped classifier.
 
-    python scripts/fine_tune_bccd_corrections.py --out runs/ft_bccd --epochs 2 --mix-per-class 400 \
+    python scripts/fine_tune_bccd_corrections.py --out runs/ft_bccd --epochs 2 --lr 1e-4 --mix-per-class 800 \
         --crops-cache .clsdata/ft_bccd.npz --test-crops-cache .clsdata/ft_bccd_test.npz
 
 1. Every BCCD field is analysed with the shipped models; each found cell matching a WBC box (IoU >= 0.3) is called
@@ -68,12 +68,14 @@ def main():
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--mix-per-class", type=int, default=400)
+    ap.add_argument("--corrections", type=Path, help="an exported corrections folder to reuse (default OUT/corrections)")
     ap.add_argument("--crops-cache", type=Path)
     ap.add_argument("--test-crops-cache", type=Path)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    csv = export_corrections(args.shared, args.out / "corrections")
+    csv = export_corrections(args.shared, args.corrections or args.out / "corrections")
     manifest = args.shared / "deepapl" / "manifest.csv"
     train = [s for s in read_dataset(manifest) if s.split == "train"]
     rng = np.random.default_rng(0)
@@ -81,7 +83,7 @@ def main():
     for label in sorted({s.label for s in train}):
         pool = [s for s in train if s.label == label]
         mix += [pool[i] for i in sorted(rng.choice(len(pool), min(args.mix_per_class, len(pool)), replace=False))]
-    config = TrainConfig(epochs=args.epochs, device="cpu", imagenet="")
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, device="cpu", imagenet="")
     result = drive(fine_tune(csv, args.out / "tuned", init=DEFAULT_CLASSIFIER, mix=mix, held_out=0.2, config=config,
                              crops_cache=args.crops_cache, command="scripts/fine_tune_bccd_corrections.py"))
     deepapl = {}

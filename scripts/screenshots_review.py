@@ -2,9 +2,9 @@
 
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots_review.py docs/images
 
-The smear is a 2 x 3 mosaic of the two bundled real fields (six leukocytes, three blasts), as in
-tests/test_loop_widget.py. The fine-tuning step is a real, short run (one epoch) of the shipped DenseNet201 on
-the six corrected cells, in a temporary folder.
+The smear is `napari_leukemia.samples.mosaic_sample` (a 2 x 3 mosaic of the two bundled real fields: six
+leukocytes, three blasts), as in tests/test_loop_widget.py. The fine-tuning step is a real, short run (one epoch)
+of the shipped DenseNet201 on the six corrected cells, in a temporary folder.
 """
 
 import sys
@@ -17,20 +17,7 @@ import numpy as np
 from PIL import Image
 from qtpy.QtWidgets import QApplication
 
-from napari_leukemia.samples import load_sample
-
-
-def mosaic():
-    """The six-leukocyte mosaic and the truth of each tile (see tests/conftest.py: mosaic_smear)."""
-    bccd, deepapl = load_sample("bccd"), load_sample("deepapl")
-    h, w = bccd.shape[:2]
-    blast = np.empty_like(bccd)
-    blast[:] = np.median(deepapl.reshape(-1, 3), axis=0).astype(np.uint8)
-    dh, dw = deepapl.shape[:2]
-    blast[(h - dh) // 2 : (h - dh) // 2 + dh, (w - dw) // 2 : (w - dw) // 2 + dw] = deepapl
-    tiles = [[bccd, blast, bccd[:, ::-1]], [blast[::-1], bccd[::-1], blast[::-1, ::-1]]]
-    image = np.ascontiguousarray(np.vstack([np.hstack(row) for row in tiles]))
-    return image, lambda r, c: "leukemic" if (int(r) // h + int(c) // w) % 2 else "normal"
+from napari_leukemia.samples import mosaic_sample
 
 
 def settle(widget=None, timeout=900):
@@ -52,7 +39,7 @@ def shot(viewer, folder: Path, name: str):
 def main(folder):
     folder = Path(folder)
     work = Path(tempfile.mkdtemp())
-    image, truth = mosaic()
+    image, truth = mosaic_sample()
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     viewer.add_image(image, name="smear", rgb=True)

@@ -120,20 +120,8 @@ def hand_cells(bccd_image):
 
 
 @pytest.fixture(scope="session")
-def mosaic_smear(bccd_image, deepapl_image):
-    """A 2 x 3 mosaic of the two bundled real fields, turned and flipped: six leukocytes, three of them blasts.
+def mosaic_smear():
+    """Six real leukocytes, three of them blasts (``samples.mosaic_sample``): the image and ``truth(row, col)``."""
+    from napari_leukemia.samples import mosaic_sample
 
-    Returns the image and a function: (row, col) of a pixel -> the truth of its tile ("leukemic" or "normal").
-    """
-    h, w = bccd_image.shape[:2]
-    blast = np.empty_like(bccd_image)
-    blast[:] = np.median(deepapl_image.reshape(-1, 3), axis=0).astype(np.uint8)
-    dh, dw = deepapl_image.shape[:2]
-    blast[(h - dh) // 2 : (h - dh) // 2 + dh, (w - dw) // 2 : (w - dw) // 2 + dw] = deepapl_image
-    tiles = [[bccd_image, blast, bccd_image[:, ::-1]], [blast[::-1], bccd_image[::-1], blast[::-1, ::-1]]]
-    image = np.ascontiguousarray(np.vstack([np.hstack(row) for row in tiles]))
-
-    def truth(row, col):
-        return "leukemic" if (int(row) // h + int(col) // w) % 2 else "normal"
-
-    return image, truth
+    return mosaic_sample()

@@ -89,6 +89,8 @@ def test_widget_and_samples_open_through_the_plugin_manifest(make_napari_viewer)
     viewer = make_napari_viewer()
     viewer.open_sample("napari-leukemia", "deepapl")
     assert viewer.layers[0].rgb and viewer.layers[0].data.shape[-1] == 3
+    viewer.open_sample("napari-leukemia", "mosaic")
+    assert viewer.layers[-1].name == "six-cell mosaic" and viewer.layers[-1].data.shape == (960, 1920, 3)
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
     assert widget._image.value is viewer.layers[0]
 

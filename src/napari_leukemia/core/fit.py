@@ -709,7 +709,8 @@ def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = 
 
     write_json(Path(out_dir) / FINE_TUNE_REPORT, _finite({
         "corrections": str(corrections) if not isinstance(corrections, (list, tuple)) else "samples",
-        "mix": str(mix) if mix else None, "init": str(init), "checkpoint": result["checkpoint"],
+        "mix": (f"{len(mix)} samples" if isinstance(mix, (list, tuple)) else str(mix)) if mix else None,
+        "init": str(init), "checkpoint": result["checkpoint"],
         "held_out": result["held_out"], "held_out_by": by, "before": result["before"], "after": result["after"],
     }))
     return result
