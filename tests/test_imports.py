@@ -41,4 +41,4 @@ def test_manifest_validates():
     manifest = PluginManifest.from_file(Path(napari_leukemia.__file__).parent / "napari.yaml")
     assert manifest.name == "napari-leukemia"
     assert all(c.id.startswith("napari-leukemia.") for c in manifest.contributions.commands)
-    assert {s.key for s in manifest.contributions.sample_data} == {"bccd", "deepapl"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"bccd", "deepapl", "mosaic"}
