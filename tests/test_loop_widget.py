@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from napari_leukemia.core import review as rv
-from napari_leukemia.core.fit import FINAL_NAME, FINE_TUNE_REPORT
+from napari_leukemia.core.fit import FINAL_NAME, FINE_TUNE_LR, FINE_TUNE_REPORT
 
 pytestmark = pytest.mark.gui
 
@@ -76,6 +76,7 @@ def test_analyze_correct_save_reload_export_fine_tune_and_analyze_again(make_nap
     assert "6 cells added" in review._status.value and "set in Train classifier" in review._status.value
     csv = tmp_path / "corrections" / rv.DATASET_CSV
     assert train._kind.value.startswith("cells corrected") and train.dataset_source() == str(csv)
+    assert train._lr.value == FINE_TUNE_LR and not train._size.visible  # fine-tuning settings
 
     # 6. fine-tune the shipped model a few steps; before / after on held-out corrections
     train._out.value = tmp_path / "tuned"

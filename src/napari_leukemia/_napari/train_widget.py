@@ -9,6 +9,7 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from ..core.config import DISCLAIMER, TrainConfig
+from ..core.fit import FINE_TUNE_LR
 from . import avoid_llvm_clash, register
 from .widgets import analyze_widgets
 
@@ -95,6 +96,9 @@ class TrainWidget(Container):
             widget.visible = not corrections
         for widget in (self._mix, self._mix_single, self._held_out):
             widget.visible = corrections
+        new, old = (FINE_TUNE_LR, TrainConfig().lr) if corrections else (TrainConfig().lr, FINE_TUNE_LR)
+        if self._lr.value == old:  # the default of the other mode: take this mode's
+            self._lr.value = new
 
     def use_corrections(self, path, classifier=None) -> None:
         """Fine-tune ``classifier`` (default: the Analyze widget's) on the corrected cells in ``path`` (dataset.csv)."""
