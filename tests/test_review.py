@@ -34,6 +34,19 @@ def test_review_order_is_most_uncertain_first_with_filters(analysed, classifier)
     assert int(order[0]) in rv.review_order(done, classes, leukemic, call="leukemic")
 
 
+def test_reviewed_summary_counts_calls_over_predictions(analysed, classifier):
+    cells, classes, leukemic = analysed.cells, classifier.info.classes, classifier.info.leukemic
+    before = rv.reviewed_summary(cells, leukemic)
+    assert before == {"leukocytes": 4, "leukemic": int(cells["leukemic"].sum()), "called_by_hand": 0, "excluded": 0,
+                      "leukemic_fraction": cells["leukemic"].mean()}
+    normal = cells.loc[~cells["leukemic"], "label"].to_numpy()
+    done = rv.annotate(cells, int(normal[0]), "leukemic", classes=classes)
+    done = rv.annotate(done, int(normal[1]), rv.EXCLUDE, classes=classes)
+    after = rv.reviewed_summary(done, leukemic)
+    assert (after["leukocytes"], after["leukemic"]) == (3, before["leukemic"] + 1)
+    assert (after["called_by_hand"], after["excluded"]) == (1, 1)
+
+
 def test_three_class_uncertainty_is_one_minus_the_top_probability():
     import pandas as pd
 

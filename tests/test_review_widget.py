@@ -77,6 +77,7 @@ def test_calls_by_button_and_shortcut_are_recorded_and_shown(reviewing):
     viewer.window._qt_viewer._key_map_handler.press_key("Alt-0")
     table = layer.features.set_index("label")
     assert list(table.loc[[1, 2, 3, 4], "annotation"]) == ["", "leukemic", classes[0], "exclude"]
+    assert "with your calls: 3 leukocytes" in widget._slide.value and "1 excluded" in widget._slide.value
     assert table.loc[3, "annotated_by"] == "dr who" and table.loc[2, "annotated_at"].startswith("20")
     colors = class_colors(classes, widget.leukemic)
     rgba = layer.colormap.map(np.array([1, 2, 4]))

@@ -76,6 +76,7 @@ class ReviewWidget(Container):
         self._confirmed = CheckBox(value=True, text="include calls that confirm the prediction")
         self._export = PushButton(text="Add to training set")
         self._status = Label(value="")
+        self._slide = Label(value="")
         for button, slot in ((self._previous, self.previous), (self._next, self.next), (self._update, self.update),
                              (self._save, lambda: self.save()), (self._load, lambda: self.load()),
                              (self._export, lambda: self.export())):
@@ -86,7 +87,7 @@ class ReviewWidget(Container):
         self._cell_list.changed.connect(lambda v: v and self.go_to(v[0]))
         self._only_selected.changed.connect(self._show_only)
         self.extend([
-            self._cells, self._filter, self._unreviewed, self._cell_list,
+            self._cells, self._slide, self._filter, self._unreviewed, self._cell_list,
             Container(widgets=[self._previous, self._next], layout="horizontal", labels=False),
             self._info, self._only_selected, self._calls, self._advance, self._annotator,
             self._classifier, self._device, self._update,
@@ -157,15 +158,20 @@ class ReviewWidget(Container):
     # --- list, navigation, info --------------------------------------------------------------------
     def refresh(self, _event=None):
         """Re-order and re-filter the cell list (most uncertain first)."""
-        from ..core.review import calls, review_order, review_uncertainty
+        from ..core.review import calls, review_order, review_uncertainty, reviewed_summary
 
         if self._layer is None:
             self._order = np.zeros(0, int)
             self._list_items = []
             self._cell_list.reset_choices()
             self._info.value = "No cells layer: run Analyze smear, or load a review."
+            self._slide.value = ""
             return
         cells = self.table
+        s = reviewed_summary(cells, self.leukemic)
+        self._slide.value = (f"with your calls: {s['leukocytes']} leukocytes, {s['leukemic']} leukaemic "
+                             f"({100 * s['leukemic_fraction']:.1f}%); {s['called_by_hand']} called by hand, "
+                             f"{s['excluded']} excluded")
         call = None if self._filter.value == "all" else self._filter.value
         self._order = review_order(cells, self.classes, self.leukemic, call=call, unreviewed=self._unreviewed.value)
         rows = cells.set_index("label")

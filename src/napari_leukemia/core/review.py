@@ -118,6 +118,21 @@ def calls(cells):
     return manual.where(manual != "", predicted)
 
 
+def reviewed_summary(cells, leukemic) -> dict:
+    """The slide summary with the manual calls in: excluded cells are not leukocytes, a called cell is leukaemic when
+    its call is one of the ``leukemic`` classes, an uncalled one when the classifier called it (``leukemic``)."""
+    manual = cells["annotation"].fillna("").astype(str) if "annotation" in cells else None
+    if manual is None or not len(cells):
+        manual = np.full(len(cells), "", object)
+    manual = np.asarray(manual, object)
+    kept = manual != EXCLUDE
+    by_hand = (manual != "") & kept
+    leuk = np.where(by_hand, np.isin(manual, list(leukemic)), cells["leukemic"].to_numpy(bool) if len(cells) else [])
+    n, k = int(kept.sum()), int((leuk & kept).sum())
+    return {"leukocytes": n, "leukemic": k, "leukemic_fraction": k / n if n else 0.0,
+            "called_by_hand": int(by_hand.sum()), "excluded": int((~kept).sum())}
+
+
 def review_uncertainty(cells, classes, leukemic) -> np.ndarray:
     """``1 - max`` class probability per cell (for two classes the same order as ``|p_leukemic - 0.5|``)."""
     p = cells[[probability_column(c, leukemic) for c in classes]].to_numpy(float)
