@@ -170,7 +170,7 @@ class ReviewWidget(Container):
         cells = self.table
         s = reviewed_summary(cells, self.leukemic)
         self._slide.value = (f"with your calls: {s['leukocytes']} leukocytes, {s['leukemic']} leukaemic "
-                             f"({100 * s['leukemic_fraction']:.1f}%); {s['called_by_hand']} called by hand, "
+                             f"({100 * s['leukemic_fraction']:.1f}%)\n{s['called_by_hand']} called by hand, "
                              f"{s['excluded']} excluded")
         call = None if self._filter.value == "all" else self._filter.value
         self._order = review_order(cells, self.classes, self.leukemic, call=call, unreviewed=self._unreviewed.value)
