@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.augment import hed_jitter, low_resolution
 from napari_leukemia.core.config import SegmentConfig
 from napari_leukemia.core.datasets import split_by_group
@@ -35,14 +36,8 @@ def main():
     args = ap.parse_args()
     clf = load_classifier(args.classifier, "cpu")
     test = split_by_group(read_samples(Path(args.manifest), "cell_class"), seed=0)["test"]
-    gen = iter_crops(test, clf.info.crop, segment=SegmentConfig(), segmenter=args.segmenter, cache=args.crops_cache,
-                     device="cpu")
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            crops = stop.value
-            break
+    crops = drain(iter_crops(test, clf.info.crop, segment=SegmentConfig(), segmenter=args.segmenter,
+                             cache=args.crops_cache, device="cpu"))
     labels = np.array([s.label for s in crops.samples])
     y = np.isin(labels, ("blast_no_lineage_spec", "promyelocyte", "promonocyte")).astype(int)
     x = torch.from_numpy(crops.images).permute(0, 3, 1, 2).float() / 255

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.boxes import box_iou, label_boxes, read_voc_boxes
 from napari_leukemia.core.config import AnalysisConfig, TrainConfig
 from napari_leukemia.core.datasets import read_dataset
@@ -29,14 +30,9 @@ from napari_leukemia.core.pipeline import analyze_smear, get_classifier
 from napari_leukemia.core.review import DATASET_CSV, annotate, export_training_set
 
 
-def drive(gen):
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if event.get("stage") == "epoch":
-            print(f"epoch {event['epoch']}: val loss {event['val_loss']:.4f} acc {event['val_accuracy']:.3f}", flush=True)
+def print_epoch(event):
+    if event.get("stage") == "epoch":
+        print(f"epoch {event['epoch']}: val loss {event['val_loss']:.4f} acc {event['val_accuracy']:.3f}", flush=True)
 
 
 def export_corrections(shared: Path, folder: Path) -> Path:
@@ -84,11 +80,12 @@ def main():
         pool = [s for s in train if s.label == label]
         mix += [pool[i] for i in sorted(rng.choice(len(pool), min(args.mix_per_class, len(pool)), replace=False))]
     config = TrainConfig(epochs=args.epochs, lr=args.lr, device="cpu", imagenet="")
-    result = drive(fine_tune(csv, args.out / "tuned", init=DEFAULT_CLASSIFIER, mix=mix, held_out=0.2, config=config,
-                             crops_cache=args.crops_cache, command="scripts/fine_tune_bccd_corrections.py"))
+    result = drain(fine_tune(csv, args.out / "tuned", init=DEFAULT_CLASSIFIER, mix=mix, held_out=0.2, config=config,
+                             crops_cache=args.crops_cache, command="scripts/fine_tune_bccd_corrections.py"),
+                   print_epoch)
     deepapl = {}
     for name, path in (("before", DEFAULT_CLASSIFIER), ("after", result["checkpoint"])):
-        report = drive(evaluate_dataset(manifest, path, args.out / f"deepapl_test_{name}", split="test",
+        report = drain(evaluate_dataset(manifest, path, args.out / f"deepapl_test_{name}", split="test",
                                         crops_cache=args.test_crops_cache, device="cpu"))
         deepapl[name] = {k: report["overall"][k] for k in ("roc_auc", "sensitivity_at_95_specificity",
                                                            "balanced_accuracy", "specificity", "recall", "ece")}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.config import SegmentConfig
 from napari_leukemia.core.datasets import split_by_group
 from napari_leukemia.core.evaluate import binary_metrics
@@ -26,15 +27,6 @@ from napari_leukemia.core.model import load_classifier
 
 HARD_LEUKEMIC = ("blast_no_lineage_spec", "promyelocyte")
 HARD_NORMAL = ("myelocyte", "metamyelocyte")
-
-
-def drive(gen):
-    """Run a core generator to its end and return its value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def main():
@@ -50,7 +42,7 @@ def main():
     rows = []
     for name, ckpt, bccd_json in args.arm:
         clf = load_classifier(ckpt, "cpu")
-        crops = drive(iter_crops(test, clf.info.crop, segment=SegmentConfig(), segmenter=args.segmenter,
+        crops = drain(iter_crops(test, clf.info.crop, segment=SegmentConfig(), segmenter=args.segmenter,
                                  cache=args.crops_cache, device="cpu"))
         report, y, p = score_cells(clf, crops.images, crops.samples)
         labels = np.array([s.label for s in crops.samples])

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.config import TrainConfig
-from napari_leukemia.core.datasets import Sample
-from napari_leukemia.core.fit import FINAL_NAME, FINE_TUNE_REPORT, fine_tune, fit_classifier, hold_out
+from napari_leukemia.core.datasets import Sample, hold_out
+from napari_leukemia.core.fit import FINAL_NAME, FINE_TUNE_REPORT, fine_tune, fit_classifier
 from napari_leukemia.core.model import load_classifier
 
 CONFIG = TrainConfig(epochs=1, batch_size=4, imagenet="", device="cpu", seed=0)
@@ -19,11 +20,7 @@ CONFIG = TrainConfig(epochs=1, batch_size=4, imagenet="", device="cpu", seed=0)
 def run(gen):
     """Drive a training generator to its end; (events, result)."""
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, drain(gen, events.append)
 
 
 @pytest.fixture(scope="module")

@@ -228,17 +228,14 @@ def test_csv_groups_are_split_by_group_and_evaluate_uses_the_held_out_ones(train
 
 
 def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
+    from napari_leukemia.core import drain
     from napari_leukemia.core.config import CropConfig
     from napari_leukemia.core.fit import iter_crops
 
     def crop(samples, size):
-        gen = iter_crops(samples, CropConfig(size=size), single_cells=True, cache=tmp_path / "crops.npz")
         events = []
-        while True:
-            try:
-                events.append(next(gen))
-            except StopIteration as done:
-                return events, done.value
+        gen = iter_crops(samples, CropConfig(size=size), single_cells=True, cache=tmp_path / "crops.npz")
+        return events, drain(gen, events.append)
 
     samples = read_dataset(cell_dataset)
     events, first = crop(samples[:5], 32)

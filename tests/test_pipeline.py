@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_leukemia import analyze_smear
+from napari_leukemia.core import drain
 from napari_leukemia.core.config import AnalysisConfig, SegmentConfig
 from napari_leukemia.core.io import ImageError
 from napari_leukemia.core.pipeline import CELL_COLUMNS, iter_analyze_smear
@@ -38,11 +39,7 @@ def test_progress_is_reported_as_plain_events(bccd_image):
     gen = iter_analyze_smear(bccd_image, config=AnalysisConfig(device="cpu", gradcam=False,
                                                                segment=SegmentConfig(method="stain")))
     events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as stop:
-        final = stop.value
+    final = drain(gen, events.append)
     assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total
     assert final.gradcam is None and final.summary["segmenter"] == "stain-based"
 

@@ -187,24 +187,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def _float(text: str, zero_ok: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text!r}")
+    if not (0 <= value if zero_ok else 0 < value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be {'zero or ' if zero_ok else ''}a positive number, got {text!r}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _float(text, zero_ok=True)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text!r}")
-    return value
+    return _float(text, zero_ok=False)
 
 
 def main(argv=None) -> int:

@@ -114,15 +114,8 @@ def split_by_group(samples: list[Sample], fractions=(0.70, 0.15, 0.15), seed: in
     names = ["train", "val"] if has_test else ["train", "val", "test"]
     f = np.asarray(fractions[: len(names)], float)
     f = f / f.sum()
-    by_label: dict[str, Counter] = {}
-    for s in samples:
-        if s.group not in where:
-            by_label.setdefault(s.group, Counter())[s.label] += 1
-    strata: dict[str, list[str]] = {}
-    for g, counts in sorted(by_label.items()):
-        strata.setdefault(counts.most_common(1)[0][0] if not has_val else "", []).append(g)
     rng = np.random.default_rng(seed)
-    for _, groups in sorted(strata.items()):
+    for _, groups in sorted(groups_by_class([s for s in samples if s.group not in where]).items()):
         if has_val:  # everything not given as val or test trains
             where.update(dict.fromkeys(groups, "train"))
             continue
@@ -138,6 +131,35 @@ def split_by_group(samples: list[Sample], fractions=(0.70, 0.15, 0.15), seed: in
     for s in samples:
         out[where[s.group]].append(s)
     return out
+
+
+def groups_by_class(samples: list[Sample]) -> dict[str, list[str]]:
+    """The groups of each class (a group counts for its most frequent label), each list sorted."""
+    labels: dict[str, Counter] = {}
+    for s in samples:
+        labels.setdefault(s.group, Counter())[s.label] += 1
+    strata: dict[str, list[str]] = {}
+    for g, counts in sorted(labels.items()):
+        strata.setdefault(counts.most_common(1)[0][0], []).append(g)
+    return strata
+
+
+def hold_out(samples: list[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Set aside ``fraction`` of the groups of each class (:func:`groups_by_class`), seeded.
+
+    A class keeps at least two groups (to train and validate on); one with three or more gives at least one.
+    Returns ``(kept, held_out)``.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held: set[str] = set()
+    for _, groups in sorted(groups_by_class(samples).items()):
+        rng.shuffle(groups)
+        n = len(groups)
+        k = min(max(int(np.round(fraction * n)), 1), n - 2) if fraction > 0 and n >= 3 else 0
+        held.update(groups[:k])
+    return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
 
 
 def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = False,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CropConfig, SegmentConfig, TrainConfig
-from .datasets import Sample, crops_for, read_dataset, split_by_group
+from .datasets import Sample, crops_for, hold_out, read_dataset, split_by_group
 from .train import CropSet
 
 #: The finished run's calibrated checkpoint, in the output folder.
@@ -622,37 +622,13 @@ FINE_TUNE_REPORT = "fine_tune.json"
 FINE_TUNE_LR = 1e-4
 
 
-def hold_out(samples: list[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """Set aside ``fraction`` of the groups of each class (by a group's most frequent label), seeded.
-
-    A class keeps at least two groups (to train and validate on); one with three or more gives at least one.
-    Returns ``(kept, held_out)``.
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
-    labels: dict[str, Counter] = {}
-    for s in samples:
-        labels.setdefault(s.group, Counter())[s.label] += 1
-    strata: dict[str, list[str]] = {}
-    for g, counts in sorted(labels.items()):
-        strata.setdefault(counts.most_common(1)[0][0], []).append(g)
-    rng = np.random.default_rng(seed)
-    held: set[str] = set()
-    for _, groups in sorted(strata.items()):
-        rng.shuffle(groups)
-        n = len(groups)
-        k = min(max(int(np.round(fraction * n)), 1), n - 2) if fraction > 0 and n >= 3 else 0
-        held.update(groups[:k])
-    return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
-
-
 def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = False, held_out: float = 0.2,
               config: TrainConfig = TrainConfig(lr=FINE_TUNE_LR), deepapl_labels: str = "binary", resume: bool = False,
               overwrite: bool = False, segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None,
               command: str = "", should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
     """Fine-tune a classifier on cells corrected in the viewer, with before/after figures on held-out corrections.
 
-    ``held_out`` of the corrections' slides (per class) never train; they score ``init`` and the new
+    ``held_out`` of the corrections' slides (per class, :func:`~.datasets.hold_out`) never train; they score ``init`` and the new
     checkpoint alike, written to :data:`FINE_TUNE_REPORT`. With corrections from fewer than
     :data:`MIN_SLIDES` slides, cells are held out and validated one by one instead (cells of one slide on both
     sides: the figures are then optimistic, and say so). The rest of the corrections, with the ``mix`` data

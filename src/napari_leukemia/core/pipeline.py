@@ -142,12 +142,9 @@ def analyze_smear(image, **kwargs) -> SmearResult:
     >>> result = analyze_smear(load_sample("bccd"))  # doctest: +SKIP
     >>> result.summary["leukocytes"], result.cells.head()  # doctest: +SKIP
     """
-    gen = iter_analyze_smear(image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from . import drain
+
+    return drain(iter_analyze_smear(image, **kwargs))
 
 
 def check_labels(labels, shape, name: str = "image") -> np.ndarray:
@@ -263,22 +260,28 @@ def paint_maps_in_cells(labels: np.ndarray, crops, maps: np.ndarray) -> np.ndarr
     """Float image with each crop's map (e.g. Grad-CAM) resized to its window and kept inside its cell, 0 elsewhere."""
     canvas = np.zeros(labels.shape, np.float32)
     for cell, window, m in zip(crops.labels, crops.windows, maps):
-        one = np.zeros(labels.shape, np.float32)
-        _paste_windows(one, m[None], np.asarray(window)[None])
-        inside = labels == cell
-        canvas[inside] = one[inside]
+        rows, cols, part = _window_view(labels.shape, window, m)
+        inside = labels[rows, cols] == cell
+        canvas[rows, cols][inside] = part[inside]
     return canvas
 
 
-def _paste_windows(canvas: np.ndarray, maps: np.ndarray, windows: np.ndarray) -> None:
+def _window_view(shape, window, m: np.ndarray):
+    """``m`` resized to ``window`` (``r0, c0, r1, c1``, may reach beyond ``shape``) and clipped to the image:
+    the image's row and column slices and the clipped map."""
     import cv2
 
-    h, w = canvas.shape
-    for m, (r0, c0, r1, c1) in zip(maps, windows):
-        resized = cv2.resize(m, (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
-        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
-        view = canvas[rr0:rr1, cc0:cc1]
-        np.maximum(view, resized[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0], out=view)
+    r0, c0, r1, c1 = (int(v) for v in window)
+    resized = cv2.resize(m, (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
+    rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, shape[0]), min(c1, shape[1])
+    return slice(rr0, rr1), slice(cc0, cc1), resized[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+
+
+def _paste_windows(canvas: np.ndarray, maps: np.ndarray, windows: np.ndarray) -> None:
+    for m, window in zip(maps, windows):
+        rows, cols, part = _window_view(canvas.shape, window, m)
+        view = canvas[rows, cols]
+        np.maximum(view, part, out=view)
 
 
 @functools.lru_cache(maxsize=4)
