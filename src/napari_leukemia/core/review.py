@@ -121,13 +121,11 @@ def calls(cells):
 def reviewed_summary(cells, leukemic) -> dict:
     """The slide summary with the manual calls in: excluded cells are not leukocytes, a called cell is leukaemic when
     its call is one of the ``leukemic`` classes, an uncalled one when the classifier called it (``leukemic``)."""
-    manual = cells["annotation"].fillna("").astype(str) if "annotation" in cells else None
-    if manual is None or not len(cells):
-        manual = np.full(len(cells), "", object)
-    manual = np.asarray(manual, object)
+    manual = (cells["annotation"].fillna("").astype(str).to_numpy(object) if "annotation" in cells
+              else np.full(len(cells), "", object))
     kept = manual != EXCLUDE
     by_hand = (manual != "") & kept
-    leuk = np.where(by_hand, np.isin(manual, list(leukemic)), cells["leukemic"].to_numpy(bool) if len(cells) else [])
+    leuk = np.where(by_hand, np.isin(manual, list(leukemic)), cells["leukemic"].to_numpy(bool))
     n, k = int(kept.sum()), int((leuk & kept).sum())
     return {"leukocytes": n, "leukemic": k, "leukemic_fraction": k / n if n else 0.0,
             "called_by_hand": int(by_hand.sum()), "excluded": int((~kept).sum())}
