@@ -1,10 +1,12 @@
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from napari_leukemia.core.config import CropConfig, SegmentConfig
-from napari_leukemia.core.datasets import crops_for, read_dataset, split_by_group
+from napari_leukemia.core.datasets import DEEPAPL_CELL_TYPES, crops_for, read_dataset, split_by_group
+from napari_leukemia.core.fit import default_leukemic
 from napari_leukemia.samples import sample_path
 
 
@@ -50,6 +52,14 @@ def test_deepapl_manifest_labels(shared_data):
     assert {s.split for s in samples} == {"train", "test"} and len(samples) == 10628 - 52
     by_class = read_dataset(shared_data / "deepapl" / "manifest.csv", deepapl_labels="cell_class")
     assert "promyelocyte" in {s.label for s in by_class}
+    by_type = read_dataset(shared_data / "deepapl" / "manifest.csv", deepapl_labels="cell_type")
+    assert [s.path for s in by_type] == [s.path for s in by_class]
+    assert {s.label for s in by_type} == set(DEEPAPL_CELL_TYPES.values())
+    train = Counter(s.label for s in by_type if s.split == "train")
+    assert min(train.values()) >= 80, train  # small classes are grouped
+    binary = {s.path: s.label for s in samples}
+    leukemic_types = {s.label for s in by_type if binary[s.path] == "leukemic"}
+    assert leukemic_types == set(default_leukemic(sorted(train))) == {"blast", "promyelocyte_or_promonocyte"}
 
 
 def test_crops_skip_unreadable_files_and_name_them(folder_dataset):

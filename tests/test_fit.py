@@ -118,8 +118,19 @@ def test_labels_outside_the_class_list_are_scored_leukaemic_vs_not(trained, cell
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["per_class"] is None and m["truth_leukemic_labels"] == ["blast"]
     assert sorted(m["per_label"]) == ["blast", "lymphocyte"] and m["per_label"]["blast"]["n"] == 6
+    assert "auc_vs_leukemic" in m["per_label"]["lymphocyte"] and "auc_vs_leukemic" not in m["per_label"]["blast"]
+    assert "hard_pair" not in m  # no immature granulocytes labelled
     assert m["overall"]["confusion_matrix"][1][0] + m["overall"]["confusion_matrix"][1][1] == 6
     assert is_png(tmp_path / "eval" / "confusion.png")
+    # immature granulocytes: the hard pair is scored apart
+    (data / "lymphocyte").rename(data / "metamyelocyte")
+    code, stdout, stderr = run("evaluate", data, "--classifier", out / FINAL_NAME, "--out", tmp_path / "eval_hard",
+                               "--split", "all", "--single-cells", "--device", "cpu", "--quiet")
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "eval_hard" / "metrics.json").read_text())
+    assert m["hard_pair"]["normal_labels"] == ["metamyelocyte"] and m["hard_pair"]["n_leukemic"] == 6
+    assert m["hard_pair"]["roc_auc"] == m["overall"]["roc_auc"] == m["per_label"]["metamyelocyte"]["auc_vs_leukemic"]
+    assert "leukaemic cells against metamyelocyte" in stdout
     # no label looks leukaemic: name them
     (data / "blast").rename(data / "myelocyte")
     code, _, stderr = run("evaluate", data, "--classifier", out / FINAL_NAME, "--out", tmp_path / "eval2",
@@ -171,6 +182,26 @@ def test_fine_tuning_keeps_the_class_list(trained, cell_dataset, tmp_path):
     assert "fine-tuned from" in stdout
     tuned = load_classifier(tmp_path / "tuned" / FINAL_NAME, "cpu")
     assert tuned.info.crop.size == 32 and tuned.info.provenance["init"].startswith("fine-tuned from")
+
+
+def test_a_new_head_learns_another_class_list_on_the_same_features(trained, cell_dataset, tmp_path):
+    import torch
+
+    _, out, *_ = trained
+    other = copy_dataset(cell_dataset, tmp_path / "other")
+    (other / "leukemic").rename(other / "blast")
+    (other / "normal").rename(other / "lymphocyte")
+    code, stdout, stderr = run("train", other, "--out", tmp_path / "types", "--init", out / FINAL_NAME, "--new-head",
+                               "--tune", "head", "--epochs", 1, *[a for a in FAST if a not in ("--size", "32")])
+    assert code == 0, stderr
+    types = load_classifier(tmp_path / "types" / FINAL_NAME, "cpu")
+    start = load_classifier(out / FINAL_NAME, "cpu")
+    assert types.info.classes == ("blast", "lymphocyte") and types.info.leukemic == ("blast",)
+    assert types.info.crop == start.info.crop and "new head" in types.info.provenance["init"]
+    a, b = start.net.features.state_dict(), types.net.features.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # --tune head: the features are the checkpoint's
+    code, _, stderr = run("train", other, "--out", tmp_path / "no_init", "--new-head", *FAST)
+    assert code == 2 and "init" in stderr
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(cell_dataset, tmp_path, monkeypatch):

@@ -74,3 +74,21 @@ def test_temperature_recovers_a_known_scale():
     t = fit_temperature(true_logits * 3, y)
     assert t == pytest.approx(3, rel=0.15)
     assert expected_calibration_error(y, p[:, 1]) < 0.03
+
+
+@pytest.mark.parametrize("tune", ["head", "last_block"])
+def test_tune_trains_only_the_chosen_weights(tiny_set, tmp_path, tune):
+    import torch
+
+    from napari_leukemia.core.model import new_classifier
+
+    info = ClassifierInfo(crop=CropConfig(size=32))
+    start = new_classifier(info)
+    before = {k: v.clone() for k, v in start.net.state_dict().items()}
+    list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=1, tune=tune), tmp_path, init=start))
+    after = load_classifier(tmp_path / "last.safetensors").net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k].float(), after[k].float())}
+    assert changed, "nothing trained"
+    assert any(k.startswith("head.") for k in changed)
+    trainable = ("head.",) if tune == "head" else ("head.", "features.denseblock4.", "features.norm5.")
+    assert all(k.startswith(trainable) for k in changed), sorted(changed)[:5]  # batch-norm statistics included

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .core.config import DISCLAIMER
+from .core.datasets import DEEPAPL_LABELS
 from .samples import SAMPLES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_classifier_commands(sub) -> None:
     """The ``train`` and ``evaluate`` sub-commands (thin over :mod:`.core.fit`)."""
-    from .core.config import CropConfig, TrainConfig
+    from .core.config import TUNE_CHOICES, CropConfig, TrainConfig
 
     d = TrainConfig()
     t = sub.add_parser(
@@ -120,6 +121,12 @@ def _add_classifier_commands(sub) -> None:
                    help="the classes that are leukaemic (default: 'leukemic' for leukemic/normal data; else names "
                         "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
     t.add_argument("--init", metavar="CKPT", help="fine-tune this classifier checkpoint (same class list)")
+    t.add_argument("--new-head", action="store_true",
+                   help="keep only the DenseNet201 features of --init and train a new head for the dataset's "
+                        "classes (another class list, e.g. --labels cell_type)")
+    t.add_argument("--tune", choices=TUNE_CHOICES, default=d.tune,
+                   help="which weights train: all (default), DenseNet201's last dense block and the head, or the "
+                        "head alone (several times faster on a CPU)")
     t.add_argument("--imagenet", default=d.imagenet, metavar="auto|PATH|none",
                    help="ImageNet DenseNet201 weights: auto (torchvision's cache, if there), a .pth file, or none; "
                         "nothing is downloaded")
@@ -165,8 +172,9 @@ def _add_classifier_commands(sub) -> None:
 def _dataset_options(p) -> None:
     p.add_argument("--single-cells", action="store_true",
                    help="the images are single-cell crops already (no segmentation)")
-    p.add_argument("--labels", choices=("binary", "cell_class"), default="binary",
-                   help="DeepAPL manifest: leukemic/normal (default) or the pathologist's cell classes")
+    p.add_argument("--labels", choices=DEEPAPL_LABELS, default="binary",
+                   help="DeepAPL manifest: leukemic/normal (default), the pathologist's cell classes, or those "
+                        "classes grouped into cell types (small classes joined)")
     p.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
                    help="how whole fields are segmented before their centre cell is cropped")
     p.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
@@ -335,7 +343,8 @@ def cmd_train(args) -> int:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                              seed=args.seed, device=args.device, imagenet=imagenet,
                              max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
-                             stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p)
+                             stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p,
+                             tune=args.tune)
     except ValueError as err:
         raise UsageError(str(err)) from err
     _check_device(args.device)
@@ -344,7 +353,7 @@ def cmd_train(args) -> int:
     with StopOnInterrupt() as stop:
         run = fit_classifier(args.dataset, args.out, config=config, size=args.size, single_cells=args.single_cells,
                              deepapl_labels=args.labels, leukemic=args.leukemic_classes, init=args.init,
-                             resume=args.resume, overwrite=args.overwrite, segment=_segment_config(args),
+                             new_head=args.new_head, resume=args.resume, overwrite=args.overwrite, segment=_segment_config(args),
                              segmenter=args.segmenter, crops_cache=args.crops_cache,
                              command=shlex.join(["napari-leukemia", *args.argv]), should_stop=stop)
         result = _drive(run, args, on_event=_print_training_event)
@@ -395,6 +404,12 @@ def cmd_evaluate(args) -> int:
     print(f"{report['n_cells']} cells ({args.split}): accuracy {o['accuracy']:.3f}, balanced accuracy "
           f"{o['balanced_accuracy']:.3f}, ROC-AUC {o['roc_auc']:.3f}, sensitivity at 95% specificity "
           f"{o['sensitivity_at_95_specificity']:.3f}, ECE {o['ece']:.3f}; results in {args.out}")
+    if "hard_pair" in report:
+        h = report["hard_pair"]
+        print(f"leukaemic cells against {', '.join(h['normal_labels'])}: ROC-AUC {h['roc_auc']:.3f}")
+    if report["per_class"] is not None:
+        print(f"cell classes: accuracy {report['per_class']['accuracy']:.3f}, macro-F1 "
+              f"{report['per_class']['macro_f1']:.3f}")
     print(DISCLAIMER)
     return EXIT_FAILED if report["skipped"] else EXIT_OK
 

@@ -127,6 +127,10 @@ class AnalysisConfig(_Serializable):
         return super().from_dict({**data, "segment": seg})
 
 
+#: Which weights :class:`TrainConfig` trains.
+TUNE_CHOICES = ("all", "last_block", "head")
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Serializable):
     """Classifier training settings (the seeds' recipe by default).
@@ -161,6 +165,10 @@ class TrainConfig(_Serializable):
         ``"auto"`` (torchvision's cache if present), a path, or ``""`` for random initialisation.
     fast : bool
         channels_last + bf16 autocast on CPU, fp16 AMP on CUDA.
+    tune : {"all", "last_block", "head"}
+        Which weights train: every one, only DenseNet201's last dense block (with its final norm) and the
+        head, or the head alone. The frozen layers keep their batch-norm statistics; a frozen start trains
+        several times faster (on a CPU) and keeps what the starting checkpoint learnt.
     """
 
     epochs: int = 50
@@ -181,8 +189,11 @@ class TrainConfig(_Serializable):
     imagenet: str = "auto"
     fast: bool = True
     max_steps_per_epoch: int = 0
+    tune: str = "all"
 
     def __post_init__(self):
+        if self.tune not in TUNE_CHOICES:
+            raise ValueError(f"tune must be one of {TUNE_CHOICES}, got {self.tune!r}")
         if self.balance not in ("weights", "none"):
             raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
         if self.stain_jitter < 0 or self.stain_vector_jitter < 0:

@@ -14,6 +14,28 @@ from .config import CropConfig, SegmentConfig
 
 #: DeepAPL coarse labels that are leukaemic (see ../shared/data/deepapl/README.md).
 DEEPAPL_LEUKEMIC = ("leukemic_blast", "leukemic_or_precursor")
+#: DeepAPL cell classes grouped into the cell types of the cell-type classifier: classes with fewer than about
+#: 100 training cells join their nearest relatives (band with segmented neutrophils, promonocytes with
+#: promyelocytes, myelocytes with metamyelocytes, basophils with plasma cells).
+DEEPAPL_CELL_TYPES = {
+    "blast_no_lineage_spec": "blast",
+    "promyelocyte": "promyelocyte_or_promonocyte",
+    "promonocyte": "promyelocyte_or_promonocyte",
+    "lymphocyte": "lymphocyte",
+    "lymphocyte_variant": "lymphocyte_variant",
+    "neutrophil_segmented": "neutrophil",
+    "neutrophil_band": "neutrophil",
+    "monocyte": "monocyte",
+    "myelocyte": "immature_granulocyte",
+    "metamyelocyte": "immature_granulocyte",
+    "eosinophil": "eosinophil",
+    "basophil": "basophil_or_plasma_cell",
+    "plasma_cell": "basophil_or_plasma_cell",
+}
+#: Labels of immature granulocytes (DeepAPL cell classes and cell types): the normal cells most like blasts and
+#: promyelocytes, scored apart by :func:`~.fit.score_cells` (the hard pair).
+IMMATURE_GRANULOCYTES = ("myelocyte", "metamyelocyte", "immature_granulocyte")
+DEEPAPL_LABELS = ("binary", "cell_class", "cell_type")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLITS = ("train", "val", "test")
 
@@ -40,8 +62,9 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
     source : path
         A folder whose sub-folders are classes (each image its own group), a CSV with columns
         ``path,label[,group][,split]`` (paths relative to the CSV), or DeepAPL's ``manifest.csv``.
-    deepapl_labels : {"binary", "cell_class"}
-        For the DeepAPL manifest: leukemic/normal, or the pathologist's cell classes.
+    deepapl_labels : {"binary", "cell_class", "cell_type"}
+        For the DeepAPL manifest: leukemic/normal, the pathologist's cell classes, or those classes grouped
+        into :data:`DEEPAPL_CELL_TYPES`.
     """
     source = Path(source)
     if source.is_dir():
@@ -64,14 +87,19 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
     columns = set(rows[0])
     root = source.parent
     if {"file", "patient_id", "cell_class", "coarse_label", "split"} <= columns:
-        if deepapl_labels not in ("binary", "cell_class"):
-            raise ValueError(f"deepapl_labels must be 'binary' or 'cell_class', got {deepapl_labels!r}")
-        return [
-            Sample(root / r["file"],
-                   ("leukemic" if r["coarse_label"] in DEEPAPL_LEUKEMIC else "normal") if deepapl_labels == "binary"
-                   else r["cell_class"], r["patient_id"], r["split"])
-            for r in rows if r.get("duplicate_in_other_class", "0") != "1"
-        ]
+        if deepapl_labels not in DEEPAPL_LABELS:
+            raise ValueError(f"deepapl_labels must be one of {DEEPAPL_LABELS}, got {deepapl_labels!r}")
+        unknown = sorted({r["cell_class"] for r in rows} - set(DEEPAPL_CELL_TYPES))
+        if deepapl_labels == "cell_type" and unknown:
+            raise ValueError(f"{source}: cell classes {unknown} have no cell type (DEEPAPL_CELL_TYPES)")
+
+        def label(r):
+            if deepapl_labels == "binary":
+                return "leukemic" if r["coarse_label"] in DEEPAPL_LEUKEMIC else "normal"
+            return r["cell_class"] if deepapl_labels == "cell_class" else DEEPAPL_CELL_TYPES[r["cell_class"]]
+
+        return [Sample(root / r["file"], label(r), r["patient_id"], r["split"])
+                for r in rows if r.get("duplicate_in_other_class", "0") != "1"]
     if not {"path", "label"} <= columns:
         raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin]; has {sorted(columns)}")
     blank = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CropConfig, SegmentConfig, TrainConfig
-from .datasets import Sample, crops_for, hold_out, read_dataset, split_by_group
+from .datasets import IMMATURE_GRANULOCYTES, Sample, crops_for, hold_out, read_dataset, split_by_group
 from .train import CropSet
 
 #: The finished run's calibrated checkpoint, in the output folder.
@@ -240,7 +240,7 @@ def split_digest(splits: dict[str, list[Sample]]) -> str:
 
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
                    single_cells: bool = False, deepapl_labels: str = "binary", leukemic=None, init=None,
-                   resume: bool = False, overwrite: bool = False, segment: SegmentConfig = SegmentConfig(),
+                   new_head: bool = False, resume: bool = False, overwrite: bool = False, segment: SegmentConfig = SegmentConfig(),
                    segmenter=None, crops_cache=None, command: str = "",
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
     """Train a DenseNet201 on a dataset, step by step: yields progress events, returns the result.
@@ -261,13 +261,16 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         Crop side in pixels; default: the resumed run's, else the ``init`` checkpoint's, else 224.
     single_cells : bool
         The images are single-cell crops already (no segmentation).
-    deepapl_labels : {"binary", "cell_class"}
+    deepapl_labels : {"binary", "cell_class", "cell_type"}
         Labels read from the DeepAPL manifest.
     leukemic : sequence of str, optional
         The classes whose probabilities sum to ``p_leukemic``; default: :func:`default_leukemic` (for
         leukemic/normal data: ``("leukemic",)``), or the ``init`` checkpoint's.
     init : path, optional
-        Fine-tune this classifier checkpoint (its class list must be the dataset's).
+        Fine-tune this classifier checkpoint (its class list must be the dataset's, unless ``new_head``).
+    new_head : bool
+        Keep only the DenseNet201 features of ``init`` and start a new head for the dataset's classes
+        (e.g. a cell-type classifier from the leukaemic-vs-normal one).
     resume : bool
         Continue the unfinished run in ``out_dir`` (same data and classes).
     overwrite : bool
@@ -310,6 +313,8 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     if resume and init:
         raise ValueError("resume continues the run in the output folder from its own last checkpoint; "
                          "do not give a checkpoint to fine-tune (init) as well")
+    if new_head and not init:
+        raise ValueError("a new head needs a checkpoint whose features it starts from (init)")
     check_out_dir(out, resume=resume, overwrite=overwrite)
     samples = read_samples(source, deepapl_labels)
     check_samples(samples)
@@ -320,7 +325,8 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     elif init:
         init_clf = load_classifier(init, "cpu")
         base, base_name = init_clf.info, str(init)
-    classes, leuk = resolve_classes([s.label for s in samples], leukemic=leukemic, base=base, base_name=base_name)
+    classes, leuk = resolve_classes([s.label for s in samples], leukemic=leukemic,
+                                    base=None if new_head else base, base_name=base_name)
     if resume:
         if size and size != base.crop.size:
             raise ValueError(f"{base_name} was trained on {base.crop.size} px crops; resume at that size (not {size})")
@@ -359,7 +365,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     groups = {name: len({s.group for s in splits[name]}) for name in ("train", "val", "test")}
     summary = {"classes": list(classes), "leukemic": list(leuk), "cells": counts, "groups": groups,
                "files": len(samples), "skipped": crops.skipped, "crop_size": crop.size,
-               "split": digest, "start": _start_description(config, init, earlier.get("start", "") if resume else None)}
+               "split": digest, "start": _start_description(config, init, earlier.get("start", "") if resume else None, new_head)}
     yield {"stage": "data", **summary}
 
     if not resume:
@@ -372,6 +378,10 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
                                   else "samples", "crop": crop.to_dict(), "commands": commands})
     info = ClassifierInfo(classes=classes, leukemic=leuk, crop=crop,
                           **({"hidden": base.hidden, "dropout": base.dropout} if base is not None else {}))
+    if new_head:
+        from .model import with_new_head
+
+        init_clf = with_new_head(init_clf, info)
     from .train import train_epochs
 
     epochs = train_epochs(train, val, info, config, out, resume=resume, init=init_clf, should_stop=should_stop)
@@ -459,11 +469,11 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
                               "--overwrite to start again, or choose another output folder")
 
 
-def _start_description(config: TrainConfig, init, resumed: str | None) -> str:
+def _start_description(config: TrainConfig, init, resumed: str | None, new_head: bool = False) -> str:
     if resumed is not None:
         return resumed if resumed.startswith("resumed") else f"resumed; first started from {resumed or 'unknown'}"
     if init:
-        return f"fine-tuned from {init}"
+        return f"features of {init}, new head" if new_head else f"fine-tuned from {init}"
     from .model import find_imagenet_weights
 
     weights = find_imagenet_weights() if config.imagenet == "auto" else config.imagenet
@@ -500,8 +510,11 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
     -------
     report : dict
         ``overall`` (binary metrics and ECE), ``per_class`` (when the labels are the checkpoint's classes:
-        precision/recall/F1/support per class, macro-F1, confusion matrix), ``per_label`` and ``per_group``
-        (n, accuracy, mean p_leukemic, fraction called leukaemic, labels).
+        precision/recall/F1/support per class, macro-F1, confusion matrix), ``per_label`` (n, fraction called
+        leukaemic, mean p_leukemic, and for normal labels the ROC-AUC of the leukaemic cells against them),
+        ``hard_pair`` (when immature granulocytes are labelled, :data:`~.datasets.IMMATURE_GRANULOCYTES`: the
+        ROC-AUC of the leukaemic cells against them, the hardest look-alikes) and ``per_group`` (n, accuracy,
+        mean p_leukemic, fraction called leukaemic, labels).
     y : (N,) ndarray of int
         Binary truth.
     p : (N,) ndarray of float
@@ -540,6 +553,15 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
     report["per_label"] = {lab: {"n": int(m.sum()), "called_leukemic": float(called[m].mean()),
                                  "mean_p_leukemic": float(p[m].mean())}
                            for lab in sorted(set(labels)) for m in [labels == lab]}
+    for lab, row in report["per_label"].items():
+        if lab not in truth:  # how well this normal label is told from the leukaemic cells
+            m = (y == 1) | (labels == lab)
+            row["auc_vs_leukemic"] = binary_metrics(y[m], p[m])["roc_auc"]
+    hard = sorted(set(labels) & set(IMMATURE_GRANULOCYTES) - set(truth))
+    if hard:
+        m = (y == 1) | np.isin(labels, hard)
+        report["hard_pair"] = {"normal_labels": hard, "n_leukemic": int(y.sum()), "n_normal": int((~(y == 1) & m).sum()),
+                               "roc_auc": binary_metrics(y[m], p[m])["roc_auc"]}
     report["per_group"] = {}
     for g in sorted(set(groups)):
         m = groups == g

@@ -133,6 +133,13 @@ def new_classifier(info: ClassifierInfo, imagenet_weights=None) -> Classifier:
     return Classifier(net=net, info=info)
 
 
+def with_new_head(classifier: Classifier, info: ClassifierInfo) -> Classifier:
+    """A classifier for ``info``'s classes with ``classifier``'s DenseNet201 features and a fresh head."""
+    net = build_densenet201(len(info.classes), info.hidden, info.dropout)
+    net.features.load_state_dict(classifier.net.features.state_dict())
+    return Classifier(net=net, info=info)
+
+
 def find_imagenet_weights() -> Path | None:
     """torchvision's cached ImageNet DenseNet201 weights, if this machine has them."""
     import torch

@@ -80,7 +80,10 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     net = clf.net.to(device)
     if cfg.fast:
         net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    frozen = frozen_modules(net, cfg.tune)
+    for module in frozen:
+        module.requires_grad_(False)
+    opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     if resume:
         st = torch.load(state_path, map_location=device, weights_only=True)
@@ -95,6 +98,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         net.train()
+        for module in frozen:
+            module.eval()  # keeps their batch-norm statistics
         order = rng.permutation(len(train))
         steps = len(order) // cfg.batch_size or 1
         if cfg.max_steps_per_epoch:
@@ -160,6 +165,15 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         if bad_epochs >= cfg.patience:
             break
     return {**report, "best_val_loss": best_loss, "checkpoint": str(out / "best.safetensors")}
+
+
+def frozen_modules(net, tune: str) -> list:
+    """The parts of a DenseNet201 classifier that ``tune`` (:attr:`~.config.TrainConfig.tune`) keeps fixed."""
+    if tune == "all":
+        return []
+    if tune == "head":
+        return [net.features]
+    return [m for name, m in net.features.named_children() if name not in ("denseblock4", "norm5")]
 
 
 def _validate(clf: Classifier, val: CropSet, weights, cfg: TrainConfig, device):
