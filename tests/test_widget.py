@@ -112,3 +112,30 @@ def test_foreign_checkpoint_and_empty_smear_are_reported(make_napari_viewer, qtb
     _run(widget, qtbot)
     assert "no leukocytes found in red cells only" in widget._status.value
     assert "Leukocytes: 0" in widget._summary.value
+
+
+def test_cell_type_classifier_colours_cells_by_type_and_counts_them(make_napari_viewer, qtbot, mosaic_smear):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+    from napari_leukemia.core.model import SHIPPED_CLASSIFIERS
+    from napari_leukemia.core.render import class_colors
+
+    if not SHIPPED_CLASSIFIERS["cell_types"].is_file():
+        pytest.fail("the shipped cell-type classifier is missing")
+    viewer = make_napari_viewer()
+    viewer.add_image(mosaic_smear[0], name="mosaic", rgb=True)
+    widget = AnalyzeWidget(viewer)
+    widget._device.value = "cpu"
+    widget._gradcam.value = False
+    widget._model.value = "cell_types"
+    _run(widget, qtbot)
+    cells = viewer.layers["mosaic cells"]
+    classes = cells.metadata["summary"]["classes"]
+    assert len(classes) > 2 and "blast" in classes
+    colors = class_colors(classes, cells.metadata["summary"]["leukemic_classes"])
+    for label, call in zip(cells.features["label"], cells.features["predicted_class"]):
+        assert np.allclose(cells.colormap.map(np.array([label]))[0], colors[call], atol=1e-3), call
+    counts = cells.metadata["summary"]["per_class"]
+    assert sum(counts.values()) == len(cells.features) == 6
+    for c in classes:
+        assert f"{c}: {counts[c]}" in widget._summary.value  # the differential count, in the layer's colours
+    assert counts["blast"] + counts["promyelocyte_or_promonocyte"] == cells.metadata["summary"]["leukemic"]

@@ -7,8 +7,12 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
 from ..core.config import DISCLAIMER
+from ..core.model import SHIPPED_CLASSIFIERS
 from . import avoid_llvm_clash, docked, register
 from .layers import META_KEY, our_layers, show_result
+
+#: What the Analyze widget calls each shipped classifier.
+SHIPPED_CHOICES = {"leukemic": "leukaemic vs normal", "cell_types": "cell types (DeepAPL)"}
 
 
 def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
@@ -29,7 +33,11 @@ class AnalyzeWidget(Container):
         self._image = create_widget(annotation=napari.layers.Image, label="image")
         self._method = ComboBox(choices=["cellpose", "stain"], value="cellpose", label="segmenter")
         self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
-        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
+        self._model = ComboBox(choices=[(text, name) for name, text in SHIPPED_CHOICES.items()
+                                        if SHIPPED_CLASSIFIERS[name].is_file()],
+                               value="leukemic", label="classifier",
+                               tooltip="a shipped DenseNet201: leukaemic vs normal, or the DeepAPL cell types")
+        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="own classifier", value="")
         self._diameter = FloatSpinBox(value=0, min=0, max=2000, step=5, label="cell diameter (px)",
                                       tooltip="Expected leukocyte diameter in pixels; 0 estimates it from the stain")
         self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
@@ -41,11 +49,11 @@ class AnalyzeWidget(Container):
         self._summary = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
         self._segmenter.native.setToolTip("empty: the shipped leukocyte model")
-        self._classifier.native.setToolTip("empty: the shipped DenseNet201")
+        self._classifier.native.setToolTip("a checkpoint you trained; empty: the shipped one chosen above")
         self._run_button.changed.connect(self.run)
         self._cancel_button.changed.connect(self.cancel)
         self.extend([
-            self._image, self._method, self._segmenter, self._classifier, self._diameter, self._device,
+            self._image, self._method, self._segmenter, self._model, self._classifier, self._diameter, self._device,
             self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._status, self._summary,
             self._disclaimer,
         ])
@@ -55,8 +63,8 @@ class AnalyzeWidget(Container):
 
     @property
     def classifier(self) -> str | None:
-        """The chosen classifier checkpoint, or None for the shipped one."""
-        return self._path(self._classifier)
+        """The chosen classifier checkpoint, a shipped one's name, or None for the default one."""
+        return self._path(self._classifier) or (None if self._model.value == "leukemic" else self._model.value)
 
     def use_classifier(self, path) -> None:
         """Select a classifier checkpoint for the next analysis (e.g. one just trained)."""
@@ -149,14 +157,22 @@ class AnalyzeWidget(Container):
 
 
 def format_summary(summary: dict) -> str:
-    """The slide summary as a few lines of text."""
+    """The slide summary as a few lines of text; with more than two classes, a count per class (a differential
+    count) in the colours of the Labels layer, as rich text."""
     n, k = summary["leukocytes"], summary["leukemic"]
     t = summary.get("timings", {})
-    return (
-        f"Leukocytes: {n}\nLeukaemic: {k} ({100 * summary['leukemic_fraction']:.1f}%)\n"
-        f"Segmenter: {summary['segmenter']}\nClassifier: {summary['classifier']}\n"
-        f"Device: {summary['device']}, {t.get('total_s', 0):.1f} s"
-    )
+    lines = [f"Leukocytes: {n}", f"Leukaemic: {k} ({100 * summary['leukemic_fraction']:.1f}%)"]
+    classes, per_class = summary["classes"], summary.get("per_class", {})
+    rich = len(classes) > 2 and per_class
+    if rich:
+        from ..core.render import class_colors
+
+        colors = class_colors(classes, summary["leukemic_classes"])
+        lines += [f'<span style="color:#{"".join(f"{round(255 * v):02x}" for v in colors[c][:3])}">&#9632;</span> '
+                  f"{c}: {per_class.get(c, 0)}" for c in classes]
+    lines += [f"Segmenter: {summary['segmenter']}", f"Classifier: {summary['classifier']}",
+              f"Device: {summary['device']}, {t.get('total_s', 0):.1f} s"]
+    return "<br>".join(lines) if rich else "\n".join(lines)
 
 
 __all__ = ["AnalyzeWidget", "analyze_widgets", "format_summary", "META_KEY"]

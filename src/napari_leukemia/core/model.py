@@ -15,7 +15,13 @@ from .config import CropConfig
 
 CLASSIFIER_FORMAT = "napari-leukemia-classifier"
 ARCHITECTURE = "densenet201"
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "models" / "densenet201_leukemia.safetensors"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+#: The classifiers shipped in the package, by the name that chooses them (``load_classifier("cell_types")``).
+SHIPPED_CLASSIFIERS = {
+    "leukemic": MODELS_DIR / "densenet201_leukemia.safetensors",
+    "cell_types": MODELS_DIR / "densenet201_cell_types.safetensors",
+}
+DEFAULT_CLASSIFIER = SHIPPED_CLASSIFIERS["leukemic"]
 #: File name torchvision gives its ImageNet DenseNet201 weights in its cache.
 TORCHVISION_WEIGHTS = "densenet201-c1103571.pth"
 
@@ -189,6 +195,13 @@ def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
 def load_classifier(path=None, device: str = "auto") -> Classifier:
     """Load a classifier checkpoint (safetensors only: no code is unpickled).
 
+    Parameters
+    ----------
+    path : path or str, optional
+        A checkpoint file, the name of a shipped one (:data:`SHIPPED_CLASSIFIERS`: ``"leukemic"``, leukaemic
+        vs normal, the default; ``"cell_types"``, the DeepAPL cell types), or None for the default.
+    device : str
+
     Raises
     ------
     CheckpointError
@@ -196,7 +209,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     """
     from .segment import resolve_device
 
-    path = Path(path) if path else DEFAULT_CLASSIFIER
+    path = SHIPPED_CLASSIFIERS.get(str(path), Path(path)) if path else DEFAULT_CLASSIFIER
     meta, state = read_safetensors(path, CLASSIFIER_FORMAT)
     if meta.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE}")

@@ -122,6 +122,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         "leukemic_fraction": k / n if n else 0.0,
         "classes": list(clf.info.classes),
         "leukemic_classes": list(clf.info.leukemic),
+        "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
         "segmenter": segmenter_name,
         "classifier": model_name(clf.path),
         "device": str(device),
@@ -160,8 +161,9 @@ def check_labels(labels, shape, name: str = "image") -> np.ndarray:
 
 
 def get_classifier(classifier=None, device="auto"):
-    """A loaded :class:`~.model.Classifier`: ``classifier`` itself, or the checkpoint at that path (the shipped
-    one when ``None``), loaded once per path and device."""
+    """A loaded :class:`~.model.Classifier`: ``classifier`` itself, or the checkpoint at that path or of that
+    shipped name (:data:`~.model.SHIPPED_CLASSIFIERS`; the default one when ``None``), loaded once per path and
+    device."""
     from .model import Classifier
     from .segment import resolve_device
 
@@ -301,3 +303,10 @@ def model_name(path) -> str:
     if not path:
         return "in-memory"
     return f"{Path(path).name}@{_sha(str(path))}"
+
+
+def shipped_classifier(name: str) -> str | None:
+    """The path of the shipped classifier whose :func:`model_name` is ``name``, else None."""
+    from .model import SHIPPED_CLASSIFIERS
+
+    return next((str(p) for p in SHIPPED_CLASSIFIERS.values() if p.is_file() and model_name(p) == name), None)

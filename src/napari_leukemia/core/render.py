@@ -18,9 +18,10 @@ EXCLUDED = "excluded"
 #: Leukaemic classes, in order: red, orange, magenta, amber, crimson, pink.
 WARM = (LEUKEMIC_RGBA, (1.0, 0.55, 0.0, 1.0), (0.85, 0.1, 0.75, 1.0), (0.95, 0.75, 0.1, 1.0),
         (0.6, 0.05, 0.2, 1.0), (1.0, 0.45, 0.55, 1.0))
-#: Other classes, in order: green, blue, cyan, teal, indigo, sky blue.
+#: Other classes, in order: green, blue, cyan, teal, indigo, sky blue, lime, navy (enough for the seven normal
+#: cell types of the cell-type classifier).
 COOL = (NORMAL_RGBA, (0.15, 0.45, 0.95, 1.0), (0.0, 0.8, 0.85, 1.0), (0.1, 0.5, 0.45, 1.0),
-        (0.35, 0.3, 0.85, 1.0), (0.5, 0.75, 1.0, 1.0))
+        (0.35, 0.3, 0.85, 1.0), (0.5, 0.75, 1.0, 1.0), (0.65, 0.9, 0.3, 1.0), (0.1, 0.15, 0.5, 1.0))
 
 
 def class_colors(classes, leukemic) -> dict[str, tuple[float, float, float, float]]:
@@ -28,7 +29,7 @@ def class_colors(classes, leukemic) -> dict[str, tuple[float, float, float, floa
 
     Leukaemic classes take warm colours (red first), the others cool colours (green first), each in
     the order of ``classes``; so the binary case is red for the leukaemic and green for the normal
-    class. Palettes repeat beyond six classes of a kind.
+    class. Palettes repeat beyond six leukaemic or eight other classes.
 
     Parameters
     ----------
