@@ -128,6 +128,63 @@ def test_split_touching_cuts_touching_cells_not_lobes():
     assert split_touching(lobes, zone, diameter=100).max() == 1
 
 
+def _touching_pair(field):
+    """The field with a copy of its cell pressed against it: cut through the cell's right and left edges."""
+    from scipy import ndimage as ndi
+
+    from napari_leukemia.core.stain import nucleus_mask
+
+    blobs, _ = ndi.label(nucleus_mask(field))
+    cols = np.nonzero(blobs == np.argmax(np.bincount(blobs.ravel())[1:]) + 1)[1]
+    return np.concatenate([field[:, : cols.max() + 1], field[:, cols.min() :]], axis=1)
+
+
+def test_touching_cells_do_not_inflate_the_diameter_estimate(deepapl_image):
+    from scipy import ndimage as ndi
+
+    from napari_leukemia.core.stain import _dilate, _group_diameter, nucleus_mask
+
+    single = estimate_diameter(deepapl_image)
+    pair = _touching_pair(deepapl_image)
+    nuc = nucleus_mask(pair)
+    joined = _group_diameter(nuc, ndi.label(_dilate(nuc, 7))[0])
+    assert joined > 1.3 * single  # the joined stain measures the pair as one big cell
+    assert estimate_diameter(pair) == pytest.approx(single, rel=0.05)
+
+
+def test_red_cell_diameter_of_the_samples(bccd_image, deepapl_image):
+    from skimage import color
+
+    from napari_leukemia.core.stain import red_cell_diameter
+
+    # leukocytes are 1.5-3 red cells across (a BCCD neutrophil 1.5, a DeepAPL blast 2.4)
+    for image in (bccd_image, deepapl_image):
+        red = red_cell_diameter(image, color.rgb2lab(image))
+        assert 1.2 * red < estimate_diameter(image) < 3.0 * red
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "field, cells",
+    [
+        ("Patient_14/myelocyte/MY_13158489.jpg", 2),  # two myelocytes side by side
+        ("Patient_08/eosinophil/EO_15615815.jpg", 2),  # an eosinophil against a neighbour
+        ("Patient_62/neutrophil_segmented/SNE_13162360.jpg", 1),  # one neutrophil: its lobes are not cells
+        ("Patient_33/eosinophil/EO_5986231.jpg", 1),  # one eosinophil: two fat lobes
+    ],
+)
+def test_diameter_estimate_on_real_touching_cells_and_lobes(shared_data, field, cells):
+    from scipy import ndimage as ndi
+
+    from napari_leukemia.core.io import read_image
+    from napari_leukemia.core.stain import _dilate, _group_diameter, nucleus_mask
+
+    image = read_image(shared_data / "deepapl" / "images" / field)
+    nuc = nucleus_mask(image)
+    joined = _group_diameter(nuc, ndi.label(_dilate(nuc, 7))[0])
+    assert estimate_diameter(image) == pytest.approx(joined / np.sqrt(cells), rel=0.1)
+
+
 def test_dilation_by_distance_transform_matches_a_disk():
     from scipy import ndimage as ndi
 

@@ -18,6 +18,13 @@ CELL_OVER_NUCLEUS = 1.3
 #: least this deep (fraction of a cell diameter), each this far above the saddle between them.
 SPLIT_MIN_PEAK = 0.15
 SPLIT_MIN_DEPTH = 0.07
+#: ``estimate_diameter``: nuclear groups cut by ``split_touching`` (seeds this far above their saddle, a
+#: fraction of a cell diameter: broad contacts too) count as cells only while the diameter taken from the
+#: pieces is at least ``MIN_CELL_OVER_RED`` red-cell diameters (pairs of large leukocytes; a neutrophil's
+#: or an eosinophil's lobes come out smaller); at most ``CUT_ROUNDS`` rounds.
+CUT_MIN_DEPTH = 0.04
+MIN_CELL_OVER_RED = 2.0
+CUT_ROUNDS = 3
 
 
 def nucleus_mask(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarray:
@@ -33,18 +40,103 @@ def nucleus_mask(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarray
 def estimate_diameter(image: np.ndarray, lab: np.ndarray | None = None) -> float | None:
     """Estimate the leukocyte diameter (pixels) of a smear from its largest nuclear groups.
 
-    Returns ``None`` when the image holds no nuclear stain of any size.
+    The diameter is ``CELL_OVER_NUCLEUS`` times that of a disk of the median stain area of the largest
+    groups (the stain within 2% of the image side of each other). Where leukocytes touch, their stain
+    merges into one group and the estimate runs large (a pair: by sqrt(2)). So the groups are cut by
+    :func:`split_touching` at the estimate and the estimate is taken again from the pieces, until
+    nothing more is cut, as long as the new estimate stays at least ``MIN_CELL_OVER_RED`` red-cell
+    diameters (:func:`red_cell_diameter`): a cut below that has split one cell's nuclear lobes.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB smear.
+    lab : (H, W, 3) ndarray, optional
+        The image in CIE L*a*b*, when the caller has it already.
+
+    Returns
+    -------
+    float or None
+        The diameter; ``None`` when the image holds no nuclear stain of any size.
     """
+    if lab is None:
+        from skimage import color
+
+        lab = color.rgb2lab(image)
     nuc = nucleus_mask(image, lab)
     radius = max(2, int(0.02 * min(image.shape[:2])))
     zones, n = ndi.label(_dilate(nuc, radius))
     if n == 0:
         return None
-    areas = ndi.sum_labels(nuc, zones, np.arange(1, n + 1))
+    diameter = _group_diameter(nuc, zones)
+    if diameter is None:
+        return None
+    red = None
+    for _ in range(CUT_ROUNDS):
+        cut = split_touching(nuc, zones, diameter, min_depth=CUT_MIN_DEPTH)
+        if cut.max() <= zones.max():
+            break
+        smaller = _group_diameter(nuc, cut)
+        red = red or red_cell_diameter(image, lab, nuc, largest=diameter)
+        if red is None or smaller < MIN_CELL_OVER_RED * red:
+            break
+        zones, diameter = cut, smaller
+    return diameter
+
+
+def _group_diameter(nuc: np.ndarray, zones: np.ndarray) -> float | None:
+    """Leukocyte diameter from the median stain area of the largest zones (a quarter of the largest or more)."""
+    areas = ndi.sum_labels(nuc, zones, np.arange(1, zones.max() + 1))
     big = areas[areas >= 0.25 * areas.max()]
     if big.max() < 100:
         return None
     return float(CELL_OVER_NUCLEUS * 2 * np.sqrt(np.median(big) / np.pi))
+
+
+def red_cell_diameter(image: np.ndarray, lab: np.ndarray, nuc: np.ndarray | None = None,
+                      largest: float | None = None) -> float | None:
+    """Typical red-cell diameter (pixels), by granulometry of what is darker than the background.
+
+    Red cells touch and overlap, but an opening by a disk removes a cell only once the disk is wider
+    than the cell, so the area lost per disk radius (the pattern spectrum) peaks at the red-cell radius.
+    Cells are what is darker than an Otsu threshold on CIE L* outside the nuclear stain; holes
+    (the pale centres of red cells) are filled.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB smear.
+    lab : (H, W, 3) ndarray
+        The image in CIE L*a*b*.
+    nuc : (H, W) ndarray of bool, optional
+        Its nuclear stain (:func:`nucleus_mask`), when the caller has it already.
+    largest : float, optional
+        Red cells are taken to be no wider than this (a leukocyte diameter); a quarter of the shorter
+        image side when omitted. One distance transform is run per pixel of radius up to it.
+
+    Returns
+    -------
+    float or None
+        ``None`` when nothing but stain and background is found.
+    """
+    from skimage.filters import threshold_otsu
+
+    if nuc is None:
+        nuc = nucleus_mask(image, lab)
+    if nuc.all():
+        return None
+    lightness = ndi.gaussian_filter(lab[..., 0], 1.0)
+    cells = ndi.binary_fill_holes((lightness < threshold_otsu(lightness[~nuc])) & ~_dilate(nuc, 3))
+    radii = np.arange(2, int((largest or 0.5 * min(cells.shape)) / 2) + 2)
+    if len(radii) < 2 or not cells.any():
+        return None
+    depth = ndi.distance_transform_edt(cells)
+    # opening by a disk of radius r: the pixels within r of a pixel deeper than r
+    area = np.array([(ndi.distance_transform_edt(depth <= r) <= r).sum() for r in radii], float)
+    lost = -np.diff(area)
+    if lost.max() <= 0:
+        return None
+    return float(2 * radii[np.argmax(lost)] + 1)
 
 
 def split_touching(nuc: np.ndarray, zones: np.ndarray, diameter: float, min_peak: float = SPLIT_MIN_PEAK,
