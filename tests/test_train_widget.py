@@ -92,3 +92,19 @@ def test_train_widget_opens_through_the_manifest_and_finds_the_docked_analyze_wi
     elsewhere.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
     # napari gives each plugin widget its own proxy of the viewer: the registry compares the viewers behind them
     assert analyze_widgets(train._viewer) == [analyze]
+
+
+def test_new_head_and_frozen_weights_reach_the_core(make_napari_viewer, tmp_path):
+    from napari_leukemia._napari.train_widget import TrainWidget
+    from napari_leukemia.core.fit import fit_classifier
+    from napari_leukemia.core.model import DEFAULT_CLASSIFIER
+
+    widget = TrainWidget(make_napari_viewer())
+    widget.set_dataset(tmp_path / "types.csv")
+    widget._out.value = tmp_path / "run"
+    widget._init.value = DEFAULT_CLASSIFIER
+    widget._new_head.value = True
+    widget._tune.value = "last_block"
+    train, settings = widget._settings(resume=False)
+    assert train is fit_classifier and settings["new_head"] and settings["config"].tune == "last_block"
+    assert settings["init"] == str(DEFAULT_CLASSIFIER)

@@ -52,6 +52,11 @@ class TrainWidget(Container):
         self._size = SpinBox(value=0, min=0, max=1024, step=16, label="crop size (px)",
                              tooltip="0: the fine-tuned checkpoint's crop size, else 224")
         self._init = FileEdit(mode="r", filter="*.safetensors", value="", label="fine-tune from")
+        self._new_head = CheckBox(value=False, text="new head: another class list on its features")
+        self._tune = ComboBox(choices=[("every weight", "all"), ("last dense block + head", "last_block"),
+                                       ("head only", "head")], value=d.tune, label="train",
+                              tooltip="which weights train; freezing the rest trains faster and keeps what the "
+                                      "starting checkpoint learnt")
         self._imagenet = CheckBox(value=True, text="start from ImageNet weights when found (no download)")
         self._leukemic = LineEdit(value="", label="leukaemic classes",
                                   tooltip="comma-separated; empty: 'leukemic' for leukemic/normal data, else class "
@@ -79,7 +84,8 @@ class TrainWidget(Container):
         self._stop_button.changed.connect(self.stop)
         self.extend([
             self._kind, self._dataset, self._single, self._mix, self._mix_single, self._held_out, self._epochs,
-            self._batch, self._lr, self._size, self._init, self._imagenet, self._leukemic, self._out, self._overwrite,
+            self._batch, self._lr, self._size, self._init, self._new_head, self._tune, self._imagenet, self._leukemic,
+            self._out, self._overwrite,
             self._device, self._start_button, self._stop_button, self._resume_button, self._status,
         ])
         self._canvas, self._axes = _curves_canvas()
@@ -92,7 +98,7 @@ class TrainWidget(Container):
     def _kind_changed(self, kind: str):
         self._dataset.mode = DATASET_KINDS[kind]
         corrections = kind == CORRECTIONS  # fine-tuning: crop size, classes and weights come from the model
-        for widget in (self._single, self._size, self._imagenet, self._leukemic):
+        for widget in (self._single, self._size, self._imagenet, self._leukemic, self._new_head):
             widget.visible = not corrections
         for widget in (self._mix, self._mix_single, self._held_out):
             widget.visible = corrections
@@ -137,14 +143,16 @@ class TrainWidget(Container):
         if out is None:
             raise ValueError("choose an output folder")
         config = TrainConfig(epochs=self._epochs.value, batch_size=self._batch.value, lr=self._lr.value,
-                             device=self._device.value, imagenet="auto" if self._imagenet.value else "")
+                             device=self._device.value, imagenet="auto" if self._imagenet.value else "",
+                             tune=self._tune.value)
         common = dict(out_dir=out, config=config, resume=resume, overwrite=self._overwrite.value, command=COMMAND)
         if self._kind.value == CORRECTIONS:
             return fine_tune, dict(corrections=source, init=self._current_classifier(), mix=_path(self._mix),
                                    mix_single_cells=self._mix_single.value, held_out=self._held_out.value, **common)
         leukemic = [c.strip() for c in self._leukemic.value.split(",") if c.strip()] or None
         return fit_classifier, dict(source=source, size=self._size.value or None, single_cells=self._single.value,
-                                    leukemic=leukemic, init=_path(self._init), **common)
+                                    leukemic=leukemic, init=_path(self._init), new_head=self._new_head.value,
+                                    **common)
 
     # --- run ----------------------------------------------------------------------------------------
     def start(self, resume: bool = False):
