@@ -23,7 +23,7 @@ SPLIT_MIN_DEPTH = 0.07
 #: pieces is at least ``MIN_CELL_OVER_RED`` red-cell diameters (pairs of large leukocytes; a neutrophil's
 #: or an eosinophil's lobes come out smaller); at most ``CUT_ROUNDS`` rounds.
 CUT_MIN_DEPTH = 0.04
-MIN_CELL_OVER_RED = 2.0
+MIN_CELL_OVER_RED = 2.1
 CUT_ROUNDS = 3
 
 
@@ -77,6 +77,8 @@ def estimate_diameter(image: np.ndarray, lab: np.ndarray | None = None) -> float
         if cut.max() <= zones.max():
             break
         smaller = _group_diameter(nuc, cut)
+        if smaller >= diameter:
+            break
         red = red or red_cell_diameter(image, lab, nuc, largest=diameter)
         if red is None or smaller < MIN_CELL_OVER_RED * red:
             break
