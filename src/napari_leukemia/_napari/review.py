@@ -49,6 +49,7 @@ class ReviewWidget(Container):
         self._viewer = viewer
         self._worker = None
         self._layer = None  # the cells layer under review, with our key bindings
+        self._picked = False  # a cell was selected in it (by the panel or the user) since it was attached
         self._order = np.zeros(0, int)
         self._cells = ComboBox(choices=self._cells_layers, label="cells layer")
         self._list_items = []  # (text, label) of the listed cells; callable choices survive napari's reset_choices
@@ -126,6 +127,7 @@ class ReviewWidget(Container):
             old.events.selected_label.disconnect(self._on_selected)
             old.events.features.disconnect(self.refresh)
         self._layer = layer
+        self._picked = False  # napari's initial selected label is no cell the user chose: Next starts at the top
         self._calls.clear()
         if layer is None:
             self._filter.reset_choices()
@@ -199,7 +201,7 @@ class ReviewWidget(Container):
         if not len(self._order):
             self._status.value = "No cells to review here (change the filter?)."
             return
-        current = self._layer.selected_label
+        current = self._layer.selected_label if self._picked else None
         hits = np.flatnonzero(self._order == current)
         i = (hits[0] + delta) % len(self._order) if len(hits) else (0 if delta > 0 else len(self._order) - 1)
         self.go_to(int(self._order[i]))
@@ -223,6 +225,7 @@ class ReviewWidget(Container):
         self._show_info(label)
 
     def _on_selected(self, event=None):
+        self._picked = True
         self._show_info(self._layer.selected_label)
 
     def _show_only(self, value: bool):
