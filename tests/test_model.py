@@ -120,3 +120,13 @@ def test_gradcam_never_switches_a_training_model_to_eval(three_class, sample_cel
         assert clf.net.training
     finally:
         clf.net.eval()
+
+
+def test_shipped_classifiers_load_by_name(classifier):
+    from napari_leukemia.core.model import DEFAULT_CLASSIFIER, SHIPPED_CLASSIFIERS, load_classifier
+
+    assert SHIPPED_CLASSIFIERS["leukemic"] == DEFAULT_CLASSIFIER and DEFAULT_CLASSIFIER.is_file()
+    by_name = load_classifier("leukemic", "cpu")
+    assert by_name.path == str(DEFAULT_CLASSIFIER) and by_name.info == classifier.info
+    with pytest.raises(CheckpointError, match="no_such_model"):
+        load_classifier("no_such_model", "cpu")

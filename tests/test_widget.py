@@ -1,8 +1,6 @@
 import numpy as np
 import pytest
 
-from napari_leukemia.core.model import SHIPPED_CLASSIFIERS
-
 pytestmark = pytest.mark.gui
 
 
@@ -116,26 +114,31 @@ def test_foreign_checkpoint_and_empty_smear_are_reported(make_napari_viewer, qtb
     assert "Leukocytes: 0" in widget._summary.value
 
 
-@pytest.mark.skipif(not SHIPPED_CLASSIFIERS["cell_types"].is_file(), reason="cell-type classifier not shipped yet")
-def test_cell_type_classifier_colours_cells_by_type_and_counts_them(make_napari_viewer, qtbot, mosaic_smear):
+def test_a_cell_type_classifier_colours_cells_by_type_and_counts_them(make_napari_viewer, qtbot, mosaic_smear,
+                                                                     tmp_path):
     from napari_leukemia._napari.widgets import AnalyzeWidget
+    from napari_leukemia.core.config import CropConfig
+    from napari_leukemia.core.model import ClassifierInfo, new_classifier, save_classifier
     from napari_leukemia.core.render import class_colors
 
+    classes = ("blast", "lymphocyte", "monocyte", "neutrophil")  # an untrained DenseNet201 over cell types
+    path = tmp_path / "types.safetensors"
+    save_classifier(new_classifier(ClassifierInfo(classes=classes, leukemic=("blast",), crop=CropConfig(size=32))), path)
     viewer = make_napari_viewer()
     viewer.add_image(mosaic_smear[0], name="mosaic", rgb=True)
     widget = AnalyzeWidget(viewer)
     widget._device.value = "cpu"
     widget._gradcam.value = False
-    widget._model.value = "cell_types"
+    widget._classifier.value = path
     _run(widget, qtbot)
     cells = viewer.layers["mosaic cells"]
-    classes = cells.metadata["summary"]["classes"]
-    assert len(classes) > 2 and "blast" in classes
-    colors = class_colors(classes, cells.metadata["summary"]["leukemic_classes"])
+    summary = cells.metadata["summary"]
+    assert tuple(summary["classes"]) == classes
+    colors = class_colors(classes, summary["leukemic_classes"])
+    assert len({colors[c] for c in classes}) == len(classes)
     for label, call in zip(cells.features["label"], cells.features["predicted_class"]):
         assert np.allclose(cells.colormap.map(np.array([label]))[0], colors[call], atol=1e-3), call
-    counts = cells.metadata["summary"]["per_class"]
+    counts = summary["per_class"]
     assert sum(counts.values()) == len(cells.features) == 6
     for c in classes:
         assert f"{c}: {counts[c]}" in widget._summary.value  # the differential count, in the layer's colours
-    assert counts["blast"] + counts["promyelocyte_or_promonocyte"] == cells.metadata["summary"]["leukemic"]

@@ -12,7 +12,7 @@ from . import avoid_llvm_clash, docked, register
 from .layers import META_KEY, our_layers, show_result
 
 #: What the Analyze widget calls each shipped classifier.
-SHIPPED_CHOICES = {"leukemic": "leukaemic vs normal", "cell_types": "cell types (DeepAPL)"}
+SHIPPED_CHOICES = {"leukemic": "leukaemic vs normal"}
 
 
 def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
@@ -36,7 +36,7 @@ class AnalyzeWidget(Container):
         self._model = ComboBox(choices=[(text, name) for name, text in SHIPPED_CHOICES.items()
                                         if SHIPPED_CLASSIFIERS[name].is_file()],
                                value="leukemic", label="classifier",
-                               tooltip="a shipped DenseNet201: leukaemic vs normal, or the DeepAPL cell types")
+                               tooltip="the shipped DenseNet201 to use when no own classifier is chosen")
         self._classifier = FileEdit(mode="r", filter="*.safetensors", label="own classifier", value="")
         self._diameter = FloatSpinBox(value=0, min=0, max=2000, step=5, label="cell diameter (px)",
                                       tooltip="Expected leukocyte diameter in pixels; 0 estimates it from the stain")

@@ -16,10 +16,9 @@ from .config import CropConfig
 CLASSIFIER_FORMAT = "napari-leukemia-classifier"
 ARCHITECTURE = "densenet201"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-#: The classifiers shipped in the package, by the name that chooses them (``load_classifier("cell_types")``).
+#: The classifiers shipped in the package, by the name that chooses them (``load_classifier("leukemic")``).
 SHIPPED_CLASSIFIERS = {
     "leukemic": MODELS_DIR / "densenet201_leukemia.safetensors",
-    "cell_types": MODELS_DIR / "densenet201_cell_types.safetensors",
 }
 DEFAULT_CLASSIFIER = SHIPPED_CLASSIFIERS["leukemic"]
 #: File name torchvision gives its ImageNet DenseNet201 weights in its cache.
@@ -199,7 +198,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     ----------
     path : path or str, optional
         A checkpoint file, the name of a shipped one (:data:`SHIPPED_CLASSIFIERS`: ``"leukemic"``, leukaemic
-        vs normal, the default; ``"cell_types"``, the DeepAPL cell types), or None for the default.
+        vs normal, the default), or None for the default.
     device : str
 
     Raises
