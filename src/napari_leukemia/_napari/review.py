@@ -66,7 +66,7 @@ class ReviewWidget(Container):
         self._calls = Container(layout="horizontal", labels=False, label="call")
         self._annotator = LineEdit(value=getpass.getuser(), label="annotator")
         self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
-        self._classifier.native.setToolTip("the checkpoint that classified these cells; empty: the shipped one that did")
+        self._classifier.native.setToolTip("the checkpoint that classified these cells; empty: the shipped DenseNet201")
         self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
         self._update = PushButton(text="Update edited cells")
         self._save = PushButton(text="Save review...")
@@ -313,14 +313,8 @@ class ReviewWidget(Container):
         return cam if cam is not None and np.shape(cam.data) == tuple(shape) else None
 
     def _classifier_path(self):
-        """The chosen checkpoint, else the shipped one that classified the cells (None: the default one)."""
-        from ..core.pipeline import shipped_classifier
-
         value = str(self._classifier.value or "").strip()
-        if value not in ("", ".") and Path(value).is_file():
-            return value
-        summary = self._layer.metadata.get("summary", {}) if self._layer is not None else {}
-        return shipped_classifier(summary.get("classifier", ""))
+        return value if value not in ("", ".") and Path(value).is_file() else None
 
     def update(self):
         """Re-classify, in a worker, only the cells whose mask was edited; returns the worker (or None)."""

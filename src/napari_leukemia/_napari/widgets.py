@@ -7,12 +7,8 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
 from ..core.config import DISCLAIMER
-from ..core.model import SHIPPED_CLASSIFIERS
 from . import avoid_llvm_clash, docked, register
 from .layers import META_KEY, our_layers, show_result
-
-#: What the Analyze widget calls each shipped classifier.
-SHIPPED_CHOICES = {"leukemic": "leukaemic vs normal"}
 
 
 def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
@@ -33,11 +29,7 @@ class AnalyzeWidget(Container):
         self._image = create_widget(annotation=napari.layers.Image, label="image")
         self._method = ComboBox(choices=["cellpose", "stain"], value="cellpose", label="segmenter")
         self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
-        self._model = ComboBox(choices=[(text, name) for name, text in SHIPPED_CHOICES.items()
-                                        if SHIPPED_CLASSIFIERS[name].is_file()],
-                               value="leukemic", label="classifier",
-                               tooltip="the shipped DenseNet201 to use when no own classifier is chosen")
-        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="own classifier", value="")
+        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
         self._diameter = FloatSpinBox(value=0, min=0, max=2000, step=5, label="cell diameter (px)",
                                       tooltip="Expected leukocyte diameter in pixels; 0 estimates it from the stain")
         self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
@@ -49,11 +41,11 @@ class AnalyzeWidget(Container):
         self._summary = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
         self._segmenter.native.setToolTip("empty: the shipped leukocyte model")
-        self._classifier.native.setToolTip("a checkpoint you trained; empty: the shipped one chosen above")
+        self._classifier.native.setToolTip("empty: the shipped DenseNet201")
         self._run_button.changed.connect(self.run)
         self._cancel_button.changed.connect(self.cancel)
         self.extend([
-            self._image, self._method, self._segmenter, self._model, self._classifier, self._diameter, self._device,
+            self._image, self._method, self._segmenter, self._classifier, self._diameter, self._device,
             self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._status, self._summary,
             self._disclaimer,
         ])
@@ -63,8 +55,8 @@ class AnalyzeWidget(Container):
 
     @property
     def classifier(self) -> str | None:
-        """The chosen classifier checkpoint, a shipped one's name, or None for the default one."""
-        return self._path(self._classifier) or (None if self._model.value == "leukemic" else self._model.value)
+        """The chosen classifier checkpoint, or None for the shipped one."""
+        return self._path(self._classifier)
 
     def use_classifier(self, path) -> None:
         """Select a classifier checkpoint for the next analysis (e.g. one just trained)."""

@@ -553,15 +553,17 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
     report["per_label"] = {lab: {"n": int(m.sum()), "called_leukemic": float(called[m].mean()),
                                  "mean_p_leukemic": float(p[m].mean())}
                            for lab in sorted(set(labels)) for m in [labels == lab]}
+    def auc_against(normal_labels) -> float:  # the leukaemic cells against the cells of these normal labels
+        m = (y == 1) | np.isin(labels, normal_labels)
+        return binary_metrics(y[m], p[m])["roc_auc"]
+
     for lab, row in report["per_label"].items():
-        if lab not in truth:  # how well this normal label is told from the leukaemic cells
-            m = (y == 1) | (labels == lab)
-            row["auc_vs_leukemic"] = binary_metrics(y[m], p[m])["roc_auc"]
+        if lab not in truth:
+            row["auc_vs_leukemic"] = auc_against([lab])
     hard = sorted(set(labels) & set(IMMATURE_GRANULOCYTES) - set(truth))
     if hard:
-        m = (y == 1) | np.isin(labels, hard)
-        report["hard_pair"] = {"normal_labels": hard, "n_leukemic": int(y.sum()), "n_normal": int((~(y == 1) & m).sum()),
-                               "roc_auc": binary_metrics(y[m], p[m])["roc_auc"]}
+        report["hard_pair"] = {"normal_labels": hard, "n_leukemic": int(y.sum()),
+                               "n_normal": int(np.isin(labels, hard).sum()), "roc_auc": auc_against(hard)}
     report["per_group"] = {}
     for g in sorted(set(groups)):
         m = groups == g

@@ -303,10 +303,3 @@ def model_name(path) -> str:
     if not path:
         return "in-memory"
     return f"{Path(path).name}@{_sha(str(path))}"
-
-
-def shipped_classifier(name: str) -> str | None:
-    """The path of the shipped classifier whose :func:`model_name` is ``name``, else None."""
-    from .model import SHIPPED_CLASSIFIERS
-
-    return next((str(p) for p in SHIPPED_CLASSIFIERS.values() if p.is_file() and model_name(p) == name), None)
