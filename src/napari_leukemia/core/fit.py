@@ -220,13 +220,14 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
 
 
 def _file_key(path) -> str:
-    """A file's identity in the crops cache: its path, size and modification time (a changed file is cropped again)."""
+    """A file's identity in the crops cache: its path, size and a hash of its bytes (a changed file is cropped
+    again; a copied one, with new modification times, is not)."""
     path = Path(path)
     try:
-        st = path.stat()
-        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        data = path.read_bytes()
     except OSError:
         return f"{path}|missing"
+    return f"{path}|{len(data)}|{hashlib.blake2b(data, digest_size=8).hexdigest()}"
 
 
 def split_digest(splits: dict[str, list[Sample]]) -> str:
