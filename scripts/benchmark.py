@@ -4,10 +4,13 @@
 
 - segmentation: seconds per megapixel, shipped cellpose vs the stain baseline, on the bundled BCCD field;
 - classification: crops per second, fp32 reference vs the fast path (channels_last + bf16 on CPU, fp16 on CUDA);
-- Grad-CAM: seconds per cell; and the whole analyze_smear on the bundled sample.
+- Grad-CAM: seconds per cell; and the whole analyze_smear on the bundled sample;
+- training: seconds per step (batch 32, every weight of the shipped DenseNet201), denormal floats computed
+  vs flushed to zero (what the fast path does on a CPU).
 """
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -20,7 +23,7 @@ from napari_leukemia.core.explain import gradcam
 from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.pipeline import analyze_smear
 from napari_leukemia.core.predict import predict_logits
-from napari_leukemia.core.preprocess import crop_cells
+from napari_leukemia.core.preprocess import crop_cells, to_tensor
 from napari_leukemia.core.segment import load_segmenter, segment_leukocytes
 from napari_leukemia.samples import load_sample
 
@@ -34,10 +37,30 @@ def best_of(fn, repeats=3):
     return min(times)
 
 
+def train_step_seconds(clf, crops, flush: bool) -> float:
+    """One Adam step of every weight on a batch of crops (learning rate 0: the weights stay as they are)."""
+    net = copy.deepcopy(clf.net).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=0.0)
+    x = to_tensor(crops, clf.info.crop).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(len(x), dtype=torch.long)
+    torch.set_flush_denormal(flush)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    step()
+    return best_of(step, 2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cells", type=int, default=64)
+    ap.add_argument("--train-checkpoint", default=None,
+                    help="the weights the training step starts from (default: the shipped classifier; a checkpoint "
+                         "saved in fp32 by a training run meets more denormals)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     image = load_sample("bccd")
@@ -54,6 +77,9 @@ def main():
     slow = best_of(lambda: predict_logits(clf, crops, fast=False), 2)
     fast = best_of(lambda: predict_logits(clf, crops, fast=True), 2)
     cam = best_of(lambda: gradcam(clf, crops[:8], [0] * 8), 1) / 8
+    start = load_classifier(args.train_checkpoint, args.device) if args.train_checkpoint else clf
+    step_kept = train_step_seconds(start, crops[:32], flush=False)
+    step_flushed = train_step_seconds(start, crops[:32], flush=True)
     whole = best_of(lambda: analyze_smear(image, config=AnalysisConfig(device=args.device)), 2)
     report = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -66,6 +92,10 @@ def main():
         "fast_path_speedup": round(slow / fast, 2),
         "gradcam_s_per_cell": round(cam, 3),
         "analyze_bccd_sample_s": round(whole, 2),
+        "train_step_from": start.name,
+        "train_step_s_denormals_kept": round(step_kept, 2),
+        "train_step_s_denormals_flushed": round(step_flushed, 2),
+        "flush_denormals_speedup": round(step_kept / step_flushed, 2),
     }
     print(json.dumps(report, indent=1))
     if args.out:

@@ -32,6 +32,8 @@ def gradcam(classifier: Classifier, crops: np.ndarray, targets, *, batch_size: i
         net = copy.deepcopy(net)
     net.float().to(memory_format=torch.contiguous_format)
     device = next(net.parameters()).device
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # its backward pass meets denormals too (see predict.autocast_for)
     out = np.zeros((len(crops), crops.shape[1], crops.shape[2]), np.float32)
     with GradCAM(model=net, target_layers=[net.features.norm5]) as cam:
         for start in range(0, len(crops), batch_size):
