@@ -7,6 +7,7 @@ import copy
 import numpy as np
 
 from .model import Classifier
+from .predict import denormals_flushed
 from .preprocess import to_tensor
 
 
@@ -32,10 +33,8 @@ def gradcam(classifier: Classifier, crops: np.ndarray, targets, *, batch_size: i
         net = copy.deepcopy(net)
     net.float().to(memory_format=torch.contiguous_format)
     device = next(net.parameters()).device
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # its backward pass meets denormals too (see predict.autocast_for)
     out = np.zeros((len(crops), crops.shape[1], crops.shape[2]), np.float32)
-    with GradCAM(model=net, target_layers=[net.features.norm5]) as cam:
+    with GradCAM(model=net, target_layers=[net.features.norm5]) as cam, denormals_flushed(device):
         for start in range(0, len(crops), batch_size):
             x = to_tensor(crops[start : start + batch_size], classifier.info.crop).to(device)
             t = [ClassifierOutputTarget(int(k)) for k in targets[start : start + len(x)]]

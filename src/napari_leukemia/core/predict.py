@@ -28,23 +28,37 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_for(device, fast: bool = True):
-    """Mixed precision context: bf16 on CPUs that support it, fp16 on CUDA; a no-op when ``fast`` is off.
-
-    On a CPU, ``fast`` also makes the process treat denormal floats as zero (:func:`torch.set_flush_denormal`,
-    left on): a trained DenseNet201 makes denormal activations and gradients, and x86 CPUs compute with them
-    several times slower (a training step 24 s -> 3.2 s, ``scripts/benchmark.py``). They are below 1e-38;
-    dropping them changes no prediction.
-    """
+    """Mixed precision context: bf16 on CPUs that support it, fp16 on CUDA; a no-op when ``fast`` is off."""
     import torch
 
     if not fast:
         return contextlib.nullcontext()
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
-    torch.set_flush_denormal(True)
     if not cpu_has_bf16():
         return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def denormals_flushed(device):
+    """Inside, this thread treats denormal floats as zero on a CPU (:func:`torch.set_flush_denormal`).
+
+    Training and Grad-CAM of a trained DenseNet201 make denormal activations and gradients, and x86 CPUs
+    compute with them several times slower (a training step 14 s -> 3.4 s, ``scripts/benchmark.py``). They
+    are below 1e-38: dropping them changes no result. A no-op on CUDA.
+    """
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    np.finfo(np.float32), np.finfo(np.float64)  # cached by numpy now, so it never sees (and warns of) flushed subnormals
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int = 32, fast: bool = True,

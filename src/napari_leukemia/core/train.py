@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Generator
@@ -51,7 +52,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     import torch.nn.functional as F
 
     from .augment import augment_batch
-    from .predict import autocast_for
+    from .predict import autocast_for, denormals_flushed
     from .preprocess import normalize
     from .segment import resolve_device
 
@@ -93,6 +94,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         history = json.loads((out / "history.json").read_text())
         rng = np.random.default_rng(cfg.seed + start_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.fast)
+    flushed = (lambda: denormals_flushed(device)) if cfg.fast else contextlib.nullcontext
     images_dev = torch.from_numpy(train.images)  # uint8, moved per batch
     report: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -119,16 +121,17 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             if cfg.fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                with autocast_for(device, cfg.fast):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, weight=weights)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                             "lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                with flushed():
+                    with autocast_for(device, cfg.fast):
+                        logits = net(x)
+                        loss = F.cross_entropy(logits.float(), y, weight=weights)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
+                                                 f"step {step + 1}; lower the learning rate")
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
             except torch.OutOfMemoryError as err:
                 raise MemoryError(f"out of memory with batch size {cfg.batch_size}; try a smaller batch size") from err
             loss_sum += float(loss.detach()) * len(idx)
