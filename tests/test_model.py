@@ -132,13 +132,22 @@ def test_shipped_classifiers_load_by_name(classifier):
         load_classifier("no_such_model", "cpu")
 
 
-def test_denormals_flushed_only_inside():
-    """Training and Grad-CAM flush denormal floats (several times faster on x86 CPUs) and leave the thread as it was."""
+def test_flush_denormals():
+    """Training and Grad-CAM flush denormal floats (several times faster on x86 CPUs), without numpy warnings."""
+    import warnings
+
     import torch
 
-    from napari_leukemia.core.predict import denormals_flushed
+    from napari_leukemia.core.predict import flush_denormals
 
+    torch.set_flush_denormal(False)  # other tests may have turned it on in this thread
     tiny = torch.tensor([1e-39])  # a denormal float32
-    with denormals_flushed(torch.device("cpu")):
-        assert (tiny * 1.0).item() == 0.0
     assert (tiny * 1.0).item() > 0.0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            flush_denormals(torch.device("cpu"))
+            np.finfo(np.float32).smallest_subnormal
+        assert (tiny * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)

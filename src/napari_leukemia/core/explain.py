@@ -7,7 +7,7 @@ import copy
 import numpy as np
 
 from .model import Classifier
-from .predict import denormals_flushed
+from .predict import flush_denormals
 from .preprocess import to_tensor
 
 
@@ -34,7 +34,8 @@ def gradcam(classifier: Classifier, crops: np.ndarray, targets, *, batch_size: i
     net.float().to(memory_format=torch.contiguous_format)
     device = next(net.parameters()).device
     out = np.zeros((len(crops), crops.shape[1], crops.shape[2]), np.float32)
-    with GradCAM(model=net, target_layers=[net.features.norm5]) as cam, denormals_flushed(device):
+    flush_denormals(device)
+    with GradCAM(model=net, target_layers=[net.features.norm5]) as cam:
         for start in range(0, len(crops), batch_size):
             x = to_tensor(crops[start : start + batch_size], classifier.info.crop).to(device)
             t = [ClassifierOutputTarget(int(k)) for k in targets[start : start + len(x)]]

@@ -308,9 +308,13 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         cells, no validation cells), or a checkpoint of another class list.
     """
     from .model import ClassifierInfo, load_classifier
+    from .predict import flush_denormals
+    from .segment import resolve_device
 
     t_start = time.perf_counter()
     out = Path(out_dir)
+    if config.fast:
+        flush_denormals(resolve_device(config.device))  # before any torch work, so that its threads inherit it
     if resume and init:
         raise ValueError("resume continues the run in the output folder from its own last checkpoint; "
                          "do not give a checkpoint to fine-tune (init) as well")

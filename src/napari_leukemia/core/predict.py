@@ -40,25 +40,20 @@ def autocast_for(device, fast: bool = True):
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-@contextlib.contextmanager
-def denormals_flushed(device):
-    """Inside, this thread treats denormal floats as zero on a CPU (:func:`torch.set_flush_denormal`).
+def flush_denormals(device) -> None:
+    """Make this thread, and the threads it starts from now on, treat denormal floats as zero on a CPU.
 
     Training and Grad-CAM of a trained DenseNet201 make denormal activations and gradients, and x86 CPUs
     compute with them several times slower (a training step 14 s -> 3.4 s, ``scripts/benchmark.py``). They
-    are below 1e-38: dropping them changes no result. A no-op on CUDA.
+    are below 1e-38: dropping them changes no result. The flag is per thread and torch's intra-op threads
+    copy it when they start, so call this before the first torch computation of the thread (as
+    :func:`~.fit.fit_classifier` does). A no-op on CUDA.
     """
     import torch
 
-    if device.type != "cpu":
-        yield
-        return
-    np.finfo(np.float32), np.finfo(np.float64)  # cached by numpy now, so it never sees (and warns of) flushed subnormals
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
+    if device.type == "cpu":
+        np.finfo(np.float32), np.finfo(np.float64)  # cached by numpy now, so it never sees (and warns of) flushed subnormals
+        torch.set_flush_denormal(True)
 
 
 def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int = 32, fast: bool = True,

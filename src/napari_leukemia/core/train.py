@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Generator
@@ -52,13 +51,15 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     import torch.nn.functional as F
 
     from .augment import augment_batch
-    from .predict import autocast_for, denormals_flushed
+    from .predict import autocast_for, flush_denormals
     from .preprocess import normalize
     from .segment import resolve_device
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if cfg.fast:
+        flush_denormals(device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n_classes = len(info.classes)
@@ -94,7 +95,6 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         history = json.loads((out / "history.json").read_text())
         rng = np.random.default_rng(cfg.seed + start_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.fast)
-    flushed = (lambda: denormals_flushed(device)) if cfg.fast else contextlib.nullcontext
     images_dev = torch.from_numpy(train.images)  # uint8, moved per batch
     report: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -121,17 +121,16 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             if cfg.fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                with flushed():
-                    with autocast_for(device, cfg.fast):
-                        logits = net(x)
-                        loss = F.cross_entropy(logits.float(), y, weight=weights)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
-                                                 f"step {step + 1}; lower the learning rate")
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
+                with autocast_for(device, cfg.fast):
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, weight=weights)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                             "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             except torch.OutOfMemoryError as err:
                 raise MemoryError(f"out of memory with batch size {cfg.batch_size}; try a smaller batch size") from err
             loss_sum += float(loss.detach()) * len(idx)
