@@ -6,7 +6,7 @@
 - classification: crops per second, fp32 reference vs the fast path (channels_last + bf16 on CPU, fp16 on CUDA);
 - Grad-CAM: seconds per cell; and the whole analyze_smear on the bundled sample;
 - training: seconds per step (batch 32, every weight of the shipped DenseNet201), denormal floats computed
-  vs flushed to zero (what the fast path does on a CPU).
+  vs flushed to zero (what training and Grad-CAM do on a CPU).
 """
 
 import argparse
