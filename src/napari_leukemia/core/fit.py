@@ -178,7 +178,7 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
                 k += 1
             else:
                 done[key] = ("skipped", message)
-    keys = [_file_key(s.path) for s in samples]
+    keys = [_file_key(s.path) if cache else str(s.path) for s in samples]  # hashing pays only with a cache
     todo = [i for i, key in enumerate(keys) if key not in done]
     n_cached = len(samples) - len(todo)
     yield {"stage": "crop", "done": n_cached, "total": len(samples), "cached": n_cached}
@@ -193,10 +193,11 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
             if should_stop():
                 stopped = True
                 break
-            chunk = [samples[i] for i in todo[start : start + CROP_CHUNK]]
-            for s in chunk:
-                images, kept, skipped = crops_for([s], crop, single_cells=single_cells, segment=segment, segmenter=model)
-                done[_file_key(s.path)] = ("ok", images[0]) if kept else ("skipped", skipped[0])
+            chunk = todo[start : start + CROP_CHUNK]
+            for i in chunk:
+                images, kept, skipped = crops_for([samples[i]], crop, single_cells=single_cells, segment=segment,
+                                                  segmenter=model)
+                done[keys[i]] = ("ok", images[0]) if kept else ("skipped", skipped[0])
             yield {"stage": "crop", "done": n_cached + start + len(chunk), "total": len(samples), "cached": n_cached}
     finally:
         if cache and len(done) > n_cached:
