@@ -79,3 +79,25 @@ def test_cell_table_keeps_p_leukemic_the_sum_over_leukemic_classes():
     assert np.allclose(cells["p_leukemic"], [0.8, 0.4]) and np.allclose(cells["p_class_leukemic"], [0.5, 0.1])
     assert list(cells["predicted_class"]) == ["leukemic", "normal"] and list(cells["leukemic"]) == [True, False]
     assert list(cells["area"]) == [16, 25] and list(cells["bbox_y0"]) == [2, 10]
+
+
+def test_fixed_window_classifier_is_scaled_by_the_red_cells(result, bccd_image, classifier):
+    from dataclasses import replace
+
+    from napari_leukemia.core.model import Classifier
+
+    windowed = Classifier(classifier.net, replace(classifier.info, crop=replace(classifier.info.crop, window=3.5)))
+    labels, quick = result.labels, dict(device="cpu", gradcam=False)
+    measured = analyze_smear(bccd_image, labels=labels, classifier=windowed, config=AnalysisConfig(**quick))
+    given = analyze_smear(bccd_image, labels=labels, classifier=windowed,
+                          config=AnalysisConfig(red_cell_diameter=40.0, **quick))
+    assert not np.allclose(measured.cells["p_leukemic"], given.cells["p_leukemic"])  # the scale is used
+    blank = np.zeros((200, 200, 3), np.uint8)
+    blank[...] = (90, 40, 160)  # all nuclear stain, no red cells
+    blank[0, 0, 0] = 91
+    cell = np.zeros((200, 200), np.int32)
+    cell[80:120, 80:120] = 1
+    with pytest.raises(ImageError, match="flat: no red cells"):
+        analyze_smear(blank, labels=cell, classifier=windowed, name="flat", config=AnalysisConfig(**quick))
+    with pytest.raises(ValueError, match="red-cell diameter must be positive"):
+        AnalysisConfig(red_cell_diameter=0)

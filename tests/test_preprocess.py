@@ -71,3 +71,29 @@ def test_config_round_trip_and_validation():
         CropConfig.from_dict({"size": 96, "colour": "red"})
     with pytest.raises(ValueError, match="at least 16"):
         CropConfig(size=8)
+
+
+def test_fixed_window_keeps_cell_size(deepapl_image):
+    labels = np.zeros(deepapl_image.shape[:2], np.int32)
+    labels[100:140, 100:140] = 1  # small cell
+    labels[200:300, 200:300] = 2  # large cell
+    cfg = CropConfig(size=64, window=3.0)
+    crops = crop_cells(deepapl_image, labels, cfg, red_cell_px=50)
+    sides = crops.windows[:, 2] - crops.windows[:, 0]
+    assert list(sides) == [150, 150]  # 3 red cells of 50 px, whatever the cell
+    fitted = crop_cells(deepapl_image, labels, CropConfig(size=64)).windows
+    assert fitted[1, 2] - fitted[1, 0] > fitted[0, 2] - fitted[0, 0]
+
+
+def test_fixed_window_measures_red_cells_or_says_it_cannot(deepapl_image):
+    from napari_leukemia.core.datasets import DEEPAPL_RED_CELL_PX
+    from napari_leukemia.core.preprocess import measure_red_cells
+
+    assert 0.75 * DEEPAPL_RED_CELL_PX < measure_red_cells(deepapl_image) < 1.33 * DEEPAPL_RED_CELL_PX
+    blank = np.full((200, 200, 3), 230, np.uint8)
+    labels = np.zeros((200, 200), np.int32)
+    labels[80:120, 80:120] = 1
+    with pytest.raises(ValueError, match="no red cells"):
+        crop_cells(blank, labels, CropConfig(size=32, window=3.0))
+    with pytest.raises(ValueError, match="window"):
+        CropConfig(window=0.5)

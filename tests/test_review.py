@@ -215,3 +215,15 @@ def test_export_reads_back_as_a_single_cell_training_set(analysed, bccd_image, c
     report = rv.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg")
     assert report.removed == 1 and len(read_dataset(out / rv.DATASET_CSV)) == 1
     assert len(list((out / "crops").iterdir())) == 1
+
+
+def test_fixed_window_export_reads_back_unchanged(analysed, bccd_image, classifier, tmp_path):
+    from napari_leukemia.core.datasets import crops_for, read_dataset
+    from napari_leukemia.core.preprocess import crop_cells, measure_red_cells
+
+    crop = replace(classifier.info.crop, window=3.5)
+    cells = rv.annotate(analysed.cells, 1, "normal", classes=classifier.info.classes)
+    rv.export_training_set(tmp_path, bccd_image, analysed.labels, cells, crop, source_image="smear.jpg")
+    images, _, skipped = crops_for(read_dataset(tmp_path / rv.DATASET_CSV), crop, single_cells=True)
+    reference = crop_cells(bccd_image, analysed.labels, crop, ids=[1], red_cell_px=measure_red_cells(bccd_image))
+    assert not skipped and np.array_equal(images, reference.images)

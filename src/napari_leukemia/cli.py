@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmentation: the trained cellpose model (default) or the stain-based baseline")
     a.add_argument("--diameter", type=_positive_float, metavar="PX",
                    help="expected leukocyte diameter in pixels (default: estimated from the stain)")
+    a.add_argument("--red-cell-diameter", type=_positive_float, metavar="PX",
+                   help="red-cell diameter in pixels, the scale of a cell-type classifier's crops (default: "
+                        "measured on each image)")
     a.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_analyze, subparser=a)
@@ -118,6 +121,10 @@ def _add_classifier_commands(sub) -> None:
                    help=f"stop after this many epochs without a better validation loss (default {d.patience})")
     t.add_argument("--size", type=_positive_int, metavar="PX",
                    help=f"crop side in pixels (default: the --init or resumed checkpoint's, else {CropConfig().size})")
+    t.add_argument("--window", type=float, metavar="RED_CELLS",
+                   help="crop a fixed window of this many red-cell diameters around each cell, keeping its size "
+                        "(for cell types; 0: fit the crop to each cell; default: the --init or resumed checkpoint's, "
+                        "else 0)")
     t.add_argument("--leukemic-classes", nargs="+", metavar="CLASS",
                    help="the classes that are leukaemic (default: 'leukemic' for leukemic/normal data; else names "
                         "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
@@ -255,7 +262,7 @@ def cmd_analyze(args) -> int:
     from .core.config import AnalysisConfig, SegmentConfig
 
     try:
-        config = AnalysisConfig(device=args.device, gradcam=args.gradcam,
+        config = AnalysisConfig(device=args.device, gradcam=args.gradcam, red_cell_diameter=args.red_cell_diameter,
                                 segment=SegmentConfig(method=args.method, diameter=args.diameter))
     except ValueError as err:
         raise UsageError(str(err)) from err
@@ -353,7 +360,8 @@ def cmd_train(args) -> int:
     from .core.fit import fit_classifier
 
     with StopOnInterrupt() as stop:
-        run = fit_classifier(args.dataset, args.out, config=config, size=args.size, single_cells=args.single_cells,
+        run = fit_classifier(args.dataset, args.out, config=config, size=args.size, window=args.window,
+                             single_cells=args.single_cells,
                              deepapl_labels=args.labels, leukemic=args.leukemic_classes, init=args.init,
                              new_head=args.new_head, resume=args.resume, overwrite=args.overwrite, segment=_segment_config(args),
                              segmenter=args.segmenter, crops_cache=args.crops_cache,

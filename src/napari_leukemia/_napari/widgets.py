@@ -29,9 +29,17 @@ class AnalyzeWidget(Container):
         self._image = create_widget(annotation=napari.layers.Image, label="image")
         self._method = ComboBox(choices=["cellpose", "stain"], value="cellpose", label="segmenter")
         self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
-        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
+        from ..core.model import SHIPPED_CLASSIFIERS
+
+        self._shipped = ComboBox(choices=list(SHIPPED_CLASSIFIERS), value="leukemic", label="shipped classifier",
+                                 tooltip="leukemic: leukaemic vs normal; cell_type: the DeepAPL cell types "
+                                         "(cells coloured by type). A checkpoint file below replaces it.")
+        self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier file", value="")
         self._diameter = FloatSpinBox(value=0, min=0, max=2000, step=5, label="cell diameter (px)",
                                       tooltip="Expected leukocyte diameter in pixels; 0 estimates it from the stain")
+        self._red_cell = FloatSpinBox(value=0, min=0, max=500, step=1, label="red-cell diameter (px)",
+                                      tooltip="Scale of cell-type crops (a fixed window of red cells); 0 measures it "
+                                              "on the image. Unused by the leukaemic-vs-normal classifier")
         self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
         self._gradcam = CheckBox(value=True, text="Grad-CAM heat map")
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
@@ -41,11 +49,12 @@ class AnalyzeWidget(Container):
         self._summary = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
         self._segmenter.native.setToolTip("empty: the shipped leukocyte model")
-        self._classifier.native.setToolTip("empty: the shipped DenseNet201")
+        self._classifier.native.setToolTip("empty: the shipped classifier chosen above")
         self._run_button.changed.connect(self.run)
         self._cancel_button.changed.connect(self.cancel)
         self.extend([
-            self._image, self._method, self._segmenter, self._classifier, self._diameter, self._device,
+            self._image, self._method, self._segmenter, self._shipped, self._classifier, self._diameter,
+            self._red_cell, self._device,
             self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._status, self._summary,
             self._disclaimer,
         ])
@@ -54,9 +63,9 @@ class AnalyzeWidget(Container):
         register(self)
 
     @property
-    def classifier(self) -> str | None:
-        """The chosen classifier checkpoint, or None for the shipped one."""
-        return self._path(self._classifier)
+    def classifier(self) -> str:
+        """The chosen classifier checkpoint file, else the name of the chosen shipped one."""
+        return self._path(self._classifier) or self._shipped.value
 
     def use_classifier(self, path) -> None:
         """Select a classifier checkpoint for the next analysis (e.g. one just trained)."""
@@ -68,7 +77,8 @@ class AnalyzeWidget(Container):
         from ..core.config import AnalysisConfig, SegmentConfig
 
         seg = SegmentConfig(method=self._method.value, diameter=self._diameter.value or None)
-        return AnalysisConfig(device=self._device.value, gradcam=self._gradcam.value, segment=seg)
+        return AnalysisConfig(device=self._device.value, gradcam=self._gradcam.value, segment=seg,
+                              red_cell_diameter=self._red_cell.value or None)
 
     @staticmethod
     def _path(edit: FileEdit):

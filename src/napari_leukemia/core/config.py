@@ -41,6 +41,12 @@ class CropConfig(_Serializable):
         Replace pixels outside the cell mask (beyond ``margin``) by the crop's background colour.
     mean, std : tuple of float
         Per-channel normalisation applied after scaling to [0, 1].
+    window : float
+        0: the crop is fitted to each cell's bounding box (with ``margin``), so every cell fills it alike.
+        Otherwise the side of a fixed square window, in red-cell diameters, centred on the cell's box: the
+        crop keeps each cell's size against the red cells, which tells lymphocytes, neutrophils and
+        monocytes apart. The red-cell diameter in pixels is given or measured on the image
+        (:func:`~.preprocess.crop_cells`).
     """
 
     size: int = 224
@@ -48,8 +54,11 @@ class CropConfig(_Serializable):
     mask_outside: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    window: float = 0.0
 
     def __post_init__(self):
+        if not (self.window == 0 or 1 <= self.window <= 10):
+            raise ValueError(f"crop window must be 0 (fitted to the cell) or 1-10 red-cell diameters, got {self.window}")
         if self.size < 16:
             raise ValueError(f"crop size must be at least 16 px, got {self.size}")
         if not 0 <= self.margin <= 2:
@@ -108,12 +117,20 @@ class AnalysisConfig(_Serializable):
         Compute a Grad-CAM heat map per cell.
     batch_size : int
         Cells classified at once.
+    red_cell_diameter : float or None
+        Red-cell diameter in pixels, the scale of a classifier whose crops are a fixed window
+        (:attr:`CropConfig.window`); ``None`` measures it on the image. Unused by cell-fitted crops.
     """
 
     device: str = "auto"
     gradcam: bool = True
     batch_size: int = 32
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    red_cell_diameter: float | None = None
+
+    def __post_init__(self):
+        if self.red_cell_diameter is not None and not self.red_cell_diameter > 0:
+            raise ValueError(f"red-cell diameter must be positive, got {self.red_cell_diameter}")
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()

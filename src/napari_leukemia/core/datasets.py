@@ -35,6 +35,10 @@ DEEPAPL_CELL_TYPES = {
 #: Labels of immature granulocytes (DeepAPL cell classes and cell types): the normal cells most like blasts and
 #: promyelocytes, scored apart by :func:`~.fit.score_cells` (the hard pair).
 IMMATURE_GRANULOCYTES = ("myelocyte", "metamyelocyte", "immature_granulocyte")
+#: Red-cell diameter of DeepAPL's CellaVision DM96 fields in pixels: the median of
+#: :func:`~.preprocess.measure_red_cells` over 120 random fields (quartiles 66 and 74; single fields hold
+#: too few red cells to measure each alone). One scanner, so one scale for fixed-window crops.
+DEEPAPL_RED_CELL_PX = 70.0
 DEEPAPL_LABELS = ("binary", "cell_class", "cell_type")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLITS = ("train", "val", "test")
@@ -44,7 +48,8 @@ SPLITS = ("train", "val", "test")
 class Sample:
     """One image of a dataset: its file, class, group (patient or slide), given split (or ""), whether it is a
     single-cell crop already (not a field to segment), and the context ``margin`` such a crop holds around the
-    cell's box (as a fraction of the box side, like :attr:`~.config.CropConfig.margin`; 0: cut at the cell)."""
+    cell's box (as a fraction of the box side, like :attr:`~.config.CropConfig.margin`; 0: cut at the cell), and
+    the red-cell diameter of its image in pixels where known (fixed-window crops; else measured)."""
 
     path: Path
     label: str
@@ -52,6 +57,7 @@ class Sample:
     split: str = ""
     single_cell: bool = False
     margin: float = 0.0
+    red_cell_px: float | None = None
 
 
 def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
@@ -98,7 +104,7 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
                 return "leukemic" if r["coarse_label"] in DEEPAPL_LEUKEMIC else "normal"
             return r["cell_class"] if deepapl_labels == "cell_class" else DEEPAPL_CELL_TYPES[r["cell_class"]]
 
-        return [Sample(root / r["file"], label(r), r["patient_id"], r["split"])
+        return [Sample(root / r["file"], label(r), r["patient_id"], r["split"], red_cell_px=DEEPAPL_RED_CELL_PX)
                 for r in rows if r.get("duplicate_in_other_class", "0") != "1"]
     if not {"path", "label"} <= columns:
         raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin]; has {sorted(columns)}")
@@ -197,7 +203,8 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
 
     Whole fields are segmented and their centre cell is cropped; with ``single_cells`` (or a sample's
     ``single_cell``) the image is already one cell: its box is the image less the sample's ``margin`` (so a
-    crop exported with the classifier's own margin is cut again exactly as at inference). Unreadable images
+    crop exported with the classifier's own margin is cut again exactly as at inference), and for a fixed
+    window (``crop.window``) the image is the window. Unreadable images
     and fields without a cell are skipped and reported. ``progress(done, total)`` is called after every sample.
 
     Returns
@@ -225,8 +232,12 @@ def crops_for(samples: list[Sample], crop: CropConfig, *, single_cells: bool = F
             if cell == 0:
                 skipped.append(f"{s.path}: no leukocyte found")
             else:
-                images.append(crop_cells(image, labels, crop, ids=[cell]).images[0])
-                kept.append(s)
+                red = min(image.shape[:2]) / crop.window if whole and crop.window else s.red_cell_px
+                try:
+                    images.append(crop_cells(image, labels, crop, ids=[cell], red_cell_px=red).images[0])
+                    kept.append(s)
+                except ValueError as err:  # no red cells to scale a fixed window by
+                    skipped.append(f"{s.path}: {err}")
         if progress:
             progress(i + 1, len(samples))
     empty = np.zeros((0, crop.size, crop.size, 3), np.uint8)

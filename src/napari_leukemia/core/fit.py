@@ -179,6 +179,8 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
             else:
                 done[key] = ("skipped", message)
     keys = [_file_key(s.path) if cache else str(s.path) for s in samples]  # hashing pays only with a cache
+    if crop.window:  # a fixed window's crop depends on the sample's red-cell diameter too
+        keys = [f"{k}|red={s.red_cell_px}" for k, s in zip(keys, samples)]
     todo = [i for i, key in enumerate(keys) if key not in done]
     n_cached = len(samples) - len(todo)
     yield {"stage": "crop", "done": n_cached, "total": len(samples), "cached": n_cached}
@@ -241,6 +243,7 @@ def split_digest(splits: dict[str, list[Sample]]) -> str:
 
 
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
+                   window: float | None = None,
                    single_cells: bool = False, deepapl_labels: str = "binary", leukemic=None, init=None,
                    new_head: bool = False, resume: bool = False, overwrite: bool = False, segment: SegmentConfig = SegmentConfig(),
                    segmenter=None, crops_cache=None, command: str = "",
@@ -261,6 +264,9 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         Epochs, batch size, learning rate, patience, device, seed, ImageNet initialisation ...
     size : int, optional
         Crop side in pixels; default: the resumed run's, else the ``init`` checkpoint's, else 224.
+    window : float, optional
+        :attr:`~.config.CropConfig.window` (0: crops fitted to each cell; else a fixed window of this many
+        red-cell diameters); default as ``size``.
     single_cells : bool
         The images are single-cell crops already (no segmentation).
     deepapl_labels : {"binary", "cell_class", "cell_type"}
@@ -334,13 +340,14 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     classes, leuk = resolve_classes([s.label for s in samples], leukemic=leukemic,
                                     base=None if new_head else base, base_name=base_name)
     if resume:
-        if size and size != base.crop.size:
-            raise ValueError(f"{base_name} was trained on {base.crop.size} px crops; resume at that size (not {size})")
+        if (size and size != base.crop.size) or (window is not None and window != base.crop.window):
+            raise ValueError(f"{base_name} was trained on {base.crop.size} px crops (window {base.crop.window:g}); "
+                             f"resume with those (not {size or base.crop.size} px, window "
+                             f"{base.crop.window if window is None else window:g})")
         crop = base.crop
-    elif init_clf is not None:
-        crop = dataclasses.replace(base.crop, size=size or base.crop.size)
     else:
-        crop = CropConfig(size=size) if size else CropConfig()
+        crop = base.crop if init_clf is not None else CropConfig()
+        crop = dataclasses.replace(crop, size=size or crop.size, window=crop.window if window is None else window)
     splits = split_by_group(samples, seed=config.seed)
     digest = split_digest(splits)
     earlier = json.loads((out / "run.json").read_text()) if resume and (out / "run.json").is_file() else {}

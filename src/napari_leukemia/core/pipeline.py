@@ -98,7 +98,15 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         segmenter_name = "user labels"
     yield Progress(2, total, "classifying cells")
     t = time.perf_counter()
-    cells, crops = classify_cells(image, labels, clf, batch_size=config.batch_size)
+    red = config.red_cell_diameter
+    if clf.info.crop.window and not red and labels.any():
+        from .preprocess import measure_red_cells
+
+        try:
+            red = measure_red_cells(image)
+        except ValueError as err:
+            raise ImageError(f"{name}: {err}") from err
+    cells, crops = classify_cells(image, labels, clf, batch_size=config.batch_size, red_cell_px=red)
     timings["classify_s"] = time.perf_counter() - t
     cam_image = None
     if config.gradcam:
@@ -172,7 +180,8 @@ def get_classifier(classifier=None, device="auto"):
     return _cached_classifier(str(classifier or ""), str(resolve_device(str(device))))
 
 
-def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=None, batch_size: int = 32):
+def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=None, batch_size: int = 32,
+                   red_cell_px: float | None = None):
     """Crop (:func:`~.preprocess.crop_cells`) and classify cells: the one classification path of every caller.
 
     Parameters
@@ -182,6 +191,8 @@ def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=Non
     classifier : Classifier
     ids : sequence of int, optional
         Classify only these labels (default: every label present).
+    red_cell_px : float, optional
+        The image's red-cell diameter in pixels, for fixed-window crops (measured when omitted).
 
     Returns
     -------
@@ -192,7 +203,7 @@ def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=Non
     from .predict import p_leukemic, predict_logits, probabilities
     from .preprocess import crop_cells
 
-    crops = crop_cells(image, labels, classifier.info.crop, ids=ids)
+    crops = crop_cells(image, labels, classifier.info.crop, ids=ids, red_cell_px=red_cell_px)
     if len(crops.labels):
         proba = probabilities(classifier, predict_logits(classifier, crops.images, batch_size=batch_size))
     else:

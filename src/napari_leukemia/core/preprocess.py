@@ -29,8 +29,10 @@ class CellCrops:
     windows: np.ndarray
 
 
-def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConfig(), *, ids=None) -> CellCrops:
-    """Cut one square crop per cell, centred on its bounding box, with a context margin.
+def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConfig(), *, ids=None,
+               red_cell_px: float | None = None) -> CellCrops:
+    """Cut one square crop per cell, centred on its bounding box: the box with a context margin, or a fixed
+    window of ``cfg.window`` red-cell diameters.
 
     Parameters
     ----------
@@ -41,6 +43,9 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
         Crop size, margin and masking; stored in every classifier checkpoint.
     ids : sequence of int, optional
         Crop only these labels (default: every label present, ascending).
+    red_cell_px : float, optional
+        Red-cell diameter in pixels, for a fixed window (``cfg.window > 0``); measured on the image
+        (:func:`~.stain.red_cell_diameter`) when omitted.
 
     Returns
     -------
@@ -51,6 +56,10 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
 
     if labels.shape != image.shape[:2]:
         raise ValueError(f"labels shape {labels.shape} does not match image shape {image.shape[:2]}")
+    fixed_half = None
+    if cfg.window:
+        red_cell_px = red_cell_px or measure_red_cells(image)
+        fixed_half = max(1, int(round(cfg.window * red_cell_px / 2)))
     all_ids = np.unique(labels)
     all_ids = all_ids[all_ids > 0]
     ids = all_ids if ids is None else np.asarray(ids, int)
@@ -64,7 +73,7 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
             raise ValueError(f"label {cell} is not in the label image")
         (r0, r1), (c0, c1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
         side = max(r1 - r0, c1 - c0)
-        half = int(round(side * (0.5 + cfg.margin)))
+        half = fixed_half or int(round(side * (0.5 + cfg.margin)))
         cy, cx = (r0 + r1) // 2, (c0 + c1) // 2
         w = (cy - half, cx - half, cy + half, cx + half)
         windows[i] = w
@@ -77,6 +86,27 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
         shrink = patch.shape[0] > cfg.size
         out[i] = cv2.resize(patch, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return CellCrops(labels=ids, images=out, windows=windows)
+
+
+def measure_red_cells(image: np.ndarray) -> float:
+    """The red-cell diameter of a smear in pixels (:func:`~.stain.red_cell_diameter` on its central 768 px,
+    red cells up to 200 px wide).
+
+    Raises
+    ------
+    ValueError
+        When no red cells are found (give the diameter instead).
+    """
+    from skimage import color
+
+    from .stain import red_cell_diameter
+
+    h, w = image.shape[:2]
+    centre = image[max(0, h // 2 - 384) : h // 2 + 384, max(0, w // 2 - 384) : w // 2 + 384]
+    d = red_cell_diameter(centre, color.rgb2lab(centre), largest=min(200, min(centre.shape[:2]) // 2))
+    if d is None:
+        raise ValueError("no red cells found to scale the cell crops by; give the red-cell diameter in pixels")
+    return d
 
 
 def _window(array: np.ndarray, window, fill) -> np.ndarray:
