@@ -76,6 +76,11 @@ def test_crops_skip_unreadable_files_and_name_them(folder_dataset):
 def test_csv_margin_column_is_read_and_checked(tmp_path):
     (tmp_path / "a.csv").write_text("path,label,margin\nx.png,normal,0.25\ny.png,leukemic,\n")
     assert [s.margin for s in read_dataset(tmp_path / "a.csv")] == [0.25, 0.0]
+    (tmp_path / "r.csv").write_text("path,label,red_cell_px\nx.png,normal,64\ny.png,leukemic,\n")
+    assert [s.red_cell_px for s in read_dataset(tmp_path / "r.csv")] == [64.0, None]
+    (tmp_path / "r.csv").write_text("path,label,red_cell_px\nx.png,normal,-3\n")
+    with pytest.raises(ValueError, match="line 2: red_cell_px '-3'"):
+        read_dataset(tmp_path / "r.csv")
     (tmp_path / "b.csv").write_text("path,label,margin\nx.png,normal,wide\n")
     with pytest.raises(ValueError, match="b.csv: line 2: margin 'wide'"):
         read_dataset(tmp_path / "b.csv")

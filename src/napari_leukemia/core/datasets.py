@@ -67,7 +67,8 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
     ----------
     source : path
         A folder whose sub-folders are classes (each image its own group), a CSV with columns
-        ``path,label[,group][,split]`` (paths relative to the CSV), or DeepAPL's ``manifest.csv``.
+        ``path,label[,group][,split][,margin][,red_cell_px]`` (paths relative to the CSV), or DeepAPL's
+        ``manifest.csv``.
     deepapl_labels : {"binary", "cell_class", "cell_type"}
         For the DeepAPL manifest: leukemic/normal, the pathologist's cell classes, or those classes grouped
         into :data:`DEEPAPL_CELL_TYPES`.
@@ -107,20 +108,28 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
         return [Sample(root / r["file"], label(r), r["patient_id"], r["split"], red_cell_px=DEEPAPL_RED_CELL_PX)
                 for r in rows if r.get("duplicate_in_other_class", "0") != "1"]
     if not {"path", "label"} <= columns:
-        raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin]; has {sorted(columns)}")
+        raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin][,red_cell_px]; has {sorted(columns)}")
     blank = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
     if blank:
         raise ValueError(f"{source}: empty path or label on line(s) {', '.join(map(str, blank[:10]))}")
-    margins = []
+    margins, reds = [], []
     for i, r in enumerate(rows):
-        try:
-            margins.append(float((r.get("margin") or "0").strip()))
-        except ValueError:
-            margins.append(-1.0)
+        margins.append(_number(r.get("margin") or "0"))
         if not 0 <= margins[-1] <= 2:
             raise ValueError(f"{source}: line {i + 2}: margin {r.get('margin')!r} is not a number in [0, 2]")
+        reds.append(_number(r["red_cell_px"]) if (r.get("red_cell_px") or "").strip() else None)
+        if reds[-1] is not None and not reds[-1] > 0:
+            raise ValueError(f"{source}: line {i + 2}: red_cell_px {r.get('red_cell_px')!r} is not a positive number")
     return [Sample(root / r["path"], r["label"].strip(), (r.get("group") or "").strip() or r["path"],
-                   (r.get("split") or "").strip(), margin=m) for r, m in zip(rows, margins)]
+                   (r.get("split") or "").strip(), margin=m, red_cell_px=red) for r, m, red in zip(rows, margins, reds)]
+
+
+def _number(text: str) -> float:
+    """``float(text)``, or -1 where it is not a number (callers refuse it by range)."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        return -1.0
 
 
 def split_by_group(samples: list[Sample], fractions=(0.70, 0.15, 0.15), seed: int = 0) -> dict[str, list[Sample]]:
