@@ -56,13 +56,13 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
 
     if labels.shape != image.shape[:2]:
         raise ValueError(f"labels shape {labels.shape} does not match image shape {image.shape[:2]}")
-    fixed_half = None
-    if cfg.window:
-        red_cell_px = red_cell_px or measure_red_cells(image)
-        fixed_half = max(1, int(round(cfg.window * red_cell_px / 2)))
     all_ids = np.unique(labels)
     all_ids = all_ids[all_ids > 0]
     ids = all_ids if ids is None else np.asarray(ids, int)
+    fixed_half = None
+    if cfg.window and len(ids):
+        red_cell_px = red_cell_px or measure_red_cells(image)
+        fixed_half = max(1, int(round(cfg.window * red_cell_px / 2)))
     slices = ndi.find_objects(labels.astype(np.int32, copy=False), max_label=int(ids.max()) if len(ids) else 0)
     out = np.empty((len(ids), cfg.size, cfg.size, 3), np.uint8)
     windows = np.empty((len(ids), 4), int)
