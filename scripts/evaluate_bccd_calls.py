@@ -10,6 +10,7 @@ annotated WBC boxes (box IoU), so calls on true leukocytes (IoU >= 0.5) and on o
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,13 @@ def main():
     ap.add_argument("--labels-cache", default=None, metavar="DIR",
                     help="keep each field's segmentation here (<field>.npz, with the segmenter's name@sha256) and "
                          "reuse it, so several classifiers are scored on the same cells")
+    ap.add_argument("--red-cell-diameter", type=float, default=None, metavar="PX",
+                    help="scale of a fixed-window (cell-type) classifier's crops (default: measured per field)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     root = Path(args.shared) / "bccd"
     files = sorted((root / "JPEGImages").glob("*.jpg"))
-    config = AnalysisConfig(device="cpu", gradcam=False)
+    config = AnalysisConfig(device="cpu", gradcam=False, red_cell_diameter=args.red_cell_diameter)
     segmenter = model_name(args.segmenter) if args.segmenter else None
     cache = Path(args.labels_cache) if args.labels_cache else None
     if cache:
@@ -58,7 +61,8 @@ def main():
         iou = box_iou(boxes, wbc).max(axis=1) if len(wbc) and len(boxes) else np.zeros(len(boxes))
         for (_, c), i in zip(r.cells.iterrows(), iou):
             cells.append({"image": f.name, "label": int(c["label"]), "area": int(c["area"]),
-                          "p_leukemic": round(float(c["p_leukemic"]), 4), "wbc_iou": round(float(i), 3)})
+                          "p_leukemic": round(float(c["p_leukemic"]), 4), "wbc_iou": round(float(i), 3),
+                          "predicted_class": str(c["predicted_class"])})
         per_field.append({"image": f.name, "wbc_boxes": len(wbc), "leukocytes": r.summary["leukocytes"],
                           "leukemic": r.summary["leukemic"]})
     p = np.asarray([c["p_leukemic"] for c in cells])
@@ -74,6 +78,8 @@ def main():
               "median_p_leukemic": float(np.median(p)) if len(p) else 0.0,
               "cells_on_wbc_box": int(on_wbc.sum()), "fraction_called_leukemic_on_wbc_box": fraction(on_wbc),
               "cells_off_wbc_box": int((~on_wbc).sum()), "fraction_called_leukemic_off_wbc_box": fraction(~on_wbc),
+              "red_cell_diameter": args.red_cell_diameter or "measured per field",
+              "predicted_classes_on_wbc_box": dict(Counter(c["predicted_class"] for c, w in zip(cells, on_wbc) if w)),
               "per_field": per_field, "cells": cells}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
