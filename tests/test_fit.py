@@ -275,6 +275,12 @@ def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
     assert events[0]["cached"] == 5 and len(again.samples) == len(samples)
     assert np.abs(again.images[:5].astype(float) - first.images).mean() < 4  # stored as JPEG, quality 95
     assert crop(samples, 32)[0][0]["cached"] == len(samples)
+    from napari_leukemia.core.cropstore import load_crops, save_crops
+
+    images, table = load_crops(tmp_path / "crops.npz")
+    del table["settings"]["crop"]["window"]  # made before fixed windows existed: the default, still valid
+    save_crops(tmp_path / "crops.npz", images, table)
+    assert crop(samples, 32)[0][0]["cached"] == len(samples)
     with pytest.raises(ValueError, match="crops.npz: these crops were made with other settings"):
         crop(samples, 48)
 

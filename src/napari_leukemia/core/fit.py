@@ -168,7 +168,12 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
     done: dict[str, tuple] = {}  # file key -> ("ok", crop) or ("skipped", message)
     if cache and Path(cache).is_file():
         images, table = load_crops(cache)
-        if table.get("settings") != settings:
+        stored = table.get("settings") or {}
+        try:  # settings added since the file was made take their defaults
+            stored["crop"] = json.loads(json.dumps(CropConfig.from_dict(stored["crop"]).to_dict()))
+        except (KeyError, TypeError, ValueError):
+            pass  # refused below
+        if stored != settings:
             raise ValueError(f"{cache}: these crops were made with other settings ({table.get('settings')}, not "
                              f"{settings}); delete the file or choose another crops cache")
         k = 0
