@@ -130,6 +130,9 @@ def test_shipped_classifiers_load_by_name(classifier):
     assert by_name.path == str(DEFAULT_CLASSIFIER) and by_name.info == classifier.info
     with pytest.raises(CheckpointError, match="no_such_model"):
         load_classifier("no_such_model", "cpu")
+    types = load_classifier("cell_type", "cpu").info
+    assert types.crop.window > 0 and set(types.leukemic) == {"blast", "promyelocyte_or_promonocyte"}
+    assert len(types.classes) == 9
 
 
 def test_flush_denormals():

@@ -142,3 +142,17 @@ def test_a_cell_type_classifier_colours_cells_by_type_and_counts_them(make_napar
     assert sum(counts.values()) == len(cells.features) == 6
     for c in classes:
         assert f"{c}: {counts[c]}" in widget._summary.value  # the differential count, in the layer's colours
+
+
+def test_the_shipped_cell_type_classifier_is_one_choice_away(viewer_with_sample, qtbot):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+    from napari_leukemia.core.model import load_classifier
+
+    widget = AnalyzeWidget(viewer_with_sample)
+    widget._device.value, widget._gradcam.value = "cpu", False
+    widget._shipped.value = "cell_type"
+    assert widget.classifier == "cell_type"
+    _run(widget, qtbot)
+    summary = viewer_with_sample.layers["smear cells"].metadata["summary"]
+    assert summary["classes"] == list(load_classifier("cell_type", "cpu").info.classes), widget._status.value
+    assert "densenet201_celltype" in summary["classifier"]

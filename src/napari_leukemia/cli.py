@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the Grad-CAM explanation (faster)")
     a.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
     a.add_argument("--classifier", metavar="PATH|NAME", help="classifier checkpoint, or a shipped one by name "
-                   "(leukemic: leukaemic vs normal, the default)")
+                   "(leukemic: leukaemic vs normal, the default; cell_type: DeepAPL cell types)")
     a.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
                    help="segmentation: the trained cellpose model (default) or the stain-based baseline")
     a.add_argument("--diameter", type=_positive_float, metavar="PX",
@@ -166,7 +166,7 @@ def _add_classifier_commands(sub) -> None:
     )
     v.add_argument("dataset", type=Path, metavar="DATASET", help=DATASET_HELP)
     v.add_argument("--classifier", metavar="PATH|NAME", help="classifier checkpoint, or a shipped one by name "
-                   "(leukemic: leukaemic vs normal, the default)")
+                   "(leukemic: leukaemic vs normal, the default; cell_type: DeepAPL cell types)")
     v.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     v.add_argument("--split", choices=("test", "val", "train", "all"), default="test", help="default test")
     v.add_argument("--seed", type=int, help="split seed (default: the one the checkpoint was trained with, else 0)")

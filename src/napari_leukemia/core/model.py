@@ -19,6 +19,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 #: The classifiers shipped in the package, by the name that chooses them (``load_classifier("leukemic")``).
 SHIPPED_CLASSIFIERS = {
     "leukemic": MODELS_DIR / "densenet201_leukemia.safetensors",
+    "cell_type": MODELS_DIR / "densenet201_celltype.safetensors",
 }
 DEFAULT_CLASSIFIER = SHIPPED_CLASSIFIERS["leukemic"]
 #: File name torchvision gives its ImageNet DenseNet201 weights in its cache.
@@ -198,7 +199,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     ----------
     path : path or str, optional
         A checkpoint file, the name of a shipped one (:data:`SHIPPED_CLASSIFIERS`: ``"leukemic"``, leukaemic
-        vs normal, the default), or None for the default.
+        vs normal, the default; ``"cell_type"``, the DeepAPL cell types), or None for the default.
     device : str
 
     Raises
