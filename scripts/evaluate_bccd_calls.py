@@ -18,6 +18,7 @@ import numpy as np
 from napari_leukemia.core.boxes import box_iou, read_voc_boxes
 from napari_leukemia.core.config import AnalysisConfig
 from napari_leukemia.core.io import read_image
+from napari_leukemia.core.model import SHIPPED_CLASSIFIERS
 from napari_leukemia.core.pipeline import LEUKEMIC_THRESHOLD, analyze_smear, model_name
 
 BOX_COLUMNS = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
@@ -26,7 +27,7 @@ BOX_COLUMNS = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--classifier", default=None, help="classifier checkpoint (default: the shipped one)")
+    ap.add_argument("--classifier", default=None, help="classifier checkpoint or shipped name (default: leukemic)")
     ap.add_argument("--segmenter", default=None, help="cellpose segmenter checkpoint (default: the shipped one)")
     ap.add_argument("--labels-cache", default=None, metavar="DIR",
                     help="keep each field's segmentation here (<field>.npz, with the segmenter's name@sha256) and "
@@ -35,6 +36,8 @@ def main():
                     help="scale of a fixed-window (cell-type) classifier's crops (default: measured per field)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.classifier:  # a shipped one by name, or a file
+        args.classifier = str(SHIPPED_CLASSIFIERS.get(args.classifier, args.classifier))
     root = Path(args.shared) / "bccd"
     files = sorted((root / "JPEGImages").glob("*.jpg"))
     config = AnalysisConfig(device="cpu", gradcam=False, red_cell_diameter=args.red_cell_diameter)
