@@ -92,6 +92,8 @@ def test_fixed_window_classifier_is_scaled_by_the_red_cells(result, bccd_image, 
     given = analyze_smear(bccd_image, labels=labels, classifier=windowed,
                           config=AnalysisConfig(red_cell_diameter=40.0, **quick))
     assert not np.allclose(measured.cells["p_leukemic"], given.cells["p_leukemic"])  # the scale is used
+    assert given.summary["red_cell_diameter"] == 40.0 and measured.summary["red_cell_diameter"] > 0
+    assert result.summary["red_cell_diameter"] is None  # cell-fitted crops need no scale
     blank = np.zeros((200, 200, 3), np.uint8)
     blank[...] = (90, 40, 160)  # all nuclear stain, no red cells
     blank[0, 0, 0] = 91

@@ -334,6 +334,7 @@ class ReviewWidget(Container):
         avoid_llvm_clash()
         layer, labels, table = self._layer, np.array(self._layer.data, copy=True), self.table
         expected, path, device = layer.metadata["summary"].get("classifier", ""), self._classifier_path(), self._device.value
+        red = layer.metadata["summary"].get("red_cell_diameter")
         explain = self._gradcam_layer(labels.shape) is not None
 
         def work():
@@ -341,7 +342,7 @@ class ReviewWidget(Container):
             if expected and model_name(clf.path) != expected:
                 raise ReviewError(f"these cells were classified by {expected}, not {model_name(clf.path)}; "
                                   "choose that checkpoint under 'classifier'")
-            return update_cells(image, labels, table, clf, gradcam=explain)
+            return update_cells(image, labels, table, clf, gradcam=explain, red_cell_px=red)
 
         worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(lambda result: self._updated(layer, labels, result))
@@ -477,12 +478,12 @@ class ReviewWidget(Container):
         layer, source = self._layer, self._source_file()
         labels, cells = np.array(layer.data, copy=True), self.table
         path, device, group, confirmed = self._classifier_path(), self._device.value, self._group.value, self._confirmed.value
-        classes = self.classes
+        classes, red = self.classes, layer.metadata["summary"].get("red_cell_diameter")
 
         def work():
             crop = get_classifier(path, device).info.crop
             return export_training_set(folder, image, labels, cells, crop, source_image=source, group=group,
-                                       classes=classes, include_confirmed=confirmed)
+                                       classes=classes, include_confirmed=confirmed, red_cell_px=red)
 
         worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(self._exported)

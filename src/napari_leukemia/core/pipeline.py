@@ -132,6 +132,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         "leukemic_classes": list(clf.info.leukemic),
         "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
         "segmenter": segmenter_name,
+        "red_cell_diameter": red,
         "classifier": model_name(clf.path),
         "device": str(device),
         "timings": {key: round(v, 3) for key, v in timings.items()},

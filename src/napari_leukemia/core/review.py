@@ -202,7 +202,8 @@ class Update:
     gradcam: np.ndarray | None = None
 
 
-def update_cells(image, labels, cells, classifier, *, batch_size: int = 32, gradcam: bool = False) -> Update:
+def update_cells(image, labels, cells, classifier, *, batch_size: int = 32, gradcam: bool = False,
+                 red_cell_px: float | None = None) -> Update:
     """Re-classify only the cells whose mask changed, drop the rows of deleted cells, keep the others as they are.
 
     Manual annotations of cells that kept their label are kept. The same path as the analysis
@@ -219,6 +220,8 @@ def update_cells(image, labels, cells, classifier, *, batch_size: int = 32, grad
         The classifier that made ``cells`` (same classes).
     gradcam : bool
         Also explain the re-classified cells (:attr:`Update.gradcam`).
+    red_cell_px : float, optional
+        The red-cell diameter the analysis used (its summary's ``red_cell_diameter``), for fixed-window crops.
     """
     import pandas as pd
 
@@ -233,7 +236,8 @@ def update_cells(image, labels, cells, classifier, *, batch_size: int = 32, grad
         raise ReviewError(f"the cells were not classified with classes {classes} (no columns {missing}); "
                           f"choose the classifier that made them")
     changed, removed = changed_cells(labels, cells)
-    fresh, crops = classify_cells(image, labels, classifier, ids=changed, batch_size=batch_size)
+    fresh, crops = classify_cells(image, labels, classifier, ids=changed, batch_size=batch_size,
+                                  red_cell_px=red_cell_px)
     cams = None
     if gradcam:
         from .explain import gradcam as explain
@@ -410,7 +414,7 @@ class Export:
 
 
 def export_training_set(folder, image, labels, cells, crop: CropConfig, *, source_image: str, group: str = "",
-                        classes=None, include_confirmed: bool = True) -> Export:
+                        classes=None, include_confirmed: bool = True, red_cell_px: float | None = None) -> Export:
     """Add a smear's hand-called cells to a training set: PNG crops plus ``dataset.csv``.
 
     Each crop is the classifier's own input for the cell: :func:`~.preprocess.crop_cells` with its ``crop``
@@ -435,6 +439,8 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
         Valid class names (default: the categories of ``predicted_class``).
     include_confirmed : bool
         Also export cells whose manual call agrees with the prediction (else only corrections).
+    red_cell_px : float, optional
+        The red-cell diameter the analysis used, for fixed-window crops (measured when omitted).
     """
     import csv
 
@@ -469,7 +475,7 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
 
     ids = cells.loc[chosen, "label"].to_numpy(int)
     new_rows = []
-    crops = crop_cells(image, np.asarray(labels).astype(np.int32, copy=False), crop, ids=ids)
+    crops = crop_cells(image, np.asarray(labels).astype(np.int32, copy=False), crop, ids=ids, red_cell_px=red_cell_px)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source_image).stem) or "image"
     for cell, picture, call in zip(crops.labels, crops.images, manual[chosen]):
         rel = f"crops/{stem}_{sha[:12]}_cell{int(cell)}.png"
