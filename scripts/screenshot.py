@@ -1,6 +1,7 @@
 """Screenshot of napari with the Analyze widget and its result layers (run under Xvfb).
 
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py docs/images/napari_result.png
+    ... python scripts/screenshot.py docs/images/napari_cell_types.png deepapl cell_type   # a shipped classifier (saved as .jpg in docs)
 """
 
 import sys
@@ -13,11 +14,12 @@ from napari_leukemia._napari.widgets import AnalyzeWidget
 from napari_leukemia.samples import load_sample
 
 
-def main(path, sample="deepapl"):
+def main(path, sample="deepapl", classifier="leukemic"):
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 900)
     viewer.add_image(load_sample(sample), name=sample, rgb=True)
     widget = AnalyzeWidget(viewer)
+    widget._shipped.value = classifier
     viewer.window.add_dock_widget(widget, name="Analyze smear", area="right")
     widget.run()
     t0 = time.time()
