@@ -1,7 +1,8 @@
 """Screenshot of napari with the Analyze widget and its result layers (run under Xvfb).
 
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py docs/images/napari_result.png
-    ... python scripts/screenshot.py docs/images/napari_cell_types.png deepapl cell_type   # a shipped classifier (saved as .jpg in docs)
+    ... python scripts/screenshot.py /tmp/types.png deepapl cell_type   # a shipped classifier
+                                                              # (docs/images/napari_cell_types.jpg, as JPEG)
 """
 
 import sys

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,12 +193,14 @@ def test_a_new_head_learns_another_class_list_on_the_same_features(trained, cell
     (other / "leukemic").rename(other / "blast")
     (other / "normal").rename(other / "lymphocyte")
     code, stdout, stderr = run("train", other, "--out", tmp_path / "types", "--init", out / FINAL_NAME, "--new-head",
-                               "--tune", "head", "--epochs", 1, *[a for a in FAST if a not in ("--size", "32")])
+                               "--tune", "head", "--window", 3.5, "--epochs", 1,
+                               *[a for a in FAST if a not in ("--size", "32")])
     assert code == 0, stderr
     types = load_classifier(tmp_path / "types" / FINAL_NAME, "cpu")
     start = load_classifier(out / FINAL_NAME, "cpu")
     assert types.info.classes == ("blast", "lymphocyte") and types.info.leukemic == ("blast",)
-    assert types.info.crop == start.info.crop and "new head" in types.info.provenance["init"]
+    assert "new head" in types.info.provenance["init"]
+    assert types.info.crop == replace(start.info.crop, window=3.5)  # a fixed window, kept in the checkpoint
     a, b = start.net.features.state_dict(), types.net.features.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # --tune head: the features are the checkpoint's
     code, _, stderr = run("train", other, "--out", tmp_path / "no_init", "--new-head", *FAST)

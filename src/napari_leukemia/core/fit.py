@@ -248,10 +248,9 @@ def split_digest(splits: dict[str, list[Sample]]) -> str:
 
 
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
-                   window: float | None = None,
-                   single_cells: bool = False, deepapl_labels: str = "binary", leukemic=None, init=None,
-                   new_head: bool = False, resume: bool = False, overwrite: bool = False, segment: SegmentConfig = SegmentConfig(),
-                   segmenter=None, crops_cache=None, command: str = "",
+                   window: float | None = None, single_cells: bool = False, deepapl_labels: str = "binary",
+                   leukemic=None, init=None, new_head: bool = False, resume: bool = False, overwrite: bool = False,
+                   segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
     """Train a DenseNet201 on a dataset, step by step: yields progress events, returns the result.
 
