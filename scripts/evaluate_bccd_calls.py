@@ -18,7 +18,6 @@ import numpy as np
 from napari_leukemia.core.boxes import box_iou, read_voc_boxes
 from napari_leukemia.core.config import AnalysisConfig
 from napari_leukemia.core.io import read_image
-from napari_leukemia.core.model import SHIPPED_CLASSIFIERS
 from napari_leukemia.core.pipeline import LEUKEMIC_THRESHOLD, analyze_smear, model_name
 
 BOX_COLUMNS = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
@@ -36,8 +35,6 @@ def main():
                     help="scale of a fixed-window (cell-type) classifier's crops (default: measured per field)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    if args.classifier:  # a shipped one by name, or a file
-        args.classifier = str(SHIPPED_CLASSIFIERS.get(args.classifier, args.classifier))
     root = Path(args.shared) / "bccd"
     files = sorted((root / "JPEGImages").glob("*.jpg"))
     config = AnalysisConfig(device="cpu", gradcam=False, red_cell_diameter=args.red_cell_diameter)
@@ -45,7 +42,7 @@ def main():
     cache = Path(args.labels_cache) if args.labels_cache else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
-    cells, per_field = [], []
+    cells, per_field, classifier = [], [], "shipped"
     for f in files:
         labels = None
         cached = cache / f"{f.stem}.npz" if cache else None
@@ -57,6 +54,7 @@ def main():
                 labels = z["labels"]
         r = analyze_smear(read_image(f), segmenter=args.segmenter, classifier=args.classifier, name=f.name,
                           config=config, labels=labels)
+        classifier = r.summary["classifier"]  # name@sha256 of the file, also for a shipped name
         if cached and labels is None:
             np.savez_compressed(cached, labels=r.labels, segmenter=np.asarray(str(segmenter)))
         wbc = read_voc_boxes(root / "Annotations" / f"{f.stem}.xml")
@@ -75,7 +73,7 @@ def main():
     def fraction(mask):
         return float(called[mask].mean()) if mask.any() else 0.0
 
-    report = {"fields": len(files), "classifier": model_name(args.classifier) if args.classifier else "shipped",
+    report = {"fields": len(files), "classifier": classifier,
               "segmenter": segmenter or "shipped", "leukocytes": int(len(p)), "called_leukemic": int(called.sum()),
               "fraction_called_leukemic": fraction(np.ones(len(p), bool)),
               "median_p_leukemic": float(np.median(p)) if len(p) else 0.0,
