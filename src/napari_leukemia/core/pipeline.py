@@ -98,15 +98,11 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         segmenter_name = "user labels"
     yield Progress(2, total, "classifying cells")
     t = time.perf_counter()
-    red = config.red_cell_diameter
-    if clf.info.crop.window and not red and labels.any():
-        from .preprocess import measure_red_cells
-
-        try:
-            red = measure_red_cells(image)
-        except ValueError as err:
-            raise ImageError(f"{name}: {err}") from err
-    cells, crops = classify_cells(image, labels, clf, batch_size=config.batch_size, red_cell_px=red)
+    try:
+        cells, crops = classify_cells(image, labels, clf, batch_size=config.batch_size,
+                                      red_cell_px=config.red_cell_diameter)
+    except ValueError as err:  # no red cells to scale a fixed window by
+        raise ImageError(f"{name}: {err}") from err
     timings["classify_s"] = time.perf_counter() - t
     cam_image = None
     if config.gradcam:
@@ -132,7 +128,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         "leukemic_classes": list(clf.info.leukemic),
         "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
         "segmenter": segmenter_name,
-        "red_cell_diameter": red,
+        "red_cell_diameter": crops.red_cell_px,
         "classifier": model_name(clf.path),
         "device": str(device),
         "timings": {key: round(v, 3) for key, v in timings.items()},

@@ -22,11 +22,14 @@ class CellCrops:
     windows : (N, 4) ndarray of int
         ``row0, col0, row1, col1`` of each crop's square window in the source image (may reach
         beyond the image; those pixels are padded).
+    red_cell_px : float or None
+        The red-cell diameter a fixed window was scaled by (given or measured); None for cell-fitted crops.
     """
 
     labels: np.ndarray
     images: np.ndarray
     windows: np.ndarray
+    red_cell_px: float | None = None
 
 
 def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConfig(), *, ids=None,
@@ -85,7 +88,7 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
             patch[~inside] = fill.astype(np.uint8)
         shrink = patch.shape[0] > cfg.size
         out[i] = cv2.resize(patch, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return CellCrops(labels=ids, images=out, windows=windows)
+    return CellCrops(labels=ids, images=out, windows=windows, red_cell_px=red_cell_px if fixed_half else None)
 
 
 def measure_red_cells(image: np.ndarray) -> float:
