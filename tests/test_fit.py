@@ -149,6 +149,12 @@ def test_a_finished_run_is_not_overwritten(trained):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_a_diverging_run_is_an_error_that_names_the_cure(cell_dataset, tmp_path):
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "run", "--lr", "1e30", "--epochs", 2, *FAST)
+    assert code == 1 and "error: the training loss became" in stderr and "lower the learning rate" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "run" / "classifier.safetensors").exists()
+
+
 @pytest.mark.parametrize("problem, message", [
     ("one image", "class 'normal' has a single image"),
     ("empty class", "class folder(s) normal hold no images"),

@@ -57,6 +57,30 @@ def test_empty_class_and_empty_sets_are_refused(tiny_set, tmp_path):
         next(train_epochs(tiny_set, empty, ClassifierInfo(crop=CropConfig(size=32)), _cfg(), tmp_path))
 
 
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_finished_epochs(tiny_set, tmp_path):
+    info = ClassifierInfo(crop=CropConfig(size=32))
+    list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=1), tmp_path))
+    kept = (tmp_path / "best.safetensors").read_bytes()
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):  # Adam steps of 1e30 overflow at once
+        list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=3, lr=1e30), tmp_path, resume=False))
+    assert (tmp_path / "best.safetensors").read_bytes() == kept  # no diverged weights written
+
+
+@pytest.mark.parametrize("failure", ["cuda", "cpu"])
+def test_running_out_of_memory_suggests_a_smaller_batch(tiny_set, tmp_path, monkeypatch, failure):
+    import torch
+    import torch.nn.functional as F
+
+    def out_of_memory(*args, **kwargs):  # what torch raises when a batch does not fit (simulated: no 100 GB here)
+        if failure == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(F, "cross_entropy", out_of_memory)
+    with pytest.raises(MemoryError, match="batch size 4 .*try a smaller batch size"):
+        list(train_epochs(tiny_set, tiny_set, ClassifierInfo(crop=CropConfig(size=32)), _cfg(), tmp_path))
+
+
 def test_binary_metrics_against_hand_counts():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.8, 0.4, 0.7])

@@ -366,7 +366,11 @@ def cmd_train(args) -> int:
                              new_head=args.new_head, resume=args.resume, overwrite=args.overwrite, segment=_segment_config(args),
                              segmenter=args.segmenter, crops_cache=args.crops_cache,
                              command=shlex.join(["napari-leukemia", *args.argv]), should_stop=stop)
-        result = _drive(run, args, on_event=_print_training_event)
+        try:
+            result = _drive(run, args, on_event=_print_training_event)
+        except (FloatingPointError, MemoryError) as err:  # diverged, or a batch too large: the run's files stay
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_FAILED
     for message in result["skipped"]:
         print(f"skipped: {message}", file=sys.stderr)
     if result["stopped"]:

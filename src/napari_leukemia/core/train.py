@@ -126,13 +126,16 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
                     loss = F.cross_entropy(logits.float(), y, weight=weights)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                             "lower the learning rate")
+                                             f"lower the learning rate (finished epochs' checkpoints in {out} are kept)")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-            except torch.OutOfMemoryError as err:
-                raise MemoryError(f"out of memory with batch size {cfg.batch_size}; try a smaller batch size") from err
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                    raise  # CPU allocation failures are RuntimeErrors naming the allocator; others are not ours
+                raise MemoryError(f"out of memory with batch size {cfg.batch_size} on {device.type}; try a smaller "
+                                  "batch size") from err
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
