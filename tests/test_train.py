@@ -62,7 +62,7 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_finished_epochs(ti
     list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=1), tmp_path))
     kept = (tmp_path / "best.safetensors").read_bytes()
     with pytest.raises(FloatingPointError, match="lower the learning rate"):  # Adam steps of 1e30 overflow at once
-        list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=3, lr=1e30), tmp_path, resume=False))
+        list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=3, lr=1e30), tmp_path))
     assert (tmp_path / "best.safetensors").read_bytes() == kept  # no diverged weights written
 
 

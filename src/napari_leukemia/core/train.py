@@ -131,9 +131,9 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-            except (torch.OutOfMemoryError, RuntimeError) as err:
+            except RuntimeError as err:  # torch.OutOfMemoryError on CUDA; a CPU allocator failure is a plain one
                 if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
-                    raise  # CPU allocation failures are RuntimeErrors naming the allocator; others are not ours
+                    raise
                 raise MemoryError(f"out of memory with batch size {cfg.batch_size} on {device.type}; try a smaller "
                                   "batch size") from err
             loss_sum += float(loss.detach()) * len(idx)
