@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.config import TrainConfig
 from napari_leukemia.core.datasets import IMMATURE_GRANULOCYTES, split_by_group
 from napari_leukemia.core.fit import finalize_run, iter_crops, read_samples
@@ -52,13 +53,7 @@ def main(argv=None):
     samples = read_samples(MANIFEST, "binary")
     fine = {str(s.path): s.label for s in read_samples(MANIFEST, "cell_class")}
     splits = split_by_group(samples, seed=args.seed)
-    gen = iter_crops(splits["train"] + splits["val"], init.info.crop, cache=args.cache, device="cpu")
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            crops = stop.value
-            break
+    crops = drain(iter_crops(splits["train"] + splits["val"], init.info.crop, cache=args.cache, device="cpu"))
     in_val = {id(s) for s in splits["val"]}
     is_val = np.array([id(s) in in_val for s in crops.samples])
     labels = np.array([fine[str(s.path)] for s in crops.samples])[~is_val]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.datasets import IMMATURE_GRANULOCYTES, split_by_group
 from napari_leukemia.core.evaluate import binary_metrics, expected_calibration_error
 from napari_leukemia.core.fit import iter_crops, read_samples
@@ -23,15 +24,6 @@ from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
 
 MANIFEST = Path("../shared/data/deepapl/manifest.csv")
-
-
-def crops_of(samples, clf, cache):
-    gen = iter_crops(samples, clf.info.crop, cache=cache, device="cpu")
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def figures(y, p, labels) -> dict:
@@ -77,7 +69,7 @@ def main(argv=None):
              "test": ([s for s in samples if s.split == "test"], args.test_cache)}
     result = {"classifier": clf.name, "seed": args.seed}
     for name, (chosen, cache) in parts.items():
-        crops = crops_of(chosen, clf, cache)
+        crops = drain(iter_crops(chosen, clf.info.crop, cache=cache, device="cpu"))
         y = np.array([s.label == "leukemic" for s in crops.samples], int)
         labels = np.array([fine[str(s.path)] for s in crops.samples])
         groups = np.array([s.group for s in crops.samples])
@@ -87,10 +79,8 @@ def main(argv=None):
         if name == "test":
             result[name]["patients"] = len(set(groups))
             result[name]["interval_95"] = patient_interval(y, p, labels, groups)
-            for tta, ks in (("tta_flips", [0, 2, 4, 6]), ("tta_8", range(8))):
-                if args.tta:
-                    result[tta] = figures(y, p_leukemic(clf, probabilities(clf, np.mean([logits[k] for k in ks], 0))),
-                                          labels)
+            for tta, ks in (("tta_flips", [0, 2, 4, 6]), ("tta_8", range(8))) if args.tta else ():
+                result[tta] = figures(y, p_leukemic(clf, probabilities(clf, np.mean([logits[k] for k in ks], 0))), labels)
         print(name, json.dumps(result[name]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
