@@ -19,9 +19,9 @@ import torch
 from napari_leukemia.core import drain
 from napari_leukemia.core.augment import hed_jitter, low_resolution
 from napari_leukemia.core.config import SegmentConfig
-from napari_leukemia.core.datasets import split_by_group
+from napari_leukemia.core.cropstore import iter_crops
+from napari_leukemia.core.datasets import read_samples, split_by_group
 from napari_leukemia.core.evaluate import binary_metrics
-from napari_leukemia.core.fit import iter_crops, read_samples
 from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
 

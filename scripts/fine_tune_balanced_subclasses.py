@@ -18,8 +18,9 @@ import numpy as np
 
 from napari_leukemia.core import drain
 from napari_leukemia.core.config import TrainConfig
-from napari_leukemia.core.datasets import IMMATURE_GRANULOCYTES, split_by_group
-from napari_leukemia.core.fit import finalize_run, iter_crops, read_samples
+from napari_leukemia.core.cropstore import iter_crops
+from napari_leukemia.core.datasets import IMMATURE_GRANULOCYTES, read_samples, split_by_group
+from napari_leukemia.core.fit import finalize_run
 from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.train import train_epochs
 

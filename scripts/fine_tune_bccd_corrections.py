@@ -6,7 +6,7 @@
 1. Every BCCD field is analysed with the shipped models; each found cell matching a WBC box (IoU >= 0.3) is called
    ``normal`` (BCCD is normal blood) and exported with :func:`~napari_leukemia.core.review.export_training_set`,
    as the Review panel does: one slide (group) per field.
-2. :func:`~napari_leukemia.core.fit.fine_tune` holds out 20% of the fields, mixes in ``--mix-per-class`` DeepAPL
+2. :func:`~napari_leukemia.core.fine_tune.fine_tune` holds out 20% of the fields, mixes in ``--mix-per-class`` DeepAPL
    ``split=train`` fields per class (so the model does not forget) and fine-tunes the shipped DenseNet201.
 3. Before / after: fraction of held-out BCCD cells called leukaemic, and DeepAPL ``split=test`` metrics.
    Figures go to ``OUT/fine_tune_bccd.json``.
@@ -23,11 +23,12 @@ from napari_leukemia.core import drain
 from napari_leukemia.core.boxes import box_iou, label_boxes, read_voc_boxes
 from napari_leukemia.core.config import AnalysisConfig, TrainConfig
 from napari_leukemia.core.datasets import read_dataset
-from napari_leukemia.core.fit import evaluate_dataset, fine_tune
+from napari_leukemia.core.fine_tune import fine_tune
 from napari_leukemia.core.io import read_image
 from napari_leukemia.core.model import DEFAULT_CLASSIFIER
 from napari_leukemia.core.pipeline import analyze_smear, get_classifier
 from napari_leukemia.core.review import DATASET_CSV, annotate, export_training_set
+from napari_leukemia.core.scoring import evaluate_dataset
 
 
 def print_epoch(event):

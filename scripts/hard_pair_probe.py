@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_leukemia.core import drain
-from napari_leukemia.core.datasets import IMMATURE_GRANULOCYTES, split_by_group
+from napari_leukemia.core.cropstore import iter_crops
+from napari_leukemia.core.datasets import IMMATURE_GRANULOCYTES, read_samples, split_by_group
 from napari_leukemia.core.evaluate import binary_metrics, expected_calibration_error
-from napari_leukemia.core.fit import iter_crops, read_samples
 from napari_leukemia.core.model import load_classifier
 from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
 

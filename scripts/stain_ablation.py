@@ -20,10 +20,11 @@ import numpy as np
 
 from napari_leukemia.core import drain
 from napari_leukemia.core.config import SegmentConfig
-from napari_leukemia.core.datasets import split_by_group
+from napari_leukemia.core.cropstore import iter_crops
+from napari_leukemia.core.datasets import read_samples, split_by_group
 from napari_leukemia.core.evaluate import binary_metrics
-from napari_leukemia.core.fit import iter_crops, read_samples, score_cells
 from napari_leukemia.core.model import load_classifier
+from napari_leukemia.core.scoring import score_cells
 
 HARD_LEUKEMIC = ("blast_no_lineage_spec", "promyelocyte")
 HARD_NORMAL = ("myelocyte", "metamyelocyte")

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from napari_leukemia.core.segment import cellpose_input, new_cellpose, resolve_device, save_segmenter
+from napari_leukemia.core.device import resolve_device
+from napari_leukemia.core.segment import cellpose_input, new_cellpose, save_segmenter
 
 
 def main():

@@ -19,7 +19,8 @@ from skimage.segmentation import find_boundaries
 from napari_leukemia import cli
 from napari_leukemia.samples import sample_path
 
-COLUMNS = ["image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction",
+COLUMNS = ["image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction", "blast_pct", "blast_pct_low",
+           "blast_pct_high", "too_few_cells",
            "segmenter", "classifier", "seconds", "error"]
 FILES = ["labels.tif", "cells.csv", "summary.json", "overlay.png"]
 DISCLAIMER = "Research use only: not a diagnostic device."

@@ -4,9 +4,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from napari_leukemia.core.classes import default_leukemic
 from napari_leukemia.core.config import CropConfig, SegmentConfig
 from napari_leukemia.core.datasets import DEEPAPL_CELL_TYPES, crops_for, read_dataset, split_by_group
-from napari_leukemia.core.fit import default_leukemic
 from napari_leukemia.samples import sample_path
 
 

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from napari_leukemia import cli
+from napari_leukemia.core.classes import default_leukemic
 from napari_leukemia.core.datasets import read_dataset, split_by_group
-from napari_leukemia.core.fit import FINAL_NAME, default_leukemic, fit_classifier
+from napari_leukemia.core.fit import FINAL_NAME, fit_classifier
 from napari_leukemia.core.model import load_classifier
 
 FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
@@ -270,7 +271,7 @@ def test_csv_groups_are_split_by_group_and_evaluate_uses_the_held_out_ones(train
 def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
     from napari_leukemia.core import drain
     from napari_leukemia.core.config import CropConfig
-    from napari_leukemia.core.fit import iter_crops
+    from napari_leukemia.core.cropstore import iter_crops
 
     def crop(samples, size):
         events = []

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from napari_leukemia.core import review as rv
-from napari_leukemia.core.fit import FINAL_NAME, FINE_TUNE_LR, FINE_TUNE_REPORT
+from napari_leukemia.core.fine_tune import FINE_TUNE_LR, FINE_TUNE_REPORT
+from napari_leukemia.core.fit import FINAL_NAME
 
 pytestmark = pytest.mark.gui
 

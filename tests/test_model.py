@@ -141,7 +141,7 @@ def test_flush_denormals():
 
     import torch
 
-    from napari_leukemia.core.predict import flush_denormals
+    from napari_leukemia.core.device import flush_denormals
 
     torch.set_flush_denormal(False)  # other tests may have turned it on in this thread
     tiny = torch.tensor([1e-39])  # a denormal float32

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_leukemia.core import review as rv
+from napari_leukemia.core.blast_count import blast_percentage
 from napari_leukemia.core.config import AnalysisConfig
 from napari_leukemia.core.pipeline import analyze_smear
 
@@ -37,8 +38,10 @@ def test_review_order_is_most_uncertain_first_with_filters(analysed, classifier)
 def test_reviewed_summary_counts_calls_over_predictions(analysed, classifier):
     cells, classes, leukemic = analysed.cells, classifier.info.classes, classifier.info.leukemic
     before = rv.reviewed_summary(cells, leukemic)
-    assert before == {"leukocytes": 4, "leukemic": int(cells["leukemic"].sum()), "called_by_hand": 0, "excluded": 0,
-                      "leukemic_fraction": cells["leukemic"].mean()}
+    k = int(cells["leukemic"].sum())
+    assert before == {"leukocytes": 4, "leukemic": k, "called_by_hand": 0, "excluded": 0,
+                      "leukemic_fraction": cells["leukemic"].mean(), **blast_percentage(k, 4)}
+    assert before["blast_pct"] == 25 * k and before["too_few_cells"]  # four cells cannot tell 20% from 10%
     normal = cells.loc[~cells["leukemic"], "label"].to_numpy()
     done = rv.annotate(cells, int(normal[0]), "leukemic", classes=classes)
     done = rv.annotate(done, int(normal[1]), rv.EXCLUDE, classes=classes)

@@ -30,7 +30,7 @@ _API = {
     "load_classifier": "core.model",
     "save_classifier": "core.model",
     "fit_classifier": "core.fit",
-    "evaluate_dataset": "core.fit",
+    "evaluate_dataset": "core.scoring",
     "stain_segment": "core.stain",
     "load_review": "core.review",
     "save_review": "core.review",

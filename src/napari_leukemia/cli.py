@@ -29,8 +29,8 @@ TRAIN_FILES = ("best.safetensors", "last.safetensors", "last_state.pt", "history
                "classifier.safetensors")
 DATASET_HELP = ("a folder of class sub-folders, a CSV with columns path,label[,group][,split] (paths relative to it), "
                 "or DeepAPL's manifest.csv")
-SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction",
-                   "segmenter", "classifier", "seconds", "error")
+SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction", "blast_pct",
+                   "blast_pct_low", "blast_pct_high", "too_few_cells", "segmenter", "classifier", "seconds", "error")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_classifier_commands(sub) -> None:
-    """The ``train`` and ``evaluate`` sub-commands (thin over :mod:`.core.fit`)."""
+    """The ``train`` and ``evaluate`` sub-commands (thin over :mod:`.core.fit` and :mod:`.core.scoring`)."""
     from .core.config import TUNE_CHOICES, CropConfig, TrainConfig
 
     d = TrainConfig()
@@ -138,6 +138,11 @@ def _add_classifier_commands(sub) -> None:
     t.add_argument("--imagenet", default=d.imagenet, metavar="auto|PATH|none",
                    help="ImageNet DenseNet201 weights: auto (torchvision's cache, if there), a .pth file, or none; "
                         "nothing is downloaded")
+    t.add_argument("--cv", type=_positive_int, nargs="?", const=5, metavar="K",
+                   help="cross-validate by patient instead: K folds of groups (default 5, at least 3), balanced by "
+                        "diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
+                        "scored on its own patients; writes DIR/{cv.json,predictions.csv,patients.csv,patients.png}. "
+                        "Rerun the same command to resume fold by fold")
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in DIR")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or earlier run in DIR")
     t.add_argument("--seed", type=int, default=d.seed, help=f"split and training seed (default {d.seed})")
@@ -357,6 +362,8 @@ def cmd_train(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from err
     _check_device(args.device)
+    if args.cv is not None:
+        return _cross_validate(args, config)
     from .core.fit import fit_classifier
 
     with StopOnInterrupt() as stop:
@@ -386,6 +393,48 @@ def cmd_train(args) -> int:
     return EXIT_FAILED if result["skipped"] else EXIT_OK
 
 
+def _cross_validate(args, config) -> int:
+    """``napari-leukemia train --cv K``: see :func:`~.core.crossval.cross_validate`."""
+    import shlex
+
+    from .core.crossval import cross_validate
+
+    def on_event(event):
+        if event["stage"] == "fold":
+            print(f"fold {event['fold'] + 1}/{event['folds']}: {event['status']}", flush=True)
+        elif event["stage"] == "report":
+            print("writing the cross-validation report", flush=True)
+        else:
+            _print_training_event(event)
+
+    with StopOnInterrupt() as stop:
+        run = cross_validate(args.dataset, args.out, k=args.cv, config=config, size=args.size, window=args.window,
+                             single_cells=args.single_cells, deepapl_labels=args.labels,
+                             leukemic=args.leukemic_classes, init=args.init, new_head=args.new_head,
+                             overwrite=args.overwrite, segment=_segment_config(args), segmenter=args.segmenter,
+                             crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),
+                             should_stop=stop)
+        try:
+            result = _drive(run, args, on_event=on_event)
+        except (FloatingPointError, MemoryError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_FAILED
+    if result["stopped"]:
+        print(f"stopped after {result['folds_done']} complete fold(s); run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    r = result["report"]
+    o, e = r["pooled"], r["patient_errors"]
+    print(f"{r['n_cells']} cells of {r['n_patients']} patients, each scored by the fold model that never saw it: "
+          f"ROC-AUC {o['roc_auc']:.3f}, sensitivity at 95% specificity {o['sensitivity_at_95_specificity']:.3f}, "
+          f"balanced accuracy {o['balanced_accuracy']:.3f}, ECE {o['ece']:.3f}")
+    print(f"per patient, blast-equivalent %: mean error {e['mean_abs_error']:.1f} points, largest "
+          f"{e['max_abs_error']:.1f}, {e['over_10_points']} patient(s) off by more than 10")
+    print(f"report: {Path(args.out) / 'cv.json'}, {Path(args.out) / 'patients.csv'}, {Path(args.out) / 'patients.png'}")
+    print(DISCLAIMER)
+    return EXIT_OK
+
+
 def cmd_evaluate(args) -> int:
     """``napari-leukemia evaluate``: see :func:`build_parser`."""
     target = Path(args.out) / "metrics.json"
@@ -393,8 +442,8 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
     _check_device(args.device)
     from .core.checkpoint import CheckpointError
-    from .core.fit import evaluate_dataset
     from .core.model import load_classifier
+    from .core.scoring import evaluate_dataset
 
     try:
         classifier = load_classifier(args.classifier, args.device)
@@ -429,7 +478,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _check_device(device: str) -> None:
-    from .core.segment import resolve_device
+    from .core.device import resolve_device
 
     try:
         resolve_device(device)
@@ -499,6 +548,7 @@ def _drive(run, args, on_event=None):
                 continue
             if bar is not None:
                 bar.close()
+                bar = None
             if on_event:
                 on_event(event)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
@@ -556,8 +606,9 @@ def _output_folders(images) -> list[str]:
 def _load_models(args):
     """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2."""
     from .core.checkpoint import CheckpointError
+    from .core.device import resolve_device
     from .core.model import DEFAULT_CLASSIFIER, load_classifier
-    from .core.segment import DEFAULT_SEGMENTER, load_segmenter, resolve_device
+    from .core.segment import DEFAULT_SEGMENTER, load_segmenter
 
     try:
         resolve_device(args.device)
@@ -609,6 +660,9 @@ def analyze_one(path, folder: Path, *, classifier, segmenter, config, overwrite:
             leukocytes=summary["leukocytes"],
             leukemic=summary["leukemic"],
             leukemic_fraction=round(float(summary["leukemic_fraction"]), 6),
+            **{key: "" if summary[key] is None else round(summary[key], 2)
+               for key in ("blast_pct", "blast_pct_low", "blast_pct_high")},
+            too_few_cells=int(summary["too_few_cells"]),
             segmenter=summary["segmenter"],
             classifier=summary["classifier"],
             message=summary.get("message", ""),
@@ -665,9 +719,10 @@ def print_report(rows, out: Path) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     n = sum(r["leukocytes"] for r in ok)
     k = sum(r["leukemic"] for r in ok)
-    fraction = f"{100 * k / n:.1f}%" if n else "n/a"
-    print(f"total: {len(ok)} of {len(rows)} images analysed, {n} leukocytes, {k} leukaemic ({fraction}); "
-          f"results in {out}")
+    from .core.blast_count import blast_percentage, describe
+
+    print(f"total: {len(ok)} of {len(rows)} images analysed, {n} leukocytes, {k} blast equivalents: "
+          f"{describe(blast_percentage(k, n))}; results in {out}")
     print(DISCLAIMER)
 
 

@@ -9,7 +9,7 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from ..core.config import DISCLAIMER, TrainConfig
-from ..core.fit import FINE_TUNE_LR
+from ..core.fine_tune import FINE_TUNE_LR
 from . import avoid_llvm_clash, register
 from .widgets import analyze_widgets
 
@@ -31,7 +31,7 @@ class TrainWidget(Container):
     With :data:`CORRECTIONS` as the dataset it fine-tunes the current model (``fine-tune from``, else the
     Analyze widget's classifier, else the shipped one) on the cells corrected in the viewer, optionally mixed
     with the original training data, and reports accuracy before / after on held-out corrections
-    (:func:`~napari_leukemia.core.fit.fine_tune`).
+    (:func:`~napari_leukemia.core.fine_tune.fine_tune`).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -136,7 +136,8 @@ class TrainWidget(Container):
 
     def _settings(self, resume: bool) -> tuple:
         """``(core function, its keyword arguments)`` from the widget's settings."""
-        from ..core.fit import fine_tune, fit_classifier
+        from ..core.fine_tune import fine_tune
+        from ..core.fit import fit_classifier
 
         source = self.dataset_source()
         out = _path(self._out)

@@ -163,7 +163,11 @@ def format_summary(summary: dict) -> str:
     count) in the colours of the Labels layer, as rich text."""
     n, k = summary["leukocytes"], summary["leukemic"]
     t = summary.get("timings", {})
-    lines = [f"Leukocytes: {n}", f"Leukaemic: {k} ({100 * summary['leukemic_fraction']:.1f}%)"]
+    from ..core.blast_count import describe
+
+    lines = [f"Leukocytes: {n}", f"Blast equivalents (p_leukemic ≥ 0.5): {k}"]
+    if "blast_pct" in summary:
+        lines.append(describe(summary))
     classes, per_class = summary["classes"], summary.get("per_class", {})
     rich = len(classes) > 2 and per_class
     if rich:

@@ -1,11 +1,25 @@
-"""A compact file of preprocessed cell crops: JPEG-encoded crops plus a plain table (no pickling)."""
+"""Cell crops of a dataset, cropped once: :func:`iter_crops` and its cache file (JPEG-encoded crops plus a plain
+table, no pickling)."""
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from .config import CropConfig, SegmentConfig
+from .datasets import Sample, crops_for
+from .events import Event
+from .train import CropSet
+
+#: Files cropped per step; progress is reported and a stop request is honoured between steps.
+CROP_CHUNK = 8
+
 
 
 def save_crops(path, images: np.ndarray, table: dict[str, list], quality: int = 95) -> None:
@@ -37,3 +51,109 @@ def load_crops(path) -> tuple[np.ndarray, dict[str, list]]:
         data, offsets, table = z["data"], z["offsets"], json.loads(z["table"].tobytes())
     images = [np.asarray(Image.open(_io.BytesIO(data[a:b].tobytes())).convert("RGB")) for a, b in zip(offsets[:-1], offsets[1:])]
     return (np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)), table
+
+
+@dataclass
+class Crops:
+    """Cropped cells: ``images`` (N, S, S, 3) uint8, the samples they belong to, and skipped files (messages)."""
+
+    images: np.ndarray
+    samples: list[Sample]
+    skipped: list[str]
+
+    def cropset(self, classes) -> CropSet:
+        index = {c: i for i, c in enumerate(classes)}
+        return CropSet(self.images, np.array([index[s.label] for s in self.samples], np.int64),
+                       np.array([s.group for s in self.samples]))
+
+
+def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = False,
+               segment: SegmentConfig = SegmentConfig(), segmenter=None, cache=None, device: str = "auto",
+               should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, Crops | None]:
+    """Crop each sample's cell (:func:`~.datasets.crops_for`), yielding ``{"stage": "crop", "done", "total"}``.
+
+    Parameters
+    ----------
+    segmenter : path, optional
+        The cellpose model for whole fields (the shipped one when omitted); loaded only if needed.
+    cache : path, optional
+        A crops file (``.npz``, :mod:`~.cropstore`): files cropped before with the same settings are read from
+        it, the others are cropped and added (also when stopped), so a long cropping is done once.
+
+    Returns
+    -------
+    Crops, or None when stopped.
+    """
+    settings = json.loads(json.dumps({"crop": crop.to_dict(), "single_cells": single_cells,
+                                      "segment": None if single_cells else segment.to_dict()}))
+    done: dict[str, tuple] = {}  # file key -> ("ok", crop) or ("skipped", message)
+    if cache and Path(cache).is_file():
+        images, table = load_crops(cache)
+        stored = table.get("settings") or {}
+        try:  # settings added since the file was made take their defaults
+            stored["crop"] = json.loads(json.dumps(CropConfig.from_dict(stored["crop"]).to_dict()))
+        except (KeyError, TypeError, ValueError):
+            pass  # refused below
+        if stored != settings:
+            raise ValueError(f"{cache}: these crops were made with other settings ({table.get('settings')}, not "
+                             f"{settings}); delete the file or choose another crops cache")
+        k = 0
+        for key, status, message in zip(table["files"], table["status"], table["message"]):
+            if status == "ok":
+                done[key] = ("ok", images[k])
+                k += 1
+            else:
+                done[key] = ("skipped", message)
+    keys = [file_key(s.path) if cache else str(s.path) for s in samples]  # hashing pays only with a cache
+    if crop.window:  # a fixed window's crop depends on the sample's red-cell diameter too
+        keys = [f"{k}|red={s.red_cell_px}" for k, s in zip(keys, samples)]
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    n_cached = len(samples) - len(todo)
+    yield {"stage": "crop", "done": n_cached, "total": len(samples), "cached": n_cached}
+    model = None
+    if segment.method == "cellpose" and any(not (single_cells or samples[i].single_cell) for i in todo):
+        from .segment import load_segmenter
+
+        model = load_segmenter(segmenter, device)
+    stopped = False
+    try:
+        for start in range(0, len(todo), CROP_CHUNK):
+            if should_stop():
+                stopped = True
+                break
+            chunk = todo[start : start + CROP_CHUNK]
+            for i in chunk:
+                images, kept, skipped = crops_for([samples[i]], crop, single_cells=single_cells, segment=segment,
+                                                  segmenter=model)
+                done[keys[i]] = ("ok", images[0]) if kept else ("skipped", skipped[0])
+            yield {"stage": "crop", "done": n_cached + start + len(chunk), "total": len(samples), "cached": n_cached}
+    finally:
+        if cache and len(done) > n_cached:
+            items = sorted(done.items())
+            ok = [v[1] for _, v in items if v[0] == "ok"]
+            table = {"settings": settings, "files": [k for k, _ in items], "status": [v[0] for _, v in items],
+                     "message": [v[1] if v[0] == "skipped" else "" for _, v in items]}
+            save_crops(cache, np.stack(ok) if ok else np.zeros((0, crop.size, crop.size, 3), np.uint8), table)
+    if stopped:
+        return None
+    out, kept, skipped = [], [], []
+    for s, key in zip(samples, keys):
+        status, value = done[key]
+        if status == "ok":
+            out.append(value)
+            kept.append(s)
+        else:
+            skipped.append(value)
+    images = np.stack(out) if out else np.zeros((0, crop.size, crop.size, 3), np.uint8)
+    return Crops(images, kept, skipped)
+
+
+def file_key(path) -> str:
+    """A file's identity in the crops cache: its path, size and a hash of its bytes (a changed file is cropped
+    again; a copied one, with new modification times, is not)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return f"{path}|missing"
+    return f"{path}|{len(data)}|{hashlib.blake2b(data, digest_size=8).hexdigest()}"

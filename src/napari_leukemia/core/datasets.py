@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,8 +14,6 @@ import numpy as np
 
 from .config import CropConfig, SegmentConfig
 
-#: DeepAPL coarse labels that are leukaemic (see ../shared/data/deepapl/README.md).
-DEEPAPL_LEUKEMIC = ("leukemic_blast", "leukemic_or_precursor")
 #: DeepAPL cell classes grouped into the cell types of the cell-type classifier: classes with fewer than about
 #: 100 training cells join their nearest relatives (band with segmented neutrophils, promonocytes with
 #: promyelocytes, myelocytes with metamyelocytes, basophils with plasma cells).
@@ -33,7 +33,7 @@ DEEPAPL_CELL_TYPES = {
     "plasma_cell": "basophil_or_plasma_cell",
 }
 #: Labels of immature granulocytes (DeepAPL cell classes and cell types): the normal cells most like blasts and
-#: promyelocytes, scored apart by :func:`~.fit.score_cells` (the hard pair).
+#: promyelocytes, scored apart by :func:`~.scoring.score_cells` (the hard pair).
 IMMATURE_GRANULOCYTES = ("myelocyte", "metamyelocyte", "immature_granulocyte")
 #: Red-cell diameter of DeepAPL's CellaVision DM96 fields in pixels: the median of
 #: :func:`~.preprocess.measure_red_cells` over 120 random fields (quartiles 66 and 74; single fields hold
@@ -49,7 +49,9 @@ class Sample:
     """One image of a dataset: its file, class, group (patient or slide), given split (or ""), whether it is a
     single-cell crop already (not a field to segment), and the context ``margin`` such a crop holds around the
     cell's box (as a fraction of the box side, like :attr:`~.config.CropConfig.margin`; 0: cut at the cell), and
-    the red-cell diameter of its image in pixels where known (fixed-window crops; else measured)."""
+    the red-cell diameter of its image in pixels where known (fixed-window crops; else measured); ``stratum``: what
+    its group's cross-validation folds are balanced by (DeepAPL: the patient's diagnosis), and ``detail``: a finer
+    label reported apart (DeepAPL: the cell class behind a binary label)."""
 
     path: Path
     label: str
@@ -58,6 +60,8 @@ class Sample:
     single_cell: bool = False
     margin: float = 0.0
     red_cell_px: float | None = None
+    stratum: str = ""
+    detail: str = ""
 
 
 def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
@@ -67,11 +71,12 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
     ----------
     source : path
         A folder whose sub-folders are classes (each image its own group), a CSV with columns
-        ``path,label[,group][,split][,margin][,red_cell_px]`` (paths relative to the CSV), or DeepAPL's
+        ``path,label[,group][,split][,margin][,red_cell_px][,stratum][,detail]`` (paths relative to the CSV), or DeepAPL's
         ``manifest.csv``.
     deepapl_labels : {"binary", "cell_class", "cell_type"}
-        For the DeepAPL manifest: leukemic/normal, the pathologist's cell classes, or those classes grouped
-        into :data:`DEEPAPL_CELL_TYPES`.
+        For the DeepAPL manifest: blast equivalents (WHO, the manifest's ``blast_equivalent``: myeloblasts,
+        promonocytes, promyelocytes of APL patients) as ``leukemic`` against the rest as ``normal``, the
+        pathologist's cell classes, or those classes grouped into :data:`DEEPAPL_CELL_TYPES`.
     """
     source = Path(source)
     if source.is_dir():
@@ -100,12 +105,21 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
         if deepapl_labels == "cell_type" and unknown:
             raise ValueError(f"{source}: cell classes {unknown} have no cell type (DEEPAPL_CELL_TYPES)")
 
+        if deepapl_labels == "binary" and "blast_equivalent" not in columns:
+            raise ValueError(f"{source}: no blast_equivalent column; this is an older DeepAPL manifest, whose "
+                             "leukaemic labels counted the promyelocytes of non-APL AML patients (not blast "
+                             "equivalents). Use the current manifest")
+        bad = sorted({r["blast_equivalent"] for r in rows} - {"0", "1"}) if "blast_equivalent" in columns else []
+        if bad:
+            raise ValueError(f"{source}: blast_equivalent must be 0 or 1, found {bad[:5]}")
+
         def label(r):
-            if deepapl_labels == "binary":
-                return "leukemic" if r["coarse_label"] in DEEPAPL_LEUKEMIC else "normal"
+            if deepapl_labels == "binary":  # WHO blast equivalents (the manifest's column) against the rest
+                return "leukemic" if r["blast_equivalent"] == "1" else "normal"
             return r["cell_class"] if deepapl_labels == "cell_class" else DEEPAPL_CELL_TYPES[r["cell_class"]]
 
-        return [Sample(root / r["file"], label(r), r["patient_id"], r["split"], red_cell_px=DEEPAPL_RED_CELL_PX)
+        return [Sample(root / r["file"], label(r), r["patient_id"], r["split"], red_cell_px=DEEPAPL_RED_CELL_PX,
+                       stratum=r["diagnosis"], detail=r["cell_class"])
                 for r in rows if r.get("duplicate_in_other_class", "0") != "1"]
     if not {"path", "label"} <= columns:
         raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin][,red_cell_px]; has {sorted(columns)}")
@@ -121,7 +135,9 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
         if reds[-1] is not None and not reds[-1] > 0:
             raise ValueError(f"{source}: line {i + 2}: red_cell_px {r.get('red_cell_px')!r} is not a positive number")
     return [Sample(root / r["path"], r["label"].strip(), (r.get("group") or "").strip() or r["path"],
-                   (r.get("split") or "").strip(), margin=m, red_cell_px=red) for r, m, red in zip(rows, margins, reds)]
+                   (r.get("split") or "").strip(), margin=m, red_cell_px=red, stratum=(r.get("stratum") or "").strip(),
+                   detail=(r.get("detail") or "").strip())
+            for r, m, red in zip(rows, margins, reds)]
 
 
 def _number(text: str) -> float:
@@ -269,3 +285,17 @@ def cell_box(shape, margin: float = 0.0) -> np.ndarray:
         box.append(slice((n - side) // 2, (n - side) // 2 + side))
     labels[tuple(box)] = 1
     return labels
+
+
+def read_samples(source, deepapl_labels: str = "binary") -> list[Sample]:
+    """A dataset's samples: ``source`` is a folder or CSV path (see :func:`~.datasets.read_dataset`) or a list of
+    :class:`~.datasets.Sample` (e.g. cells corrected in the viewer)."""
+    if isinstance(source, (list, tuple)):
+        return list(source)
+    return read_dataset(source, deepapl_labels=deepapl_labels)
+
+
+def split_digest(splits: dict[str, list[Sample]]) -> str:
+    """A short hash of which groups are in which split (to check that evaluation uses training's split)."""
+    data = {k: sorted({s.group for s in v}) for k, v in splits.items()}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

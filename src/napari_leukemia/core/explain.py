@@ -6,8 +6,8 @@ import copy
 
 import numpy as np
 
+from .device import flush_denormals
 from .model import Classifier
-from .predict import flush_denormals
 from .preprocess import to_tensor
 
 

@@ -207,7 +207,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     CheckpointError
         Missing, damaged, foreign, or of another architecture or class list than its weights.
     """
-    from .segment import resolve_device
+    from .device import resolve_device
 
     path = SHIPPED_CLASSIFIERS.get(str(path), Path(path)) if path else DEFAULT_CLASSIFIER
     meta, state = read_safetensors(path, CLASSIFIER_FORMAT)

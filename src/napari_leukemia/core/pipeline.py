@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .blast_count import blast_percentage
 from .config import DISCLAIMER, AnalysisConfig
 from .io import ImageError, as_rgb8
 
@@ -75,7 +76,8 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     name : str
         Shown in messages and the summary.
     """
-    from .segment import load_segmenter, resolve_device, segment_leukocytes
+    from .device import resolve_device
+    from .segment import load_segmenter, segment_leukocytes
 
     t_start = time.perf_counter()
     image = as_rgb8(image, name)
@@ -124,6 +126,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         "leukocytes": n,
         "leukemic": k,
         "leukemic_fraction": k / n if n else 0.0,
+        **blast_percentage(k, n, (clf.info.provenance or {}).get("cv_rates")),
         "classes": list(clf.info.classes),
         "leukemic_classes": list(clf.info.leukemic),
         "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
@@ -169,8 +172,8 @@ def get_classifier(classifier=None, device="auto"):
     """A loaded :class:`~.model.Classifier`: ``classifier`` itself, or the checkpoint at that path or of that
     shipped name (:data:`~.model.SHIPPED_CLASSIFIERS`; the default one when ``None``), loaded once per path and
     device."""
+    from .device import resolve_device
     from .model import Classifier
-    from .segment import resolve_device
 
     if isinstance(classifier, Classifier):
         return classifier

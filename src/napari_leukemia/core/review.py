@@ -127,7 +127,9 @@ def reviewed_summary(cells, leukemic) -> dict:
     by_hand = (manual != "") & kept
     leuk = np.where(by_hand, np.isin(manual, list(leukemic)), cells["leukemic"].to_numpy(bool))
     n, k = int(kept.sum()), int((leuk & kept).sum())
-    return {"leukocytes": n, "leukemic": k, "leukemic_fraction": k / n if n else 0.0,
+    from .blast_count import blast_percentage
+
+    return {"leukocytes": n, "leukemic": k, "leukemic_fraction": k / n if n else 0.0, **blast_percentage(k, n),
             "called_by_hand": int(by_hand.sum()), "excluded": int((~kept).sum())}
 
 

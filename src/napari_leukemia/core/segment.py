@@ -15,6 +15,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, read_safetensors
 from .config import SegmentConfig
+from .device import resolve_device
 
 SEGMENTER_FORMAT = "napari-leukemia-segmenter"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "leukocyte_cellpose.safetensors"
@@ -40,19 +41,6 @@ def cellpose_input(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarr
     density = 100.0 - lab[..., 0]
     nuclear = np.clip(-lab[..., 2], 0, None)
     return np.stack([density, nuclear], axis=-1).astype(np.float32)
-
-
-def resolve_device(device: str = "auto"):
-    """``"auto"`` -> CUDA when available, else CPU; refuses ``"cuda"`` without a GPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return torch.device(device)
 
 
 def save_segmenter(net, path, *, provenance: dict | None = None) -> None:

@@ -51,9 +51,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     import torch.nn.functional as F
 
     from .augment import augment_batch
-    from .predict import autocast_for, flush_denormals
+    from .device import autocast_for, flush_denormals, resolve_device
     from .preprocess import normalize
-    from .segment import resolve_device
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,336 @@
+"""Cross-validation by patient: K classifiers, each scored on the patients it never saw, and the per-patient table.
+
+Research use only: not a diagnostic device.
+
+Every recipe and model choice is made on this report, not on one split: :func:`patient_folds` deals the groups
+(patients) into K folds balanced by their stratum (DeepAPL: the diagnosis); :func:`cross_validate` trains one
+:func:`~.fit.fit_classifier` run per fold on the other folds (its own train / val split by patient) and scores
+the fold's patients, fold by fold, resumable; :func:`cv_report` pools the out-of-fold calls into cell-level
+figures and the per-patient blast-equivalent percentages a hematologist reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import numpy as np
+
+from .blast_count import wilson_interval
+from .config import SegmentConfig, TrainConfig
+from .cropstore import iter_crops
+from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples
+from .events import Event
+from .fit import FINAL_NAME, fit_classifier
+from .io import finite, write_json
+
+#: Files of a cross-validation in its output folder (each fold's run is in ``fold_<i>/``).
+CV_FILES = ("folds.json", "cv.json", "predictions.csv", "patients.csv", "patients.png")
+#: Out-of-fold calls of one fold, in its run folder: written last, so a fold with it is complete.
+FOLD_PREDICTIONS = "predictions.csv"
+PREDICTION_COLUMNS = ("fold", "path", "group", "stratum", "label", "detail", "truth", "p_leukemic")
+#: Targets of the cross-validated figures (issue "Blast percentages that hold on new patients").
+TARGETS = {"roc_auc": (">=", 0.97), "sensitivity_at_95_specificity": (">=", 0.85), "ece": ("<=", 0.03),
+           "patient_mean_abs_error": ("<=", 5.0), "patient_max_abs_error": ("<=", 10.0)}
+MIN_FOLDS = 3
+
+
+def patient_folds(samples: list[Sample], k: int = 5, seed: int = 0) -> list[list[str]]:
+    """Deal the groups (patients) into ``k`` folds, balanced by stratum and by cell count.
+
+    Within each stratum (a group's :attr:`~.datasets.Sample.stratum`, else its most frequent label), groups are
+    shuffled (seeded), taken largest first, and each goes to the fold with the fewest groups of that stratum,
+    then the fewest cells. Returns the sorted groups of each fold.
+
+    Raises
+    ------
+    ValueError
+        ``k`` below :data:`MIN_FOLDS`, fewer groups than folds, or a dataset without groups (every image its
+        own group: no patient IDs, so cells of one patient would land on both sides).
+    """
+    if k < MIN_FOLDS:
+        raise ValueError(f"cross-validation needs at least {MIN_FOLDS} folds, got {k}")
+    cells = Counter(s.group for s in samples)
+    if len(cells) == len(samples) and len(samples) > 1:
+        raise ValueError("every image is its own group: the dataset gives no patient (or slide) IDs, so cells of one "
+                         "patient could be trained on and scored; give a group column (CSV: path,label,group)")
+    if len(cells) < k:
+        raise ValueError(f"{len(cells)} groups (patients) cannot fill {k} folds; use fewer folds")
+    strata: dict[str, Counter] = {}
+    for s in samples:
+        strata.setdefault(s.group, Counter())[s.stratum or s.label] += 1
+    by_stratum: dict[str, list[str]] = {}
+    for g, counts in sorted(strata.items()):
+        by_stratum.setdefault(counts.most_common(1)[0][0], []).append(g)
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    size = [0] * k
+    for _, groups in sorted(by_stratum.items()):
+        rng.shuffle(groups)
+        in_fold = [0] * k
+        for g in sorted(groups, key=lambda g: -cells[g]):  # stable: ties keep the shuffled order
+            i = min(range(k), key=lambda j: (in_fold[j], size[j]))
+            folds[i].append(g)
+            in_fold[i] += 1
+            size[i] += cells[g]
+    return [sorted(f) for f in folds]
+
+
+def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainConfig(), size: int | None = None,
+                   window: float | None = None, single_cells: bool = False, deepapl_labels: str = "binary",
+                   leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
+                   segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
+                   should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
+    """Train and score one classifier per fold of patients; resumable fold by fold.
+
+    Every group of the dataset takes part, whatever split it is given (DeepAPL's ``train`` and ``test``
+    patients alike). Fold ``i`` trains :func:`~.fit.fit_classifier` in ``out_dir/fold_<i>`` on the other
+    folds (which it splits by patient into train and val, seeded by ``config.seed``) and then scores its own
+    patients into ``fold_<i>/predictions.csv``. Run again with the same arguments, it skips finished folds,
+    resumes a stopped one from its last epoch and starts the rest; ``folds.json`` records the folds, and a
+    different dataset, seed or K is refused (``overwrite`` starts again). When every fold is done,
+    :func:`cv_report` writes ``cv.json``, ``predictions.csv``, ``patients.csv`` and ``patients.png``.
+
+    Parameters
+    ----------
+    k : int
+        Number of folds (at least :data:`MIN_FOLDS`).
+    init : path, optional
+        Start every fold from this checkpoint. Its figures are honest only when it never saw the patients of
+        the folds (the report records it).
+
+    Other parameters are :func:`~.fit.fit_classifier`'s; one crops cache serves every fold.
+
+    Yields
+    ------
+    dict
+        ``{"stage": "fold", "fold", "folds", "done", "total", "status"}`` before each fold, then the fold's own
+        events (``"fold"`` added), then ``{"stage": "report"}``.
+
+    Returns
+    -------
+    dict
+        ``stopped``, ``out_dir``, ``folds_done`` and, when finished, ``report`` (see :func:`cv_report`).
+    """
+    from .model import load_classifier
+    from .scoring import score_cells
+
+    out = Path(out_dir)
+    samples = read_samples(source, deepapl_labels)
+    folds = patient_folds(samples, k, seed=config.seed)
+    plan = {"k": k, "seed": config.seed, "folds": folds,
+            "dataset": hashlib.sha256(json.dumps(sorted([str(s.path), s.label, s.group] for s in samples)).encode()
+                                      ).hexdigest()[:16]}
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    earlier = out / "folds.json"
+    if earlier.is_file() and not overwrite:
+        try:
+            recorded = json.loads(earlier.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{earlier}: not readable ({err}); pass --overwrite to start again") from err
+        if {key: recorded.get(key) for key in plan} != plan:
+            raise ValueError(f"{out} holds a cross-validation of other data, folds or seed ({earlier}); rerun it "
+                             "with the same arguments to resume, pass --overwrite to start again, or choose "
+                             "another output folder")
+    elif overwrite:
+        import shutil
+
+        for name in CV_FILES:
+            (out / name).unlink(missing_ok=True)
+        for i in range(max(k, 64)):
+            if (out / f"fold_{i}").is_dir():
+                shutil.rmtree(out / f"fold_{i}")
+    elif out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no cross-validation; choose another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    commands = (json.loads(earlier.read_text()).get("commands", []) if earlier.is_file() and not overwrite else [])
+    write_json(earlier, {**plan, "commands": commands + [command], "init": str(init) if init else None,
+                         "train_config": config.to_dict()})
+
+    cleared = [dataclasses.replace(s, split="") for s in samples]
+    done = 0
+    for i, fold in enumerate(folds):
+        run_dir = out / f"fold_{i}"
+        if (run_dir / FOLD_PREDICTIONS).is_file():
+            done += 1
+            yield {"stage": "fold", "fold": i, "folds": k, "done": done, "total": k, "status": "done"}
+            continue
+        held = set(fold)
+        fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared]
+        trained = (run_dir / FINAL_NAME).is_file()
+        resume = not trained and (run_dir / "last_state.pt").is_file()
+        status = "scoring" if trained else "resuming" if resume else "training"
+        yield {"stage": "fold", "fold": i, "folds": k, "done": done, "total": k, "status": status}
+        if not trained:
+            run = fit_classifier(fold_samples, run_dir, config=config, size=size, window=window,
+                                 single_cells=single_cells, leukemic=leukemic, init=None if resume else init,
+                                 new_head=new_head and not resume, resume=resume, overwrite=not resume,
+                                 segment=segment, segmenter=segmenter, crops_cache=crops_cache,
+                                 command=f"{command} [fold {i} of {k}]", should_stop=should_stop)
+            result = yield from _tag(run, i)
+            if result["stopped"]:
+                return {"stopped": True, "out_dir": str(out), "folds_done": done}
+        clf = load_classifier(run_dir / FINAL_NAME, config.device)
+        test = [s for s in fold_samples if s.split == "test"]
+        crops = yield from _tag(iter_crops(test, clf.info.crop, single_cells=single_cells, segment=segment,
+                                           segmenter=segmenter, cache=crops_cache, device=config.device,
+                                           should_stop=should_stop), i)
+        if crops is None:
+            return {"stopped": True, "out_dir": str(out), "folds_done": done}
+        if not crops.samples:
+            raise ValueError(f"fold {i}: no usable cell among its {len(test)} files")
+        report, y, p = score_cells(clf, crops.images, crops.samples)
+        write_json(run_dir / "fold_metrics.json", finite({**report, "skipped": crops.skipped}))
+        rows = [{"fold": i, "path": str(s.path), "group": s.group, "stratum": s.stratum, "label": s.label,
+                 "detail": s.detail, "truth": int(t), "p_leukemic": f"{q:.6f}"}
+                for s, t, q in zip(crops.samples, y, p)]
+        _write_rows(run_dir / FOLD_PREDICTIONS, rows)
+        del clf, crops
+        done += 1
+    yield {"stage": "report"}
+    rows = []
+    for i in range(k):
+        with open(out / f"fold_{i}" / FOLD_PREDICTIONS, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    _write_rows(out / "predictions.csv", rows)
+    metrics = [json.loads((out / f"fold_{i}" / "fold_metrics.json").read_text()) for i in range(k)]
+    report = cv_report(rows, fold_metrics=metrics)
+    report = {"k": k, "seed": config.seed, "init": str(init) if init else None, "commands": commands + [command],
+              "train_config": config.to_dict(), **report}
+    write_cv_report(out, report)
+    return {"stopped": False, "out_dir": str(out), "folds_done": done, "report": report}
+
+
+def _tag(gen, fold: int):
+    """Re-yield a generator's events with ``"fold"`` added; return its value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield {**event, "fold": fold}
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    from .io import write_csv
+
+    write_csv(path, rows, PREDICTION_COLUMNS)
+
+
+def cv_report(rows: list[dict], *, fold_metrics: list[dict] | None = None, threshold: float = 0.5) -> dict:
+    """Pooled, per-fold, per-cell-class and per-patient figures of out-of-fold calls.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :data:`PREDICTION_COLUMNS` (strings, as read from the CSV).
+    fold_metrics : list of dict, optional
+        Each fold's :func:`~.scoring.score_cells` report; its ``per_class`` macro-F1 is kept (multi-class
+        checkpoints).
+
+    Returns
+    -------
+    dict
+        ``pooled`` (binary metrics and ECE), ``per_fold``, ``hard_pair`` (blast equivalents against immature
+        granulocytes, when labelled), ``per_detail`` (call rate per cell class), ``patients`` (one row per
+        patient: cells, true and predicted blast-equivalent %, difference, 95% counting interval of the
+        predicted %), ``patient_errors`` (mean and largest absolute difference, patients off by more than 5 and
+        10 points) and ``targets`` (each target, its value and whether it is met).
+    """
+    from .evaluate import binary_metrics, expected_calibration_error
+
+    y = np.array([int(r["truth"]) for r in rows])
+    p = np.array([float(r["p_leukemic"]) for r in rows])
+    fold = np.array([int(r["fold"]) for r in rows])
+    group = np.array([r["group"] for r in rows])
+    detail = np.array([r["detail"] or r["label"] for r in rows])
+    called = p >= threshold
+
+    def figures(m) -> dict:
+        return {**binary_metrics(y[m], p[m], threshold), "ece": expected_calibration_error(y[m], p[m])}
+
+    report: dict = {"n_cells": len(rows), "n_patients": len(set(group)), "threshold": threshold,
+                    "pooled": figures(np.ones(len(y), bool)), "per_fold": []}
+    for i in sorted(set(fold.tolist())):
+        row = {"fold": i, "patients": len(set(group[fold == i])), **figures(fold == i)}
+        per_class = (fold_metrics or [{}] * (i + 1))[i].get("per_class") if fold_metrics else None
+        if per_class:
+            row["macro_f1"] = per_class.get("macro_f1")
+            row["class_accuracy"] = per_class.get("accuracy")
+        report["per_fold"].append(row)
+    hard = np.isin(detail, IMMATURE_GRANULOCYTES) & (y == 0)
+    if hard.any() and y.any():
+        m = (y == 1) | hard
+        report["hard_pair"] = {"normal_details": sorted(set(detail[hard])), "n_leukemic": int(y.sum()),
+                               "n_normal": int(hard.sum()), "roc_auc": binary_metrics(y[m], p[m])["roc_auc"]}
+    report["per_detail"] = {d: {"n": int(m.sum()), "truth_leukemic": float(y[m].mean()),
+                                "called_leukemic": float(called[m].mean()), "mean_p_leukemic": float(p[m].mean())}
+                            for d in sorted(set(detail)) for m in [detail == d]}
+    patients = []
+    for g in sorted(set(group)):
+        m = group == g
+        n, k = int(m.sum()), int(called[m].sum())
+        lo, hi = wilson_interval(k, n)
+        true_pct, pred_pct = 100 * y[m].mean(), 100 * k / n
+        patients.append({"patient": g, "stratum": rows[int(np.flatnonzero(m)[0])]["stratum"], "fold": int(fold[m][0]),
+                         "cells": n, "true_pct": true_pct, "predicted_pct": pred_pct,
+                         "mean_p_pct": 100 * float(p[m].mean()), "difference": pred_pct - true_pct,
+                         "interval_low": 100 * lo, "interval_high": 100 * hi,
+                         "true_in_interval": bool(100 * lo <= true_pct <= 100 * hi)})
+    report["patients"] = patients
+    err = np.abs([r["difference"] for r in patients])
+    report["patient_errors"] = {"mean_abs_error": float(err.mean()), "median_abs_error": float(np.median(err)),
+                                "max_abs_error": float(err.max()), "over_5_points": int((err > 5).sum()),
+                                "over_10_points": int((err > 10).sum()),
+                                "true_in_interval": float(np.mean([r["true_in_interval"] for r in patients]))}
+    values = {**{key: report["pooled"][key] for key in ("roc_auc", "sensitivity_at_95_specificity", "ece")},
+              "patient_mean_abs_error": report["patient_errors"]["mean_abs_error"],
+              "patient_max_abs_error": report["patient_errors"]["max_abs_error"]}
+    report["targets"] = {key: {"target": f"{op} {bound:g}", "value": values[key],
+                               "met": bool(values[key] >= bound if op == ">=" else values[key] <= bound)}
+                         for key, (op, bound) in TARGETS.items()}
+    return report
+
+
+def write_cv_report(out_dir, report: dict) -> list[Path]:
+    """Write ``cv.json``, ``patients.csv`` and ``patients.png`` (true vs predicted % per patient) to ``out_dir``."""
+    from .io import write_csv
+
+    out = Path(out_dir)
+    write_json(out / "cv.json", finite(report))
+    columns = list(report["patients"][0]) if report["patients"] else ["patient"]
+    write_csv(out / "patients.csv", report["patients"], columns)
+    plot_patients(report["patients"], out / "patients.png",
+                  title=f"{report.get('k', '')}-fold cross-validation by patient: blast equivalents")
+    return [out / "cv.json", out / "patients.csv", out / "patients.png"]
+
+
+def plot_patients(patients: list[dict], path, title: str = "") -> None:
+    """True against predicted blast-equivalent % per patient, with the 95% counting interval of each."""
+    from matplotlib.figure import Figure
+
+    from .evaluate import _save
+
+    fig = Figure(figsize=(5.5, 5.5), dpi=120)
+    ax = fig.subplots()
+    ax.plot([0, 100], [0, 100], color="0.3", lw=1)
+    for d, style in ((5, ":"), (10, "--")):
+        for sign in (1, -1):
+            ax.plot([0, 100], [sign * d, 100 + sign * d], color="0.6", lw=0.8, ls=style)
+    strata = sorted({r["stratum"] for r in patients})
+    for j, s in enumerate(strata):
+        rs = [r for r in patients if r["stratum"] == s]
+        x = np.array([r["true_pct"] for r in rs])
+        yv = np.array([r["predicted_pct"] for r in rs])
+        err = np.array([[r["predicted_pct"] - r["interval_low"] for r in rs],
+                        [r["interval_high"] - r["predicted_pct"] for r in rs]])
+        ax.errorbar(x, yv, yerr=err, fmt="o", ms=4, lw=0.7, capsize=0, color=f"C{j}", label=s or "patients")
+    ax.set(xlim=(-2, 102), ylim=(-2, 102), xlabel="true blast equivalents (%)", ylabel="predicted (%)", title=title)
+    ax.legend(loc="upper left", frameon=False, title="dotted / dashed: 5 / 10 points")
+    _save(fig, path)

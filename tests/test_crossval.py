@@ -1,0 +1,138 @@
+"""Cross-validation by patient (``napari-leukemia train --cv K``, ``core.crossval``): folds, resume, the report.
+
+Tiny real runs: 32 px crops of real cells, one epoch, random initialisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_leukemia import cli
+from napari_leukemia.core.blast_count import wilson_interval
+from napari_leukemia.core.crossval import cv_report, patient_folds
+from napari_leukemia.core.datasets import Sample, read_dataset
+
+FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
+
+
+def run(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def patient_table(cell_dataset, tmp_path):
+    """Six patients of two cells each: three with blasts (APL), three with normal cells (AML)."""
+    rows = []
+    for label, stratum, first in (("leukemic", "APL", 0), ("normal", "AML", 3)):
+        files = sorted((cell_dataset / label).iterdir())
+        for k, f in enumerate(files):
+            rows.append({"path": str(f), "label": label, "group": f"p{first + k // 2}", "stratum": stratum})
+    table = tmp_path / "cells.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return table
+
+
+def test_cv_trains_one_model_per_fold_scores_each_patient_once_and_resumes(patient_table, tmp_path):
+    out = tmp_path / "cv"
+    code, stdout, stderr = run("train", patient_table, "--cv", 3, "--out", out, "--epochs", 1, *FAST)
+    assert code == 0, stderr
+    assert "fold 3/3: training" in stdout and "per patient, blast-equivalent %" in stdout
+    report = json.loads((out / "cv.json").read_text())
+    assert report["k"] == 3 and report["n_cells"] == 12 and report["n_patients"] == 6
+    assert [f["fold"] for f in report["per_fold"]] == [0, 1, 2] and all(f["patients"] == 2 for f in report["per_fold"])
+    patients = {r["patient"]: r for r in report["patients"]}
+    assert sorted(patients) == [f"p{i}" for i in range(6)] and all(r["cells"] == 2 for r in patients.values())
+    assert all(patients[f"p{i}"]["true_pct"] == (100 if i < 3 else 0) for i in range(6))
+    for r in patients.values():
+        assert r["interval_low"] <= r["predicted_pct"] <= r["interval_high"]
+        assert r["difference"] == pytest.approx(r["predicted_pct"] - r["true_pct"])
+    assert set(report["targets"]) >= {"roc_auc", "patient_max_abs_error"}
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and len({r["path"] for r in rows}) == 12  # every cell scored once, out of fold
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    fold_of = {g: i for i, f in enumerate(folds) for g in f}
+    assert all(fold_of[r["group"]] == int(r["fold"]) for r in rows)
+    for i in range(3):  # the fold's model never saw its patients
+        run_json = json.loads((out / f"fold_{i}" / "run.json").read_text())
+        assert sum(run_json["cells"]["test"].values()) == 4 and run_json["groups"]["test"] == 2
+    with Image.open(out / "patients.png") as im:
+        assert im.format == "PNG"
+
+    (out / "fold_2" / "predictions.csv").unlink()  # as if killed after training fold 2, before scoring it
+    code, stdout, stderr = run("train", patient_table, "--cv", 3, "--out", out, "--epochs", 1, *FAST)
+    assert code == 0, stderr
+    assert "fold 1/3: done" in stdout and "fold 2/3: done" in stdout and "fold 3/3: scoring" in stdout
+    assert "epoch" not in stdout  # nothing trained again
+    again = json.loads((out / "cv.json").read_text())
+    assert again["pooled"] == report["pooled"] and again["patients"] == report["patients"]
+
+    code, _, stderr = run("train", patient_table, "--cv", 4, "--out", out, "--epochs", 1, *FAST)
+    assert code == 2 and "other data, folds or seed" in stderr
+
+
+def test_cv_refuses_a_dataset_without_patient_ids(cell_dataset, tmp_path):
+    code, _, stderr = run("train", cell_dataset, "--cv", 3, "--out", tmp_path / "cv", "--epochs", 1, *FAST)
+    assert code == 2 and "no patient" in stderr
+    assert not (tmp_path / "cv" / "fold_0").exists()
+
+
+def test_patient_folds_are_disjoint_balanced_by_stratum_and_seeded():
+    samples = [Sample(f"{g}_{c}.jpg", "leukemic" if c == 0 else "normal", f"P{g:02d}", stratum="APL" if g % 3 == 0 else "AML")
+               for g in range(30) for c in range(1 + g % 4)]
+    folds = patient_folds(samples, 5, seed=1)
+    assert sorted(g for f in folds for g in f) == sorted({s.group for s in samples})
+    stratum = {s.group: s.stratum for s in samples}
+    for f in folds:
+        assert Counter(stratum[g] for g in f) == {"APL": 2, "AML": 4}
+    assert folds == patient_folds(samples, 5, seed=1) and folds != patient_folds(samples, 5, seed=2)
+    with pytest.raises(ValueError, match="at least 3 folds"):
+        patient_folds(samples, 2)
+    with pytest.raises(ValueError, match="cannot fill"):
+        patient_folds(samples[:4], 5)
+
+
+def test_cv_report_per_patient_table_and_wilson_interval():
+    rows = [{"fold": 0, "path": f"a{i}", "group": "A", "stratum": "AML", "label": "normal", "detail": "myelocyte",
+             "truth": 0, "p_leukemic": 0.9 if i < 3 else 0.1} for i in range(10)]
+    rows += [{"fold": 1, "path": f"b{i}", "group": "B", "stratum": "APL", "label": "leukemic", "detail": "promyelocyte",
+              "truth": 1, "p_leukemic": 0.8} for i in range(5)]
+    rows = [{k: str(v) for k, v in r.items()} for r in rows]
+    report = cv_report(rows)
+    a, b = report["patients"]
+    assert (a["patient"], a["true_pct"], a["predicted_pct"], a["difference"]) == ("A", 0, 30, 30)
+    assert b["true_pct"] == 100 and b["difference"] == 0
+    assert report["patient_errors"]["max_abs_error"] == 30 and report["patient_errors"]["over_10_points"] == 1
+    assert report["per_detail"]["myelocyte"]["called_leukemic"] == pytest.approx(0.3)
+    assert report["hard_pair"]["n_normal"] == 10 and not report["targets"]["patient_max_abs_error"]["met"]
+    lo, hi = wilson_interval(20, 100)  # a true 20% on 100 cells: about 13-29%
+    assert 0.12 < lo < 0.14 and 0.28 < hi < 0.30
+    assert wilson_interval(0, 34)[0] == 0 and np.isnan(wilson_interval(0, 0)[0])
+
+
+def test_deepapl_binary_target_is_who_blast_equivalents(shared_data):
+    samples = read_dataset(shared_data / "deepapl" / "manifest.csv")
+    with open(shared_data / "deepapl" / "manifest.csv", newline="") as fh:
+        truth = {r["file"]: r for r in csv.DictReader(fh)}
+    root = shared_data / "deepapl"
+    aml_pro = [s for s in samples if s.detail == "promyelocyte" and s.stratum == "AML"]
+    apl_pro = [s for s in samples if s.detail == "promyelocyte" and s.stratum == "APL"]
+    assert aml_pro and apl_pro
+    assert all(s.label == "normal" for s in aml_pro) and all(s.label == "leukemic" for s in apl_pro)
+    assert all((s.label == "leukemic") == (truth[str(s.path.relative_to(root))]["blast_equivalent"] == "1")
+               for s in samples)
+    assert len({s.group for s in samples}) == 94
