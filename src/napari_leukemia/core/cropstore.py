@@ -19,6 +19,8 @@ from .train import CropSet
 
 #: Files cropped per step; progress is reported and a stop request is honoured between steps.
 CROP_CHUNK = 8
+#: Newly cropped files after which the cache file is written again (so a killed run loses at most these).
+CACHE_SAVE_EVERY = 400
 
 
 
@@ -78,7 +80,8 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
         The cellpose model for whole fields (the shipped one when omitted); loaded only if needed.
     cache : path, optional
         A crops file (``.npz``, :mod:`~.cropstore`): files cropped before with the same settings are read from
-        it, the others are cropped and added (also when stopped), so a long cropping is done once.
+        it, the others are cropped and added (every :data:`CACHE_SAVE_EVERY` files and when stopped), so a long
+        cropping is done once.
 
     Returns
     -------
@@ -116,6 +119,17 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
 
         model = load_segmenter(segmenter, device)
     stopped = False
+    saved = len(done)
+
+    def save():  # the whole cache, atomically: a run killed later keeps what was cropped up to here
+        nonlocal saved
+        items = sorted(done.items())
+        ok = [v[1] for _, v in items if v[0] == "ok"]
+        table = {"settings": settings, "files": [k for k, _ in items], "status": [v[0] for _, v in items],
+                 "message": [v[1] if v[0] == "skipped" else "" for _, v in items]}
+        save_crops(cache, np.stack(ok) if ok else np.zeros((0, crop.size, crop.size, 3), np.uint8), table)
+        saved = len(done)
+
     try:
         for start in range(0, len(todo), CROP_CHUNK):
             if should_stop():
@@ -126,14 +140,12 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
                 images, kept, skipped = crops_for([samples[i]], crop, single_cells=single_cells, segment=segment,
                                                   segmenter=model)
                 done[keys[i]] = ("ok", images[0]) if kept else ("skipped", skipped[0])
+            if cache and len(done) - saved >= CACHE_SAVE_EVERY:
+                save()
             yield {"stage": "crop", "done": n_cached + start + len(chunk), "total": len(samples), "cached": n_cached}
     finally:
-        if cache and len(done) > n_cached:
-            items = sorted(done.items())
-            ok = [v[1] for _, v in items if v[0] == "ok"]
-            table = {"settings": settings, "files": [k for k, _ in items], "status": [v[0] for _, v in items],
-                     "message": [v[1] if v[0] == "skipped" else "" for _, v in items]}
-            save_crops(cache, np.stack(ok) if ok else np.zeros((0, crop.size, crop.size, 3), np.uint8), table)
+        if cache and len(done) > saved:
+            save()
     if stopped:
         return None
     out, kept, skipped = [], [], []
