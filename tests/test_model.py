@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,77 @@ def test_refuses_foreign_damaged_and_mismatched_checkpoints(tmp_path, three_clas
     save_file(state, str(tmp_path / "arch.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="architecture 'resnet50'"):
         load_classifier(tmp_path / "arch.safetensors")
+
+
+@pytest.fixture(scope="module")
+def three_class_contents(three_class):
+    """Metadata and weights of the three-class checkpoint, to write broken copies of."""
+    from safetensors import safe_open
+
+    with safe_open(str(three_class[1]), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _crop_with(**changes) -> str:
+    return json.dumps({**CropConfig(size=64).to_dict(), **changes})
+
+
+# (field, its broken metadata string or None to leave it out, what the message says is wrong)
+BROKEN_CLASSIFIER_METADATA = {
+    "hidden negative": ("hidden", "-1", "at least 1, got -1"),
+    "hidden not an integer": ("hidden", "512.5", "must be an integer"),
+    "temperature not JSON": ("temperature", "abc", "not valid JSON"),
+    "temperature zero": ("temperature", "0", "above 0, got 0"),
+    "temperature negative": ("temperature", "-1.5", "above 0, got -1.5"),
+    "temperature NaN": ("temperature", "NaN", "finite number, got nan"),
+    "temperature missing": ("temperature", None, "is missing"),
+    "dropout out of range": ("dropout", "1.5", r"within \[0, 1\)"),
+    "classes a string": ("classes", '"lymphocyte,blast,promyelocyte"', "must be a list of names, got str"),
+    "classes duplicated": ("classes", '["lymphocyte", "blast", "blast"]', r"names \['blast'\] more than once"),
+    "classes empty name": ("classes", '["lymphocyte", "", "promyelocyte"]', "non-empty names"),
+    "classes only one": ("classes", '["blast"]', "at least two classes"),
+    "leukemic not among classes": ("leukemic", '["blast", "myeloblast"]', r"\['myeloblast'\], which are not among"),
+    "leukemic none": ("leukemic", "[]", "some but not all"),
+    "crop size zero": ("crop", _crop_with(size=0), r"\.size' must be at least 1, got 0"),
+    "crop size too small": ("crop", _crop_with(size=8), "out of range: crop size must be at least 16"),
+    "crop std zero": ("crop", _crop_with(std=[0.2, 0.0, 0.2]), r"\.std' must be above 0"),
+    "crop mask not bool": ("crop", _crop_with(mask_outside="no"), r"\.mask_outside' must be true or false"),
+    "crop unknown setting": ("crop", _crop_with(zoom=2), r"unknown settings \['zoom'\]"),
+    "provenance not JSON": ("provenance", '{"note": "test"', "not valid JSON"),
+    "provenance not an object": ("provenance", '["note"]', "must be a JSON object, got list"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CLASSIFIER_METADATA))
+def test_each_broken_classifier_metadata_field_is_refused_by_name(tmp_path, three_class_contents, case):
+    from safetensors.torch import save_file
+
+    field, value, problem = BROKEN_CLASSIFIER_METADATA[case]
+    meta, state = three_class_contents
+    meta = {k: v for k, v in meta.items() if k != field}
+    if value is not None:
+        meta[field] = value
+    save_file(state, str(tmp_path / "broken.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"broken\.safetensors: metadata field '{field}.*{problem}"):
+        load_classifier(tmp_path / "broken.safetensors", "cpu")
+
+
+@pytest.mark.parametrize("fault", ["integer", "nan", "inf"])
+def test_classifier_weights_that_are_not_finite_floats_are_refused(tmp_path, three_class_contents, fault):
+    """A classifier with NaN weights once gave every cell "normal" (empty p_leukemic) and exited 0."""
+    from safetensors.torch import save_file
+
+    meta, state = three_class_contents
+    head = state["head.5.weight"]
+    if fault == "integer":
+        broken = (head * 100).to(torch.int32)
+    else:
+        broken = head.clone()
+        broken[0, 0] = float(fault)
+    save_file({**state, "head.5.weight": broken}, str(tmp_path / "broken.safetensors"), metadata=meta)
+    problem = "torch.int32 values, not floating point" if fault == "integer" else "NaN or infinite values"
+    with pytest.raises(CheckpointError, match=rf"broken\.safetensors: weight 'head\.5\.weight' holds {problem}"):
+        load_classifier(tmp_path / "broken.safetensors", "cpu")
 
 
 def test_imagenet_initialisation_from_a_local_torchvision_state_dict(tmp_path):

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,60 @@ def test_foreign_and_damaged_segmenter_files(tmp_path, segmenter_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="cut.safetensors.*not a readable"):
         load_segmenter(tmp_path / "cut.safetensors", "cpu")
+
+
+@pytest.fixture(scope="module")
+def segmenter_contents(segmenter_path):
+    """Metadata and weights of the shipped segmenter, to write broken copies of."""
+    from safetensors import safe_open
+
+    with safe_open(str(segmenter_path), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+# (field, its broken metadata string or None to leave it out, what the message says is wrong)
+BROKEN_SEGMENTER_METADATA = {
+    "diam_mean missing": ("diam_mean", None, "is missing"),
+    "diam_mean zero": ("diam_mean", "0.0", "above 0, got 0.0"),
+    "diam_mean negative": ("diam_mean", "-20.0", "above 0, got -20.0"),
+    "diam_mean a string": ("diam_mean", '"twenty"', "must be a number, got 'twenty'"),
+    "diam_mean not JSON": ("diam_mean", "twenty", "not valid JSON"),
+    "diam_mean NaN": ("diam_mean", "NaN", "finite number"),
+    "nbase not JSON": ("nbase", "[2, 16, 32", "not valid JSON"),
+    "nbase a string": ("nbase", '"16,32,64,128"', "list of U-Net channel widths"),
+    "nbase not 2 inputs": ("nbase", "[3, 16, 32, 64, 128]", "start with the 2 input channels"),
+    "nbase not integers": ("nbase", "[2, 16.5, 32, 64, 128]", "must be an integer"),
+    "provenance not JSON": ("provenance", '{"trained_on": ', "not valid JSON"),
+    "provenance not an object": ("provenance", "42", "must be a JSON object"),
+    "architecture other": ("architecture", "unet", "must be 'cellpose3-cpnet', got 'unet'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_SEGMENTER_METADATA))
+def test_each_broken_segmenter_metadata_field_is_refused_by_name(tmp_path, segmenter_contents, case):
+    from safetensors.torch import save_file
+
+    field, value, problem = BROKEN_SEGMENTER_METADATA[case]
+    meta, state = segmenter_contents
+    meta = {k: v for k, v in meta.items() if k != field}
+    if value is not None:
+        meta[field] = value
+    save_file(state, str(tmp_path / "broken.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"broken\.safetensors: metadata field '{field}' .*{problem}"):
+        load_segmenter(tmp_path / "broken.safetensors", "cpu")
+
+
+@pytest.mark.parametrize("fault", ["nan", "inf"])
+def test_segmenter_weights_that_are_not_finite_are_refused(tmp_path, segmenter_contents, fault):
+    from safetensors.torch import save_file
+
+    meta, state = segmenter_contents
+    key = next(k for k, v in state.items() if v.ndim > 1)
+    broken = state[key].clone()
+    broken.view(-1)[0] = float(fault)
+    save_file({**state, key: broken}, str(tmp_path / "broken.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"broken\.safetensors: weight '{re.escape(key)}' holds NaN or infinite"):
+        load_segmenter(tmp_path / "broken.safetensors", "cpu")
 
 
 def test_box_matching_counts():

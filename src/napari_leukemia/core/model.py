@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, read_safetensors
+from .checkpoint import CheckpointError, check_weights, classifier_metadata, read_safetensors
 from .config import CropConfig
 
 CLASSIFIER_FORMAT = "napari-leukemia-classifier"
@@ -67,14 +67,15 @@ class ClassifierInfo:
         return {"format": CLASSIFIER_FORMAT, "architecture": ARCHITECTURE, **{k: json.dumps(v) for k, v in d.items()}}
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> "ClassifierInfo":
-        names = [f.name for f in dataclasses.fields(cls)]
-        d = {k: json.loads(meta[k]) for k in names if k in meta}
-        d["crop"] = CropConfig.from_dict(d.get("crop", {}))
-        for k in ("classes", "leukemic"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+    def from_metadata(cls, meta: dict[str, str], path="checkpoint") -> "ClassifierInfo":
+        """Build from :meth:`to_metadata` output, every field checked by :func:`~.checkpoint.classifier_metadata`.
+
+        Raises
+        ------
+        CheckpointError
+            A field missing, not JSON, of another type or out of range, named with ``path``.
+        """
+        return cls(**classifier_metadata(meta, path))
 
 
 def build_densenet201(num_classes: int, hidden: int = 512, dropout: float = 0.5):
@@ -205,7 +206,8 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     Raises
     ------
     CheckpointError
-        Missing, damaged, foreign, or of another architecture or class list than its weights.
+        Missing, damaged, foreign, of another architecture or class list than its weights, with metadata out of
+        :func:`~.checkpoint.classifier_metadata`'s schema, or with weights that are not finite floats.
     """
     from .device import resolve_device
 
@@ -213,10 +215,8 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     meta, state = read_safetensors(path, CLASSIFIER_FORMAT)
     if meta.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE}")
-    try:
-        info = ClassifierInfo.from_metadata(meta)
-    except (ValueError, TypeError, KeyError) as err:
-        raise CheckpointError(f"{path}: damaged classifier metadata ({err})") from err
+    info = ClassifierInfo.from_metadata(meta, path)
+    check_weights(state, path)
     net = build_densenet201(len(info.classes), info.hidden, info.dropout)
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, read_safetensors
+from .checkpoint import SEGMENTER_ARCHITECTURE, CheckpointError, check_weights, read_safetensors, segmenter_metadata
 from .config import SegmentConfig
 from .device import resolve_device
 
@@ -52,7 +52,7 @@ def save_segmenter(net, path, *, provenance: dict | None = None) -> None:
     state = {k: v.detach().to("cpu").half().contiguous() for k, v in net.state_dict().items()}
     meta = {
         "format": SEGMENTER_FORMAT,
-        "architecture": "cellpose3-cpnet",
+        "architecture": SEGMENTER_ARCHITECTURE,
         "diam_mean": str(float(net.diam_mean.item())),
         "nbase": json.dumps([int(n) for n in net.nbase]),
         "provenance": json.dumps(provenance or {}),
@@ -68,23 +68,26 @@ def load_segmenter(path=None, device: str = "auto"):
     Raises
     ------
     CheckpointError
-        If the file is missing, damaged or not a napari-leukemia segmenter.
+        If the file is missing, damaged, not a napari-leukemia segmenter, with metadata out of
+        :func:`~.checkpoint.segmenter_metadata`'s schema or with weights that are not finite floats.
     """
     import torch
 
     path = Path(path) if path else DEFAULT_SEGMENTER
     meta, state = read_safetensors(path, SEGMENTER_FORMAT)
+    settings = segmenter_metadata(meta, path)
+    check_weights(state, path)
     dev = resolve_device(device)
-    model = new_cellpose(float(meta["diam_mean"]), json.loads(meta.get("nbase", "[2, 32, 64, 128, 256]")), dev)
+    model = new_cellpose(settings["diam_mean"], settings["nbase"], dev)
     state = {k: v.float() for k, v in state.items()}
     try:
         model.net.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit a cellpose 3 network ({err})") from err
     model.net.eval()
-    model.diam_mean = float(meta["diam_mean"])
+    model.diam_mean = settings["diam_mean"]
     model.diam_labels = model.diam_mean
-    model.provenance = json.loads(meta.get("provenance", "{}"))
+    model.provenance = settings["provenance"]
     model.path = str(path)
     with torch.no_grad():
         model.net.diam_mean.fill_(model.diam_mean)
