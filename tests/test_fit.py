@@ -215,14 +215,16 @@ def test_a_new_head_learns_another_class_list_on_the_same_features(trained, cell
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(cell_dataset, tmp_path, monkeypatch):
-    printed = cli._print_training_event
+    from napari_leukemia.cli import training
+
+    printed = training.print_training_event
 
     def interrupt_after_first_epoch(event):
         printed(event)
         if event["stage"] == "epoch" and event["epoch"] == 1 and not event["stopped"]:
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C sends; the run ends at its next step
 
-    monkeypatch.setattr(cli, "_print_training_event", interrupt_after_first_epoch)
+    monkeypatch.setattr(training, "print_training_event", interrupt_after_first_epoch)
     handler = signal.getsignal(signal.SIGINT)
     out = tmp_path / "run"
     code, _, stderr = run("train", cell_dataset, "--out", out, "--epochs", 5, *FAST)

@@ -32,6 +32,24 @@ def test_analyze_adds_result_layers_with_features_and_summary(viewer_with_sample
     colour = cells.colormap.map(np.array([cells.features["label"][0]]))[0]
     assert colour[3] > 0  # coloured by class, background transparent
     assert "Leukocytes: " in widget._summary.value and "Research use only" in widget._disclaimer.value
+    assert "95% interval" in widget._summary.value
+
+
+def test_save_results_writes_the_bundle_and_never_replaces_it(viewer_with_sample, qtbot, tmp_path):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+    from napari_leukemia.core.results import OUTPUT_FILES, is_complete
+
+    widget = AnalyzeWidget(viewer_with_sample)
+    widget._device.value, widget._gradcam.value, widget._method.value = "cpu", False, "stain"
+    assert widget.save() is None and not widget._save_button.enabled  # nothing analysed yet
+    _run(widget, qtbot)
+    assert widget.save() is None and "Choose a folder" in widget._status.value
+    widget._save_folder.value = tmp_path
+    target = widget.save()
+    assert target == tmp_path / "smear" and is_complete(target)
+    before = {f: (target / f).read_bytes() for f in OUTPUT_FILES}
+    assert widget.save() is None and "exists" in widget._status.value
+    assert {f: (target / f).read_bytes() for f in OUTPUT_FILES} == before
 
 
 def test_rerun_replaces_only_our_layers_and_keeps_user_edits(viewer_with_sample, qtbot):

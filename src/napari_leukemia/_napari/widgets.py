@@ -45,6 +45,11 @@ class AnalyzeWidget(Container):
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
         self._run_button = PushButton(text="Analyze")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._save_folder = FileEdit(mode="d", label="save to folder", value="",
+                                     tooltip="results go to <folder>/<image name>/: labels.tif, cells.csv, summary.json, "
+                                             "overlay.png (the analysis as computed; corrected calls are saved from "
+                                             "Review cells)")
+        self._save_button = PushButton(text="Save results", enabled=False)
         self._status = Label(value="")
         self._summary = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
@@ -52,11 +57,13 @@ class AnalyzeWidget(Container):
         self._classifier.native.setToolTip("empty: the shipped classifier chosen above")
         self._run_button.changed.connect(self.run)
         self._cancel_button.changed.connect(self.cancel)
+        self._save_button.changed.connect(self.save)
+        self._last = None  # (result, image, name) of the last analysis shown
         self.extend([
             self._image, self._method, self._segmenter, self._shipped, self._classifier, self._diameter,
             self._red_cell, self._device,
-            self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._status, self._summary,
-            self._disclaimer,
+            self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._save_folder,
+            self._save_button, self._status, self._summary, self._disclaimer,
         ])
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
@@ -113,7 +120,7 @@ class AnalyzeWidget(Container):
         worker = create_worker(lambda: (yield from gen), _progress={"total": 4, "desc": f"Analyzing {layer.name}"},
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.yielded.connect(lambda p: setattr(self._status, "value", p.message))
-        worker.returned.connect(lambda result: self._show(result, layer, calls))
+        worker.returned.connect(lambda result: self._show(result, layer, calls, data))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run_button.enabled = False
@@ -129,7 +136,7 @@ class AnalyzeWidget(Container):
             self._status.value = "cancelling..."
 
     # --- worker callbacks (main thread) ---------------------------------------------------------
-    def _show(self, result, layer, calls=None):
+    def _show(self, result, layer, calls=None, image=None):
         """Show a result; ``calls``: the re-classified cells layer's table, whose manual calls are carried over."""
         if calls is not None:
             from dataclasses import replace
@@ -143,6 +150,31 @@ class AnalyzeWidget(Container):
                     translate=tuple(layer.translate)[-2:], scale=tuple(layer.scale)[-2:])
         self._summary.value = format_summary(result.summary)
         self._status.value = result.summary["message"] or "done"
+        self._last = (result, image, layer.name)
+        self._save_button.enabled = image is not None
+
+    def save(self):
+        """Write the last analysis to ``<save folder>/<image name>/`` (:func:`~..core.results.save_result`);
+        existing results there are never replaced. Returns the folder, or None."""
+        from ..core.batch import result_folders
+        from ..core.results import save_result
+
+        folder = str(self._save_folder.value or "").strip()
+        if self._last is None or self._last[1] is None:
+            self._status.value = "Analyze an image first."
+            return None
+        if folder in ("", "."):
+            self._status.value = "Choose a folder to save to."
+            return None
+        result, image, name = self._last
+        target = Path(folder) / result_folders([name])[0]
+        try:
+            save_result(result, target, image)
+        except (OSError, ValueError) as err:  # FileExistsError included: never replaced unasked
+            self._status.value = f"Not saved: {err}" + (" (choose another folder)" if target.exists() else "")
+            return None
+        self._status.value = f"saved to {target}"
+        return target
 
     def _on_error(self, err):
         from napari.utils.notifications import show_error

@@ -66,7 +66,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     Parameters
     ----------
     image : (H, W[, C]) array
-        The smear (RGB, RGBA, grayscale, 8- or 16-bit).
+        The smear (RGB or RGBA, 8- to 16-bit; grayscale is refused: the stain colour is needed).
     segmenter, classifier : path or loaded model, optional
         The shipped models when omitted.
     config : AnalysisConfig

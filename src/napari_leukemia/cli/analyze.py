@@ -1,0 +1,251 @@
+"""``napari-leukemia analyze`` (smear images -> results) and ``evaluate-segmentation`` (a segmenter against boxes)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..core.batch import SUMMARY_CSV
+from ..core.config import DISCLAIMER
+from ..core.results import OUTPUT_FILES
+from ..samples import SAMPLES
+from .common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    IMAGE_SUFFIXES,
+    StopOnInterrupt,
+    UsageError,
+    expand_images,
+    positive_float,
+)
+
+
+def add_commands(sub) -> None:
+    """The ``analyze`` and ``evaluate-segmentation`` sub-commands."""
+    a = sub.add_parser(
+        "analyze",
+        help="segment and classify every leukocyte of smear images",
+        description=(
+            "Segment and classify every leukocyte of each IMAGE. Writes DIR/<stem>/{"
+            + ",".join(OUTPUT_FILES) + "} per image and DIR/summary.csv. " + DISCLAIMER
+        ),
+    )
+    a.add_argument("images", nargs="*", metavar="IMAGE",
+                   help=f"image files, or folders of them ({' '.join(IMAGE_SUFFIXES)}; not recursive)")
+    a.add_argument("--sample", action="append", choices=sorted(SAMPLES), default=[],
+                   help="add a bundled sample smear (may be repeated)")
+    a.add_argument("--out", required=True, metavar="DIR", type=Path, help="output folder")
+    a.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the networks run (default: auto, CUDA when available)")
+    a.add_argument("--no-gradcam", dest="gradcam", action="store_false",
+                   help="skip the Grad-CAM explanation (faster)")
+    a.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
+    a.add_argument("--classifier", metavar="PATH|NAME", help="classifier checkpoint, or a shipped one by name "
+                   "(leukemic: leukaemic vs normal, the default; cell_type: DeepAPL cell types)")
+    a.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
+                   help="segmentation: the trained cellpose model (default) or the stain-based baseline")
+    a.add_argument("--diameter", type=positive_float, metavar="PX",
+                   help="expected leukocyte diameter in pixels (default: estimated from the stain)")
+    a.add_argument("--red-cell-diameter", type=positive_float, metavar="PX",
+                   help="red-cell diameter in pixels, the scale of a cell-type classifier's crops (default: "
+                        "measured on each image)")
+    a.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
+    a.add_argument("--resume", action="store_true",
+                   help="continue a run in DIR: images that summary.csv lists as done (with complete results) are "
+                        "skipped, the others analysed")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_analyze, subparser=a)
+    e = sub.add_parser(
+        "evaluate-segmentation",
+        help="score a segmenter against leukocyte boxes (Pascal VOC)",
+        description="Segment each IMAGE and match its cells to the boxes in VOC_DIR/<stem>.xml (IoU >= --iou). "
+                    "Writes DIR/segmentation_metrics.json: precision, recall, F1, mean box IoU, per image.",
+    )
+    e.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    e.add_argument("--boxes", required=True, type=Path, metavar="VOC_DIR", help="folder of Pascal VOC XML files")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    e.add_argument("--method", choices=("cellpose", "stain"), default="cellpose")
+    e.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
+    e.add_argument("--diameter", type=positive_float, metavar="PX", help="expected leukocyte diameter in pixels")
+    e.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default 0.5)")
+    e.add_argument("--label", default="WBC", help="object name of the boxes (default WBC)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_evaluate_segmentation, subparser=e)
+
+
+def cmd_analyze(args) -> int:
+    """``napari-leukemia analyze``: see :func:`add_commands` and :func:`~..core.batch.analyze_images`."""
+    from ..samples import sample_path
+
+    images = expand_images(args.images) + [sample_path(name) for name in args.sample]
+    if not images:
+        raise UsageError("no images given: pass IMAGE files or folders, or --sample NAME")
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume keeps finished results and --overwrite replaces them: give one")
+    summary_csv = out / SUMMARY_CSV
+    if summary_csv.exists() and not (args.overwrite or args.resume):
+        raise UsageError(f"{summary_csv} exists; pass --resume to continue that run, --overwrite to replace it, "
+                         "or choose another --out")
+    from ..core.batch import check_writable
+
+    try:
+        check_writable(out)  # before the models load and any image is analysed
+    except (FileExistsError, PermissionError) as err:
+        raise UsageError(str(err)) from err
+
+    # heavy imports only now, so that --help stays fast
+    from ..core.config import AnalysisConfig, SegmentConfig
+
+    try:
+        config = AnalysisConfig(device=args.device, gradcam=args.gradcam, red_cell_diameter=args.red_cell_diameter,
+                                segment=SegmentConfig(method=args.method, diameter=args.diameter))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    classifier, segmenter = _load_models(args)
+
+    from tqdm import tqdm
+
+    from ..core.batch import analyze_images
+
+    bar = tqdm(total=len(images), desc="analyze", unit="image", file=sys.stderr, disable=args.quiet)
+    rows, stopped = [], False
+    try:
+        with StopOnInterrupt(what="after the image in progress; finished images are kept") as stop:
+            run = analyze_images(images, out, classifier=classifier, segmenter=segmenter, config=config,
+                                 overwrite=args.overwrite, resume=args.resume, should_stop=stop)
+            while True:
+                try:
+                    event = next(run)
+                except StopIteration as done:
+                    rows, stopped = done.value["rows"], done.value["stopped"]
+                    break
+                row = event["row"]
+                rows.append(row)
+                if row["error"]:
+                    tqdm.write(f"error: {row['error']}", file=sys.stderr)
+                elif event.get("skipped"):
+                    tqdm.write(f"done before: {row['image']}", file=sys.stderr)
+                bar.update(1)
+    except (FileExistsError, PermissionError, ValueError) as err:  # refused before any image was analysed
+        raise UsageError(str(err)) from err
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        bar.close()
+    if stopped:
+        print(f"interrupted: {len(rows)} of {len(images)} images done; {summary_csv} lists them (continue with "
+              "--resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for row in rows:
+        message = _note(out / row["stem"]) if row["status"] == "ok" else ""
+        if message:
+            print(f"note: {message}", file=sys.stderr)
+    print_report(rows, out)
+    return EXIT_FAILED if any(r["status"] != "ok" for r in rows) else EXIT_OK
+
+
+def _note(folder: Path) -> str:
+    """The analysis' own message for an image (e.g. no leukocytes found), from its summary.json."""
+    import json
+
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("message", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def cmd_evaluate_segmentation(args) -> int:
+    """``napari-leukemia evaluate-segmentation``: see :func:`build_parser`."""
+    import functools
+
+    images = expand_images(args.images)
+    target = Path(args.out) / "segmentation_metrics.json"
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    if not Path(args.boxes).is_dir():
+        raise UsageError(f"--boxes {args.boxes} is not a folder")
+    from tqdm import tqdm
+
+    from ..core.boxes import score_segmentation
+    from ..core.checkpoint import CheckpointError
+    from ..core.config import SegmentConfig
+    from ..core.io import write_json
+    from ..core.segment import load_segmenter, segment_leukocytes
+
+    cfg = SegmentConfig(method=args.method, diameter=args.diameter)
+    model = None
+    if args.method == "cellpose":
+        try:
+            model = load_segmenter(args.segmenter, args.device)
+        except (CheckpointError, RuntimeError, ValueError) as err:
+            raise UsageError(f"cannot load the segmenter: {err}") from err
+    bar = tqdm(total=len(images), desc="evaluate", unit="image", file=sys.stderr, disable=args.quiet)
+    report = score_segmentation(images, args.boxes, functools.partial(segment_leukocytes, cfg=cfg, model=model),
+                                iou_threshold=args.iou, name=args.label, progress=lambda _: bar.update())
+    bar.close()
+    report["segmenter"] = "stain-based" if model is None else Path(model.path).name
+    write_json(target, report)
+    for err in report["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    print(f"{report['images']} images, {report['tp'] + report['fn']} boxes: precision {report['precision']:.3f}, "
+          f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}, mean IoU {report['mean_iou']:.3f}; {target}")
+    return EXIT_FAILED if report["errors"] else EXIT_OK
+
+
+def _load_models(args):
+    """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2."""
+    from ..core.checkpoint import CheckpointError
+    from ..core.device import resolve_device
+    from ..core.model import DEFAULT_CLASSIFIER, load_classifier
+    from ..core.segment import DEFAULT_SEGMENTER, load_segmenter
+
+    try:
+        resolve_device(args.device)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+    def load(kind, loader, path, default):
+        try:
+            return loader(path, args.device)
+        except CheckpointError as err:
+            hint = ""
+            if path is None and not Path(default).is_file():
+                hint = f"; the shipped {kind} is missing, pass --{kind} PATH"
+                if kind == "segmenter":
+                    hint += " or --method stain"
+            raise UsageError(f"cannot load the {kind}: {err}{hint}") from err
+
+    classifier = load("classifier", load_classifier, args.classifier, DEFAULT_CLASSIFIER)
+    segmenter = None
+    if args.method == "cellpose":
+        segmenter = load("segmenter", load_segmenter, args.segmenter, DEFAULT_SEGMENTER)
+    elif args.segmenter:
+        print("note: --segmenter is not used with --method stain", file=sys.stderr)
+    return classifier, segmenter
+
+
+def print_report(rows, out: Path) -> None:
+    """The human-readable table of a run, on stdout (rows as written, or as read back from ``summary.csv``)."""
+    from ..core.blast_count import blast_percentage, describe
+
+    width = max([len("image")] + [len(r["stem"]) for r in rows])
+    print(f"{'image':<{width}}  {'leukocytes':>10}  {'blast eq.':>9}  {'%':>6}  95% interval")
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['stem']:<{width}}  {'failed':>10}")
+            continue
+        n, k = int(r["leukocytes"]), int(r["leukemic"])
+        c = blast_percentage(k, n)
+        interval = "" if c["blast_pct"] is None else f"{c['blast_pct_low']:.1f}-{c['blast_pct_high']:.1f}%"
+        pct = "" if c["blast_pct"] is None else f"{c['blast_pct']:.1f}"
+        print(f"{r['stem']:<{width}}  {n:>10}  {k:>9}  {pct:>6}  {interval}{'  (too few cells)' * c['too_few_cells'] * (n > 0)}")
+    n = sum(int(r["leukocytes"]) for r in ok)
+    k = sum(int(r["leukemic"]) for r in ok)
+    print(f"total: {len(ok)} of {len(rows)} images analysed, {n} leukocytes, {k} blast equivalents: "
+          f"{describe(blast_percentage(k, n))}; results in {out}")
+    print(DISCLAIMER)

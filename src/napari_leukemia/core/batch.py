@@ -1,0 +1,200 @@
+"""Many images into one output folder: a result folder per image and ``summary.csv`` kept up to date, resumable.
+
+Research use only: not a diagnostic device.
+
+:func:`analyze_images` analyses images one by one into ``out/<stem>/`` (:func:`~.results.save_result`) and rewrites
+``out/summary.csv`` after every image, so a killed run leaves the summary of every image it finished; run again
+with ``resume`` and the images already done are skipped. Nothing is written outside ``out``: result folders are
+named from the images' names made safe (:func:`result_folders`).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+from .events import Event
+from .results import OUTPUT_FILES, is_complete, remove_partial_files, remove_result, save_result
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction", "blast_pct",
+                   "blast_pct_low", "blast_pct_high", "too_few_cells", "segmenter", "classifier", "seconds", "error")
+#: Folder names a result folder must not take (the run's own files).
+RESERVED = {SUMMARY_CSV.lower(), "summary"}
+
+
+def result_folders(images) -> list[str]:
+    """A safe folder name per image, unique in the output folder.
+
+    The name is the file's stem with characters other than letters, digits, ``.``, ``_``, ``-`` replaced by
+    ``_`` and leading dots dropped (so ``...jpg`` cannot name the parent folder, nor ``.jpg`` a hidden one);
+    empty names become ``image``; the run's own names (``summary.csv``) get ``_image``; later images with a
+    name already taken (any case) get ``_2``, ``_3``, ...
+    """
+    used, names = set(), []
+    for path in images:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).stem).lstrip(".") or "image"
+        if stem.lower() in RESERVED:
+            stem = f"{stem}_image"
+        name, k = stem, 2
+        while name.lower() in used:
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def check_writable(out: Path) -> None:
+    """Check, before any image is analysed, that results can be written in ``out`` (nothing is created here).
+
+    An existing folder is tried with a temporary file; a missing one needs its nearest existing parent to be a
+    folder this process may write in.
+    """
+    import os
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    try:
+        if out.is_dir():
+            with tempfile.TemporaryFile(dir=out):
+                pass
+            return
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"{parent} is not writable")
+    except OSError as err:
+        raise PermissionError(f"cannot write into the output folder {out} ({err.strerror or err})") from err
+
+
+def read_summary(path: Path) -> list[dict]:
+    """The rows of a ``summary.csv`` written before (empty when missing); a damaged one is refused by name."""
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable summary ({err}); move it away or pass --overwrite") from err
+    if rows and not {"image", "stem", "status"} <= set(reader.fieldnames or ()):
+        raise ValueError(f"{path}: not a napari-leukemia summary (columns {reader.fieldnames})")
+    return rows
+
+
+def summary_row(path, stem: str, summary: dict | None, seconds: float, error: str = "") -> dict:
+    """One ``summary.csv`` row: the image's counts and percentage, or its error."""
+    row = dict.fromkeys(SUMMARY_COLUMNS, "")
+    row.update(image=str(path), stem=stem, status="failed" if summary is None else "ok", error=error,
+               seconds=round(seconds, 2))
+    if summary is not None:
+        row.update(leukocytes=summary["leukocytes"], leukemic=summary["leukemic"],
+                   leukemic_fraction=round(float(summary["leukemic_fraction"]), 6),
+                   too_few_cells=int(summary["too_few_cells"]), segmenter=summary["segmenter"],
+                   classifier=summary["classifier"],
+                   **{key: "" if summary[key] is None else round(summary[key], 2)
+                      for key in ("blast_pct", "blast_pct_low", "blast_pct_high")})
+    return row
+
+
+def analyze_images(images, out, *, classifier, segmenter=None, config=None, overwrite: bool = False,
+                   resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
+                   ) -> Generator[Event, None, dict]:
+    """Analyse each image into ``out/<folder>/`` and keep ``out/summary.csv`` up to date.
+
+    Parameters
+    ----------
+    images : list of path
+    out : path
+        The output folder; nothing is written outside it.
+    classifier, segmenter, config
+        As for :func:`~.pipeline.analyze_smear` (loaded models, an :class:`~.config.AnalysisConfig`).
+    overwrite : bool
+        Replace earlier results (an image that fails now loses its earlier results, which would be stale).
+    resume : bool
+        Keep the images that ``summary.csv`` lists as done and whose results are complete; analyse the rest.
+    should_stop : callable
+        Polled between images.
+
+    Yields
+    ------
+    dict
+        ``{"stage": "image", "done", "total", "image", "row"}`` after each image (``row`` is its summary row;
+        ``"skipped": True`` for one done before).
+
+    Returns
+    -------
+    dict
+        ``rows`` (in input order, the images not reached left out) and ``stopped``.
+
+    Raises
+    ------
+    FileExistsError
+        ``summary.csv`` exists and neither ``resume`` nor ``overwrite`` is given.
+    PermissionError
+        ``out`` cannot be written (checked before any image is analysed).
+    """
+    from .config import AnalysisConfig
+    from .io import read_image
+    from .pipeline import analyze_smear
+
+    config = AnalysisConfig() if config is None else config
+    out = Path(out)
+    summary_csv = out / SUMMARY_CSV
+    if summary_csv.exists() and not (resume or overwrite):
+        raise FileExistsError(f"{summary_csv} exists; pass --resume to continue that run, --overwrite to replace it, "
+                              "or choose another --out")
+    check_writable(out)
+    folders = result_folders(images)
+    remove_partial_files(out, [SUMMARY_CSV])
+    for name in folders:
+        remove_partial_files(out / name, OUTPUT_FILES)
+    earlier = {(r["image"], r["stem"]): r for r in read_summary(summary_csv)} if resume else {}
+    rows: list[dict] = []
+    for i, (path, name) in enumerate(zip(images, folders)):
+        if should_stop():
+            return {"rows": rows, "stopped": True}
+        folder = out / name
+        before = earlier.get((str(path), name))
+        if before is not None and before["status"] == "ok" and is_complete(folder):
+            rows.append(before)
+            yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": before,
+                   "skipped": True}
+            continue
+        t0 = time.perf_counter()
+        try:
+            if Path(path).is_dir():
+                raise ValueError(f"{path} is a folder holding no images")
+            image = read_image(path)
+            result = analyze_smear(image, segmenter=segmenter, classifier=classifier, config=config,
+                                   name=Path(path).name)
+            extra = {"image_path": str(Path(path).resolve()), "config": config.to_dict()}
+            save_result(result, folder, image, overwrite=overwrite or resume, extra=extra)
+            row = summary_row(path, name, result.summary, time.perf_counter() - t0)
+        except Exception as err:  # noqa: BLE001 -- one bad image must not stop the others; reported in its row
+            message = str(err)
+            if str(path) not in message and Path(path).name not in message:
+                message = f"{path}: {message}"
+            if not isinstance(err, (ValueError, OSError)):  # ImageError, CheckpointError are ValueErrors
+                message = f"{message} ({type(err).__name__})"
+            if (overwrite or resume) and not isinstance(err, FileExistsError):
+                remove_result(folder)  # results of an earlier run of this image would be stale
+            row = summary_row(path, name, None, time.perf_counter() - t0, error=message)
+        rows.append(row)
+        write_summary(summary_csv, rows)
+        yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": row}
+    write_summary(summary_csv, rows)
+    return {"rows": rows, "stopped": False}
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    """Write ``summary.csv`` atomically."""
+    from .io import write_csv
+
+    write_csv(path, rows, SUMMARY_COLUMNS)
