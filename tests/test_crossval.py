@@ -136,3 +136,14 @@ def test_deepapl_binary_target_is_who_blast_equivalents(shared_data):
     assert all((s.label == "leukemic") == (truth[str(s.path.relative_to(root))]["blast_equivalent"] == "1")
                for s in samples)
     assert len({s.group for s in samples}) == 94
+
+
+def test_pbc_cells_of_another_lab_are_all_normal(shared_data):
+    samples = read_dataset(shared_data / "pbc" / "manifest.csv")
+    assert len(samples) == 2000 and {s.label for s in samples} == {"normal"}
+    assert all(s.path.is_file() for s in samples[::97]) and len({s.group for s in samples}) == 2000
+    assert {"MY", "MMY", "PMY"} <= {s.detail for s in samples} and {s.stratum for s in samples} == {"PBC"}
+    types = read_dataset(shared_data / "pbc" / "manifest.csv", deepapl_labels="cell_class")
+    assert Counter(s.label for s in types)["ig"] == 800
+    with pytest.raises(ValueError, match="erythroblast"):
+        read_dataset(shared_data / "pbc" / "manifest.csv", deepapl_labels="cell_type")

@@ -121,6 +121,8 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
         return [Sample(root / r["file"], label(r), r["patient_id"], r["split"], red_cell_px=DEEPAPL_RED_CELL_PX,
                        stratum=r["diagnosis"], detail=r["cell_class"])
                 for r in rows if r.get("duplicate_in_other_class", "0") != "1"]
+    if columns == {"file", "cell_class", "subclass_code"}:  # PBC (another hospital's normal cells, no donor IDs)
+        return _pbc_samples(source, rows, deepapl_labels)
     if not {"path", "label"} <= columns:
         raise ValueError(f"{source}: needs columns path,label[,group][,split][,margin][,red_cell_px]; has {sorted(columns)}")
     blank = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
@@ -138,6 +140,33 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
                    (r.get("split") or "").strip(), margin=m, red_cell_px=red, stratum=(r.get("stratum") or "").strip(),
                    detail=(r.get("detail") or "").strip())
             for r, m, red in zip(rows, margins, reds)]
+
+
+#: PBC cell classes as DeepAPL cell types (erythroblasts are not leukocytes: no cell type).
+PBC_CELL_TYPES = {"ig": "immature_granulocyte", "neutrophil": "neutrophil", "monocyte": "monocyte",
+                  "eosinophil": "eosinophil", "basophil": "basophil_or_plasma_cell"}
+
+
+def _pbc_samples(source: Path, rows: list[dict], labels: str) -> list[Sample]:
+    """The PBC manifest (healthy donors, CellaVision DM96, MGG): every cell normal, no blast equivalents.
+
+    It has no donor IDs, so each image is its own group (``pbc/<file>``); the stratum is ``PBC`` and the detail the
+    subclass (MY, MMY, PMY, ...). ``binary`` labels every cell ``normal``; ``cell_class`` keeps PBC's classes;
+    ``cell_type`` maps them with :data:`PBC_CELL_TYPES` and refuses erythroblasts.
+    """
+    if labels not in DEEPAPL_LABELS:
+        raise ValueError(f"labels must be one of {DEEPAPL_LABELS}, got {labels!r}")
+    if labels == "cell_type" and any(r["cell_class"] not in PBC_CELL_TYPES for r in rows):
+        raise ValueError(f"{source}: PBC classes {sorted({r['cell_class'] for r in rows} - set(PBC_CELL_TYPES))} have "
+                         "no cell type; use --labels binary or cell_class")
+
+    def label(r):
+        if labels == "binary":
+            return "normal"
+        return r["cell_class"] if labels == "cell_class" else PBC_CELL_TYPES[r["cell_class"]]
+
+    return [Sample(source.parent / r["file"], label(r), f"pbc/{r['file']}", stratum="PBC",
+                   detail=r["subclass_code"] or r["cell_class"]) for r in rows]
 
 
 def _number(text: str) -> float:

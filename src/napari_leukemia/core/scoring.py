@@ -74,6 +74,12 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
     report["per_label"] = {lab: {"n": int(m.sum()), "called_leukemic": float(called[m].mean()),
                                  "mean_p_leukemic": float(p[m].mean())}
                            for lab in sorted(set(labels)) for m in [labels == lab]}
+    details = np.array([s.detail or s.label for s in samples])
+    if any(s.detail for s in samples):  # e.g. the cell classes behind binary labels
+        report["per_detail"] = {d: {"n": int(m.sum()), "truth_leukemic": float(y[m].mean()),
+                                    "called_leukemic": float(called[m].mean()), "mean_p_leukemic": float(p[m].mean())}
+                                for d in sorted(set(details)) for m in [details == d]}
+
     def auc_against(normal_labels) -> float:  # the leukaemic cells against the cells of these normal labels
         m = (y == 1) | np.isin(labels, normal_labels)
         return binary_metrics(y[m], p[m])["roc_auc"]
