@@ -6,12 +6,13 @@ import threading
 from pathlib import Path
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from ..core.config import DISCLAIMER, TrainConfig
 from ..core.fine_tune import FINE_TUNE_LR
 from . import avoid_llvm_clash, register
 from .widgets import analyze_widgets
+from .worker_widget import WorkerWidget
 
 #: The dataset kind of cells corrected in the viewer (the Review panel's ``dataset.csv``): fine-tuning.
 CORRECTIONS = "cells corrected in the viewer (dataset.csv)"
@@ -21,7 +22,7 @@ DATASET_KINDS = {"class folders": "d", "CSV table / DeepAPL manifest": "r", CORR
 COMMAND = "napari-leukemia Train classifier widget"
 
 
-class TrainWidget(Container):
+class TrainWidget(WorkerWidget):
     """Train classifier: a DenseNet201 on a dataset, with live loss and accuracy curves.
 
     Training runs in a worker thread with a napari progress bar. **Stop** ends it at the next step and keeps
@@ -35,10 +36,8 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__(viewer, labels=True)
         d = TrainConfig()
-        self._viewer = viewer
-        self._worker = None
         self._stop = threading.Event()
         self._pbar = None
         self._history: list[dict] = []
@@ -177,13 +176,8 @@ class TrainWidget(Container):
         worker = create_worker(lambda: (yield from gen), _connect={"errored": self._on_error}, _start_thread=False)
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_done)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self._pbar = progress(total=0, desc="Training: preparing")
-        self._set_running(True)
-        self._status.value = "resuming" if resume else "starting"
-        worker.start()
-        return worker
+        return self._start(worker, "resuming" if resume else "starting")
 
     def stop(self):
         """End training at the next step; ``last.safetensors`` is kept and Resume continues it."""
@@ -237,11 +231,10 @@ class TrainWidget(Container):
         show_error(f"napari-leukemia: {err}{hint}")
 
     def _on_finished(self):
-        self._worker = None
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        self._set_running(False)
+        super()._on_finished()
         _release_memory()
 
     # --- helpers --------------------------------------------------------------------------------

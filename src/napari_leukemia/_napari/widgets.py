@@ -4,11 +4,12 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
 from ..core.config import DISCLAIMER
 from . import avoid_llvm_clash, docked, register
 from .layers import META_KEY, our_layers, show_result
+from .worker_widget import WorkerWidget
 
 
 def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
@@ -16,16 +17,14 @@ def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
     return docked(viewer, AnalyzeWidget)
 
 
-class AnalyzeWidget(Container):
+class AnalyzeWidget(WorkerWidget):
     """Analyze smear: segment, classify and explain every leukocyte of an image layer.
 
     Runs in a worker thread with a napari progress bar; Cancel stops it at the next step.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        self._viewer = viewer
-        self._worker = None
+        super().__init__(viewer, labels=True)
         self._image = create_widget(annotation=napari.layers.Image, label="image")
         self._method = ComboBox(choices=["cellpose", "stain"], value="cellpose", label="segmenter")
         self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
@@ -121,13 +120,7 @@ class AnalyzeWidget(Container):
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.yielded.connect(lambda p: setattr(self._status, "value", p.message))
         worker.returned.connect(lambda result: self._show(result, layer, calls, data))
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._run_button.enabled = False
-        self._cancel_button.enabled = True
-        self._status.value = "starting"
-        worker.start()
-        return worker
+        return self._start(worker, "starting")
 
     def cancel(self):
         """Ask the running analysis to stop at its next step; nothing is added to the viewer."""
@@ -176,18 +169,14 @@ class AnalyzeWidget(Container):
         self._status.value = f"saved to {target}"
         return target
 
-    def _on_error(self, err):
-        from napari.utils.notifications import show_error
-
-        self._status.value = f"Error: {err}"
-        show_error(f"napari-leukemia: {err}")
+    def _set_running(self, running: bool):
+        self._run_button.enabled = not running
+        self._cancel_button.enabled = running
 
     def _on_finished(self):
         if self._worker is not None and self._worker.abort_requested:
             self._status.value = "cancelled: nothing was changed"
-        self._worker = None
-        self._run_button.enabled = True
-        self._cancel_button.enabled = False
+        super()._on_finished()
 
 
 def format_summary(summary: dict) -> str:
