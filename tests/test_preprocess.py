@@ -97,3 +97,35 @@ def test_fixed_window_measures_red_cells_or_says_it_cannot(deepapl_image):
         crop_cells(blank, labels, CropConfig(size=32, window=3.0))
     with pytest.raises(ValueError, match="window"):
         CropConfig(window=0.5)
+
+
+def test_large_label_ids_with_gaps_keep_their_ids(deepapl_image):
+    from skimage.segmentation import relabel_sequential
+
+    labels = np.zeros(deepapl_image.shape[:2], np.int64)
+    labels[20:60, 30:90], labels[100:150, 100:130], labels[200:260, 40:80] = 7, 2**31 - 1, 70_000
+    crops = crop_cells(deepapl_image, labels, CropConfig(size=32, mask_outside=True))
+    assert list(crops.labels) == [7, 70_000, 2**31 - 1]
+    again = crop_cells(deepapl_image, relabel_sequential(labels)[0].astype(np.int32), CropConfig(size=32, mask_outside=True))
+    assert np.array_equal(crops.images, again.images) and np.array_equal(crops.windows, again.windows)
+    assert list(crop_cells(deepapl_image, labels, CropConfig(size=32), ids=[2**31 - 1]).labels) == [2**31 - 1]
+
+
+@pytest.mark.parametrize("dtype, big", [(np.int64, 2**31), (np.int64, 2**40), (np.uint32, 2**32 - 1), (np.uint64, 2**63 + 5)])
+def test_label_ids_beyond_int32_are_refused_not_wrapped(deepapl_image, dtype, big):
+    labels = np.zeros(deepapl_image.shape[:2], dtype)
+    labels[20:60, 30:90] = 1
+    labels[100:150, 100:130] = big
+    with pytest.raises(ValueError, match=f"cell id {big} exceeds 2147483647.*relabel_sequential"):
+        crop_cells(deepapl_image, labels, CropConfig(size=32))
+
+
+def test_negative_or_float_labels_and_ids_are_refused(deepapl_image):
+    labels = np.zeros(deepapl_image.shape[:2], np.int32)
+    labels[:5, :5] = -3
+    with pytest.raises(ValueError, match="must not be negative, got -3"):
+        crop_cells(deepapl_image, labels)
+    with pytest.raises(ValueError, match="must be integers, got float64"):
+        crop_cells(deepapl_image, labels.astype(float))
+    with pytest.raises(ValueError, match="cell ids must be integers"):
+        crop_cells(deepapl_image, np.abs(labels), ids=[3.0])

@@ -249,3 +249,70 @@ def test_dilation_by_distance_transform_matches_a_disk():
     mask = np.random.default_rng(0).random((60, 70)) > 0.97
     for radius in (1, 4, 9):
         assert (_dilate(mask, radius) == ndi.binary_dilation(mask, _disk(radius))).all()
+
+
+@pytest.mark.parametrize("method", ["cellpose", "stain"])
+def test_tiny_diameter_is_refused_before_any_work(bccd_image, method):
+    from napari_leukemia.core.segment import MIN_DIAMETER
+
+    assert MIN_DIAMETER == 8
+    with pytest.raises(ValueError, match="leukocyte diameter 1 px is under the minimum of 8 px"):
+        segment_leukocytes(bccd_image, SegmentConfig(method=method, diameter=1))
+    with pytest.raises(ValueError, match="diameter 7.5 px is under the minimum"):
+        segment_leukocytes(np.zeros((3000, 3000, 3), np.uint8), SegmentConfig(method=method, diameter=7.5))  # tiled
+
+
+def test_cellpose_field_is_bounded_in_pixels(segmenter_path):
+    from napari_leukemia.core.segment import MAX_CELLPOSE_PIXELS, _cellpose_at
+
+    model = load_segmenter(segmenter_path, "cpu")
+    side = int(np.sqrt(MAX_CELLPOSE_PIXELS) / 2.5) + 8  # at 8 px the shipped model (20 px) enlarges 2.5x
+    with pytest.raises(ValueError, match=r"enlarged 2\.5x .* over 64 million pixels: give a larger leukocyte diameter"):
+        _cellpose_at(np.zeros((side, side, 2), np.float32), 8.0, SegmentConfig(), model)
+
+
+def test_loading_and_running_the_segmenter_prints_no_library_warning():
+    """A fresh interpreter (torch warns once per process) with every warning shown."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from napari_leukemia.core.config import SegmentConfig\n"
+        "from napari_leukemia.core.segment import load_segmenter, segment_leukocytes\n"
+        "from napari_leukemia.samples import load_sample\n"
+        "model = load_segmenter(None, 'cpu')\n"
+        "labels = segment_leukocytes(np.ascontiguousarray(load_sample('bccd')[:240, 60:320]), SegmentConfig(diameter=180), "
+        "model=model)\n"
+        "print('cells', labels.max())\n"
+    )
+    run = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("cells ")
+    assert "Warning" not in run.stderr, run.stderr
+
+
+def test_voc_boxes_match_the_label_in_any_case_and_name_bad_objects(tmp_path):
+    from napari_leukemia.core.boxes import read_voc_boxes
+
+    def voc(body: str):
+        path = tmp_path / "f.xml"
+        path.write_text(f"<annotation><object><name>RBC</name></object><object><name>WBC</name>{body}</object></annotation>")
+        return path
+
+    good = voc("<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40.5</ymax></bndbox>")
+    assert read_voc_boxes(good, "wbc").tolist() == [[2, 1, 40.5, 30]]  # the RBC object's missing box does not matter
+    assert read_voc_boxes(good, "Platelets").shape == (0, 4)
+    cases = {
+        "": "object 2 \\(WBC\\) has no <bndbox>",
+        "<bndbox><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>": "object 2 \\(WBC\\) has no <xmin>",
+        "<bndbox><xmin>a</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>": "<xmin> is not a number: 'a'",
+        "<bndbox><xmin>1</xmin><ymin>nan</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>": "<ymin> is not a number",
+        "<bndbox><xmin>50</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>": "maximum lies before its minimum",
+    }
+    for body, message in cases.items():
+        with pytest.raises(ValueError, match=f"f.xml: .*{message}"):
+            read_voc_boxes(voc(body), "WBC")
+    (tmp_path / "g.xml").write_text("<annotation><object>")
+    with pytest.raises(ValueError, match="g.xml: not a readable Pascal VOC file"):
+        read_voc_boxes(tmp_path / "g.xml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -67,9 +68,10 @@ def add_commands(sub) -> None:
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     e.add_argument("--method", choices=("cellpose", "stain"), default="cellpose")
     e.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
-    e.add_argument("--diameter", type=positive_float, metavar="PX", help="expected leukocyte diameter in pixels")
-    e.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default 0.5)")
-    e.add_argument("--label", default="WBC", help="object name of the boxes (default WBC)")
+    e.add_argument("--diameter", type=diameter_px, metavar="PX",
+                   help="expected leukocyte diameter in pixels (at least 8; default: estimated from the stain)")
+    e.add_argument("--iou", type=iou_fraction, default=0.5, help="IoU for a match, in (0, 1] (default 0.5)")
+    e.add_argument("--label", default="WBC", help="object name of the boxes, in any letter case (default WBC)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -170,12 +172,16 @@ def cmd_evaluate_segmentation(args) -> int:
         raise UsageError(f"--boxes {args.boxes} is not a folder")
     from tqdm import tqdm
 
-    from ..core.boxes import score_segmentation
+    from ..core.boxes import check_voc_label, score_segmentation
     from ..core.checkpoint import CheckpointError
     from ..core.config import SegmentConfig
     from ..core.io import write_json
     from ..core.segment import load_segmenter, segment_leukocytes
 
+    try:
+        check_voc_label(images, args.boxes, args.label)  # before the segmenter loads
+    except ValueError as err:
+        raise UsageError(f"--label {args.label}: {err}") from err
     cfg = SegmentConfig(method=args.method, diameter=args.diameter)
     model = None
     if args.method == "cellpose":
@@ -194,6 +200,26 @@ def cmd_evaluate_segmentation(args) -> int:
     print(f"{report['images']} images, {report['tp'] + report['fn']} boxes: precision {report['precision']:.3f}, "
           f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}, mean IoU {report['mean_iou']:.3f}; {target}")
     return EXIT_FAILED if report["errors"] else EXIT_OK
+
+
+def diameter_px(text: str) -> float:
+    """``--diameter``: a number of pixels, at least :data:`~..core.segment.MIN_DIAMETER` (argparse type)."""
+    from ..core.segment import MIN_DIAMETER
+
+    value = positive_float(text)
+    if value < MIN_DIAMETER:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_DIAMETER:g} px, got {text!r} (cellpose enlarges the image by its training "
+            "diameter over this one: for tinier cells, without bound until memory runs out)")
+    return value
+
+
+def iou_fraction(text: str) -> float:
+    """``--iou``: a number in (0, 1] (argparse type)."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (an intersection over union), got {text!r}")
+    return value
 
 
 def _load_models(args):

@@ -3,31 +3,85 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 
+def _voc_objects(path) -> list:
+    """The ``<object>`` elements of a Pascal VOC file; ``ValueError`` naming the file when it is not readable XML."""
+    try:
+        return list(ET.parse(path).getroot().iter("object"))
+    except (ET.ParseError, OSError) as err:
+        raise ValueError(f"{path}: not a readable Pascal VOC file ({err})") from err
+
+
+def _object_name(obj) -> str:
+    return (obj.findtext("name") or "").strip()
+
+
 def read_voc_boxes(path, name: str = "WBC") -> np.ndarray:
-    """Boxes of class ``name`` in a Pascal VOC XML file.
+    """Boxes of class ``name`` (matched case-insensitively) in a Pascal VOC XML file.
 
     Returns
     -------
     (N, 4) ndarray of float
         ``ymin, xmin, ymax, xmax`` in pixels (napari's row/column order).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is not readable XML or an object of class ``name`` lacks ``<bndbox>`` or one
+        of its coordinates, or has one that is not a finite number, or a maximum under its minimum.
     """
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as err:
-        raise ValueError(f"{path}: not a readable Pascal VOC file ({err})") from err
     boxes = []
-    for obj in root.iter("object"):
-        if (obj.findtext("name") or "").strip() != name:
+    for i, obj in enumerate(_voc_objects(path), start=1):
+        if _object_name(obj).lower() != name.strip().lower():
             continue
+        where = f"{path}: object {i} ({_object_name(obj)})"
         b = obj.find("bndbox")
-        x0, y0, x1, y1 = (float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if b is None:
+            raise ValueError(f"{where} has no <bndbox>")
+        coords = []
+        for key in ("xmin", "ymin", "xmax", "ymax"):
+            text = b.findtext(key)
+            if text is None:
+                raise ValueError(f"{where} has no <{key}> in its <bndbox>")
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not np.isfinite(value):
+                raise ValueError(f"{where}: <{key}> is not a number: {text.strip()!r}")
+            coords.append(value)
+        x0, y0, x1, y1 = coords
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"{where}: the box's maximum lies before its minimum ({x0:g}, {y0:g}, {x1:g}, {y1:g})")
         boxes.append((y0, x0, y1, x1))
     return np.asarray(boxes, float).reshape(-1, 4)
+
+
+def check_voc_label(image_paths, voc_dir, name: str) -> None:
+    """Refuse a box class that no VOC file of ``image_paths`` holds (in any letter case).
+
+    Nothing is refused when none of the files can be read: each is then reported on its own when scored.
+
+    Raises
+    ------
+    ValueError
+        Naming the class, the folder and the classes the files do hold.
+    """
+    counts, readable = Counter(), False
+    for path in image_paths:
+        try:
+            counts.update(_object_name(obj) for obj in _voc_objects(voc_path_for(path, voc_dir)))
+            readable = True
+        except ValueError:
+            continue
+    if readable and not any(k.lower() == name.strip().lower() for k in counts):
+        held = ", ".join(f"{k or '(unnamed)'} ({n})" for k, n in sorted(counts.items())) or "none (no objects)"
+        raise ValueError(f"no box labelled {name!r} in the VOC files of {voc_dir}; the labels they hold: {held}")
 
 
 def label_boxes(labels: np.ndarray) -> np.ndarray:
@@ -101,34 +155,49 @@ def score_segmentation(image_paths, voc_dir, segment, *, iou_threshold: float = 
         Images; each needs ``<stem>.xml`` (Pascal VOC) in ``voc_dir``.
     segment : callable
         ``segment(image) -> labels`` (e.g. a partial of :func:`~.segment.segment_leukocytes`).
+    iou_threshold : float
+        In (0, 1]: the IoU at which a cell matches a box.
+    name : str
+        Class of the boxes (letter case aside).
     progress : callable, optional
-        Called with each image path after it is scored.
+        Called with each image path after it is scored (or found unreadable).
 
     Returns
     -------
     dict
         :func:`detection_summary` plus ``seconds_per_megapixel``, ``per_image`` rows and ``errors``
-        (images that could not be read, by name, with the reason).
+        (images or VOC files that could not be read or segmented, by name, with the reason).
+
+    Raises
+    ------
+    ValueError
+        When ``iou_threshold`` is outside (0, 1], or no readable VOC file holds a box of class ``name``
+        (:func:`check_voc_label`); before anything is segmented.
     """
     import time
 
     from .io import ImageError, read_image
 
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"the IoU threshold must lie in (0, 1], got {iou_threshold}")
+    check_voc_label(image_paths, voc_dir, name)
     matches, rows, errors, seconds, pixels = [], [], [], 0.0, 0
     for path in image_paths:
         try:
-            image = read_image(path)
             truth = read_voc_boxes(voc_path_for(path, voc_dir), name)
+            image = read_image(path)
+            t0 = time.perf_counter()
+            labels = segment(image)
+            seconds += time.perf_counter() - t0
         except (ImageError, ValueError, OSError) as err:
-            errors.append(str(err))
+            errors.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+            if progress:
+                progress(path)
             continue
-        t0 = time.perf_counter()
-        labels = segment(image)
-        seconds += time.perf_counter() - t0
         pixels += image.shape[0] * image.shape[1]
         m = match_boxes(label_boxes(labels), truth, iou_threshold)
         matches.append(m)
-        rows.append({"image": str(path), "cells": int(labels.max()), "boxes": len(truth),
+        rows.append({"image": str(path), "cells": len(np.unique(labels[labels > 0])), "boxes": len(truth),
                      "tp": m["tp"], "fp": m["fp"], "fn": m["fn"]})
         if progress:
             progress(path)

@@ -21,12 +21,22 @@ def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int
 
     Parameters
     ----------
+    batch_size : int
+        Crops per forward pass, at least 1.
     fast : bool
         channels_last memory and fp16 autocast on CUDA, bf16 on CPUs with native bf16; predictions match fp32 (see tests).
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
+
+    Raises
+    ------
+    ValueError
+        When ``batch_size`` is not a whole number of at least 1.
     """
     import torch
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
 
     net = classifier.net
     device = _device_of(net)

@@ -8,6 +8,41 @@ import numpy as np
 
 from .config import CropConfig
 
+#: Largest cell label id: label images are analysed and stored (``labels.tif``) as int32.
+MAX_LABEL = int(np.iinfo(np.int32).max)
+
+
+def label_ids(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """The cell ids of a label image (ascending, 0 left out), checked: never wrapped or cut to fit.
+
+    Parameters
+    ----------
+    labels : (H, W) array of int
+        Any integer dtype; ids may have gaps.
+    name : str
+        Named in errors.
+
+    Returns
+    -------
+    (N,) ndarray of int64
+
+    Raises
+    ------
+    ValueError
+        When the labels are not integers, are negative, or an id exceeds :data:`MAX_LABEL` (renumber the
+        cells 1..N first, e.g. with ``skimage.segmentation.relabel_sequential``, keeping its map).
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got {labels.dtype}")
+    ids = np.unique(labels)
+    if len(ids) and ids[0] < 0:
+        raise ValueError(f"{name} must not be negative, got {ids[0]}")
+    if len(ids) and ids[-1] > MAX_LABEL:
+        raise ValueError(f"{name}: cell id {ids[-1]} exceeds {MAX_LABEL} (2**31 - 1), the largest that labels.tif and "
+                         "the cell table hold; renumber the cells 1..N first (skimage.segmentation.relabel_sequential)")
+    return ids[ids > 0].astype(np.int64)
+
 
 @dataclass
 class CellCrops:
@@ -41,7 +76,7 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
     ----------
     image : (H, W, 3) ndarray of uint8
     labels : (H, W) ndarray of int
-        Cell label image (0 = background).
+        Cell label image (0 = background); ids up to :data:`MAX_LABEL`, gaps allowed.
     cfg : CropConfig
         Crop size, margin and masking; stored in every classifier checkpoint.
     ids : sequence of int, optional
@@ -53,27 +88,38 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
     Returns
     -------
     CellCrops
+
+    Raises
+    ------
+    ValueError
+        When the labels do not match the image, are refused by :func:`label_ids`, or lack a cell of ``ids``.
     """
     import cv2
     from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
 
+    labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
         raise ValueError(f"labels shape {labels.shape} does not match image shape {image.shape[:2]}")
-    all_ids = np.unique(labels)
-    all_ids = all_ids[all_ids > 0]
-    ids = all_ids if ids is None else np.asarray(ids, int)
+    all_ids = label_ids(labels)
+    ids = all_ids if ids is None else np.asarray(ids)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"cell ids must be integers, got {ids.dtype}")
+    ids = ids.astype(np.int64).reshape(-1)
+    where = np.searchsorted(all_ids, ids)  # the cells' places among all ids: their slice in the renumbered labels
+    for cell, k in zip(ids, where):
+        if k == len(all_ids) or all_ids[k] != cell:
+            raise ValueError(f"label {cell} is not in the label image")
     fixed_half = None
     if cfg.window and len(ids):
         red_cell_px = red_cell_px or measure_red_cells(image)
         fixed_half = max(1, int(round(cfg.window * red_cell_px / 2)))
-    slices = ndi.find_objects(labels.astype(np.int32, copy=False), max_label=int(ids.max()) if len(ids) else 0)
+    slices = ndi.find_objects(relabel_sequential(labels)[0].astype(np.int32)) if len(ids) else []
     out = np.empty((len(ids), cfg.size, cfg.size, 3), np.uint8)
     windows = np.empty((len(ids), 4), int)
     fill = np.median(image.reshape(-1, 3), axis=0)
-    for i, cell in enumerate(ids):
-        sl = slices[cell - 1]
-        if sl is None:
-            raise ValueError(f"label {cell} is not in the label image")
+    for i, (cell, k) in enumerate(zip(ids, where)):
+        sl = slices[k]
         (r0, r1), (c0, c1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
         side = max(r1 - r0, c1 - c0)
         half = fixed_half or int(round(side * (0.5 + cfg.margin)))
@@ -82,7 +128,7 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, cfg: CropConfig = CropConf
         windows[i] = w
         patch = _window(image, w, fill)
         if cfg.mask_outside:
-            inside = _window(labels == cell, w, 0).astype(np.uint8)
+            inside = (_window(labels, w, 0) == cell).astype(np.uint8)
             grow = max(1, int(side * cfg.margin))
             inside = cv2.dilate(inside, np.ones((3, 3), np.uint8), iterations=grow).astype(bool)
             patch[~inside] = fill.astype(np.uint8)

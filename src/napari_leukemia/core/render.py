@@ -65,7 +65,7 @@ def overlay(image, labels, cells, classes, leukemic, *, thickness: int = 3) -> n
     image : (H, W[, C]) array
         The smear (anything :func:`napari_leukemia.core.io.as_rgb8` accepts).
     labels : (H, W) int array
-        Cells 1..N, 0 background.
+        Cells (ids up to :data:`~.preprocess.MAX_LABEL`, gaps allowed), 0 background.
     cells : pandas.DataFrame
         The per-cell table (:func:`napari_leukemia.core.pipeline.cell_table`): ``label`` and
         ``predicted_class``. Labels without a row are outlined in the ``"excluded"`` gray.
@@ -77,26 +77,34 @@ def overlay(image, labels, cells, classes, leukemic, *, thickness: int = 3) -> n
     Returns
     -------
     (H, W, 3) ndarray of uint8
+
+    Raises
+    ------
+    ValueError
+        When the labels do not match the image or are refused by :func:`~.preprocess.label_ids`.
     """
     from skimage.morphology import dilation
-    from skimage.segmentation import find_boundaries
+    from skimage.segmentation import find_boundaries, relabel_sequential
 
     from .io import as_rgb8
+    from .preprocess import label_ids
 
     out = as_rgb8(image).copy()
     labels = np.asarray(labels)
     if labels.shape != out.shape[:2]:
         raise ValueError(f"labels of shape {labels.shape} do not match the image's {out.shape[:2]}")
-    labels = labels.astype(np.int64, copy=False)
-    if not labels.size or labels.max() <= 0:
+    present = label_ids(labels)
+    if not len(present):
         return out
+    labels = relabel_sequential(labels)[0].astype(np.int32)  # cell present[k] is k + 1: small tables for any ids
     colors = class_colors(classes, leukemic)
     index = {name: i for i, name in enumerate(colors)}
     palette = np.array([rgba[:3] for rgba in colors.values()]) * 255
-    lut = np.full(int(labels.max()) + 1, index[EXCLUDED], np.int64)
+    lut = np.full(len(present) + 1, index[EXCLUDED], np.int64)
     ids = np.asarray(cells["label"], np.int64)
-    keep = (ids > 0) & (ids < len(lut))
-    lut[ids[keep]] = [index.get(str(c), index[EXCLUDED]) for c in np.asarray(cells["predicted_class"], object)[keep]]
+    at = np.minimum(np.searchsorted(present, ids), len(present) - 1)
+    keep = present[at] == ids
+    lut[at[keep] + 1] = [index.get(str(c), index[EXCLUDED]) for c in np.asarray(cells["predicted_class"], object)[keep]]
     edges = np.where(find_boundaries(labels, mode="inner"), labels, 0)
     if thickness > 1:  # the largest label wins where outlines of touching cells meet
         edges = dilation(edges, np.ones((thickness, thickness), bool))

@@ -5,6 +5,7 @@ This is the only module that imports cellpose.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -18,6 +19,14 @@ from .config import SegmentConfig
 from .device import resolve_device
 
 SEGMENTER_FORMAT = "napari-leukemia-segmenter"
+#: Smallest leukocyte diameter (pixels) either segmenter accepts, given or estimated. Cellpose sees each field
+#: resized so its leukocytes match the model's training diameter (20 px for the shipped model): at 8 px that
+#: enlarges a field (at most a ``tile_size`` tile with its margins) 2.5x, and memory stays bounded; tinier
+#: cells would enlarge it without limit (20x at 1 px), and are too small to outline anyway.
+MIN_DIAMETER = 8.0
+#: Most pixels cellpose sees in one resized field: 2.4 times what the shipped model sees at ``MIN_DIAMETER``
+#: in a 2048 px tile, so that a model trained at up to 30 px fits too; beyond it, :func:`_cellpose_at` refuses.
+MAX_CELLPOSE_PIXELS = 64_000_000
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "leukocyte_cellpose.safetensors"
 
 
@@ -41,6 +50,36 @@ def cellpose_input(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarr
     density = 100.0 - lab[..., 0]
     nuclear = np.clip(-lab[..., 2], 0, None)
     return np.stack([density, nuclear], axis=-1).astype(np.float32)
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Silence, within the block only, the known notices of cellpose and torch that are no fault of ours.
+
+    Torch's ``torch.jit.script_method is deprecated`` FutureWarning, raised where cellpose first runs a
+    network on the CPU (torch then defines its mkldnn layers), and torch's sparse-tensor notice.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+        yield
+
+
+def check_diameter(diameter: float, estimated: bool = False) -> None:
+    """Refuse a leukocyte diameter under :data:`MIN_DIAMETER` with a message saying why.
+
+    Raises
+    ------
+    ValueError
+    """
+    if diameter >= MIN_DIAMETER:
+        return
+    if estimated:
+        raise ValueError(f"the stain suggests leukocytes {diameter:.1f} px across, under the minimum of "
+                         f"{MIN_DIAMETER:g} px: the image's resolution is too low to segment them (give the "
+                         "diameter if the estimate is wrong)")
+    raise ValueError(f"leukocyte diameter {diameter:g} px is under the minimum of {MIN_DIAMETER:g} px (cellpose "
+                     "would enlarge the image beyond what memory holds)")
 
 
 def save_segmenter(net, path, *, provenance: dict | None = None) -> None:
@@ -97,8 +136,10 @@ def load_segmenter(path=None, device: str = "auto"):
 def new_cellpose(diam_mean: float, nbase, device):
     """An untrained cellpose 3 model whose U-Net has channel widths ``nbase`` (``[2, ...]``)."""
     import torch
-    from cellpose import models
-    from cellpose.resnet_torch import CPnet
+
+    with quiet_third_party():
+        from cellpose import models
+        from cellpose.resnet_torch import CPnet
 
     model = models.CellposeModel(pretrained_model=False, diam_mean=diam_mean, device=device, gpu=device.type == "cuda")
     if list(nbase) != list(model.nbase):
@@ -138,6 +179,12 @@ def segment_leukocytes(
     -------
     labels : (H, W) ndarray of int32
         0 is background, 1..N the leukocytes, numbered without gaps.
+
+    Raises
+    ------
+    ValueError
+        When the diameter, given or estimated, is under :data:`MIN_DIAMETER` (:func:`check_diameter`), or
+        cellpose would see a field of over :data:`MAX_CELLPOSE_PIXELS`.
     """
     if max(image.shape[:2]) > cfg.tile_size:
         return segment_tiled(image, cfg, model=model, device=device, progress=progress)
@@ -151,6 +198,7 @@ def segment_leukocytes(
         # no blue-violet nuclear stain anywhere: a Wright-Giemsa field without leukocytes (give a
         # diameter to run the segmenter regardless, e.g. on another stain)
         return np.zeros(image.shape[:2], np.int32)
+    check_diameter(diameter, estimated=cfg.diameter is None)
     if cfg.method == "cellpose":
         model = model or load_segmenter(None, device)
     labels = _segment_at(image, lab, diameter, cfg, model)
@@ -164,8 +212,8 @@ def _find_missed(image, lab, labels, diameter, cfg, model) -> np.ndarray:
 
     The stain estimate of the diameter runs large where nuclei fill their cells or touch (clusters of
     blasts); cellpose then misses those cells. Up to ``RETRIES`` times, cellpose runs at the diameter over
-    ``RETRY_FACTOR`` and the cells it finds on that uncovered stain, overlapping no kept cell by more than
-    a fifth, are added.
+    ``RETRY_FACTOR`` (not below :data:`MIN_DIAMETER`) and the cells it finds on that uncovered stain,
+    overlapping no kept cell by more than a fifth, are added.
     """
     from skimage.segmentation import relabel_sequential
 
@@ -175,6 +223,8 @@ def _find_missed(image, lab, labels, diameter, cfg, model) -> np.ndarray:
     for _ in range(RETRIES):
         missing = nucleus & (labels == 0)
         diameter /= RETRY_FACTOR
+        if diameter < MIN_DIAMETER:
+            break
         nucleus_area = np.pi / 4 * (diameter / CELL_OVER_NUCLEUS) ** 2
         if missing.sum() < nucleus_area:
             break
@@ -233,6 +283,7 @@ def segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, mo
         if not estimates:
             return np.zeros((h, w), np.int32)
         diameter = float(np.median(estimates))
+    check_diameter(diameter, estimated=cfg.diameter is None)
     if cfg.method == "cellpose":
         model = model or load_segmenter(None, device)
     margin = int(np.ceil(cfg.tile_margin * diameter))
@@ -292,11 +343,14 @@ def _cellpose_at(x: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> n
     scale = model.diam_mean / diameter
     h, w = x.shape[:2]
     small = (max(16, round(w * scale)), max(16, round(h * scale)))
+    if small[0] * small[1] > MAX_CELLPOSE_PIXELS:
+        raise ValueError(f"cellpose would see this {h}x{w} px field enlarged {scale:.1f}x (the model's leukocyte "
+                         f"diameter, {model.diam_mean:g} px, / {diameter:g} px) to over {MAX_CELLPOSE_PIXELS / 1e6:g}"
+                         " million pixels: give a larger leukocyte diameter, or a segmenter trained at a smaller one")
     x = cv2.resize(x, small, interpolation=cv2.INTER_AREA)
-    # an empty field is a normal outcome here, not a warning; torch's sparse-tensor notice is noise
+    # an empty field is a normal outcome here, not a warning
     logging.getLogger("cellpose.dynamics").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+    with quiet_third_party():
         masks = model.eval(
             x,
             channel_axis=-1,
