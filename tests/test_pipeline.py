@@ -103,3 +103,15 @@ def test_fixed_window_classifier_is_scaled_by_the_red_cells(result, bccd_image, 
         analyze_smear(blank, labels=cell, classifier=windowed, name="flat", config=AnalysisConfig(**quick))
     with pytest.raises(ValueError, match="red-cell diameter must be positive"):
         AnalysisConfig(red_cell_diameter=0)
+
+
+def test_user_labels_beyond_int32_are_refused_not_wrapped(bccd_image):
+    from napari_leukemia.core.io import ImageError
+    from napari_leukemia.core.pipeline import check_labels
+
+    labels = np.zeros(bccd_image.shape[:2], np.int64)
+    labels[10:40, 10:40] = 2**31 + 1  # would wrap to a negative id in int32
+    with pytest.raises(ImageError, match="exceeds"):
+        check_labels(labels, labels.shape, "smear")
+    labels[10:40, 10:40] = 2**31 - 1  # the largest id labels.tif holds: kept as it is
+    assert check_labels(labels, labels.shape, "smear").max() == 2**31 - 1

@@ -46,7 +46,7 @@ def add_commands(sub) -> None:
                    "(leukemic: leukaemic vs normal, the default; cell_type: DeepAPL cell types)")
     a.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
                    help="segmentation: the trained cellpose model (default) or the stain-based baseline")
-    a.add_argument("--diameter", type=positive_float, metavar="PX",
+    a.add_argument("--diameter", type=diameter_px, metavar="PX",
                    help="expected leukocyte diameter in pixels (default: estimated from the stain)")
     a.add_argument("--red-cell-diameter", type=positive_float, metavar="PX",
                    help="red-cell diameter in pixels, the scale of a cell-type classifier's crops (default: "

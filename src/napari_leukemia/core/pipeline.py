@@ -163,8 +163,12 @@ def check_labels(labels, shape, name: str = "image") -> np.ndarray:
         raise ImageError(f"{name}: labels of shape {labels.shape} do not match the image's {tuple(shape)}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ImageError(f"{name}: labels must be integers, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ImageError(f"{name}: labels must not be negative")
+    from .preprocess import label_ids
+
+    try:
+        label_ids(labels, f"{name}: labels")  # negative ids, or ids beyond int32: refused, never wrapped
+    except ValueError as err:
+        raise ImageError(str(err)) from err
     return labels.astype(np.int32)  # a copy: the result owns its labels (never a view of the user's layer)
 
 

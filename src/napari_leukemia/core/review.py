@@ -448,7 +448,7 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
 
     from PIL import Image
 
-    from .preprocess import crop_cells
+    from .preprocess import crop_cells, label_ids
 
     folder, csv_path = Path(folder), Path(folder) / DATASET_CSV
     image = as_rgb8(image, source_image)
@@ -477,6 +477,7 @@ def export_training_set(folder, image, labels, cells, crop: CropConfig, *, sourc
 
     ids = cells.loc[chosen, "label"].to_numpy(int)
     new_rows = []
+    label_ids(labels, "cells layer")  # ids beyond int32 are refused, never wrapped
     crops = crop_cells(image, np.asarray(labels).astype(np.int32, copy=False), crop, ids=ids, red_cell_px=red_cell_px)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source_image).stem) or "image"
     for cell, picture, call in zip(crops.labels, crops.images, manual[chosen]):
