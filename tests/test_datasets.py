@@ -84,3 +84,11 @@ def test_csv_margin_column_is_read_and_checked(tmp_path):
     (tmp_path / "b.csv").write_text("path,label,margin\nx.png,normal,wide\n")
     with pytest.raises(ValueError, match="b.csv: line 2: margin 'wide'"):
         read_dataset(tmp_path / "b.csv")
+
+
+def test_csv_saved_by_a_spreadsheet_as_utf8_is_read(tmp_path):
+    """Spreadsheets' "CSV UTF-8" starts with a byte-order mark; it is not part of the first column's name."""
+    (tmp_path / "a.csv").write_text("path,label,group\nleucémie/x.png,leukemic,p1\ny.png,normal,p2\n", encoding="utf-8-sig")
+    samples = read_dataset(tmp_path / "a.csv")
+    assert [(s.path.name, s.label, s.group) for s in samples] == [("x.png", "leukemic", "p1"), ("y.png", "normal", "p2")]
+    assert samples[0].path == tmp_path / "leucémie" / "x.png"

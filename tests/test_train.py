@@ -49,6 +49,34 @@ def test_stop_request_keeps_a_checkpoint(tiny_set, tmp_path):
     assert (tmp_path / "last.safetensors").is_file()
 
 
+def test_a_run_stopped_in_its_first_epoch_resumes_without_a_history(tiny_set, tmp_path):
+    info = ClassifierInfo(crop=CropConfig(size=32))
+    reports = list(train_epochs(tiny_set, tiny_set, info, _cfg(), tmp_path, should_stop=lambda: True))
+    assert reports == [{"epoch": 0, "stopped": True, "checkpoint": str(tmp_path / "last.safetensors")}]
+    assert (tmp_path / "last_state.pt").is_file() and not (tmp_path / "history.json").exists()
+    more = list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=1), tmp_path, resume=True))
+    assert [r["epoch"] for r in more] == [1]
+    assert [h["epoch"] for h in json.loads((tmp_path / "history.json").read_text())] == [1]
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("batch_size", -4), ("batch_size", 2.5),
+                                          ("patience", 0), ("plateau_patience", -1), ("max_steps_per_epoch", -1),
+                                          ("seed", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
+                                          ("lr", float("inf")), ("weight_decay", -1e-4), ("blur_p", -0.1),
+                                          ("blur_p", 1.5), ("lowres_p", 2.0), ("plateau_factor", 1.0),
+                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1)])
+def test_train_settings_out_of_range_are_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}\b.*got {value!r}"):
+        TrainConfig(**{field: value})
+
+
+def test_train_settings_at_their_limits_are_accepted():
+    cfg = TrainConfig(epochs=1, batch_size=1, patience=1, plateau_patience=0, max_steps_per_epoch=0, seed=0,
+                      lr=1e-9, weight_decay=0.0, blur_p=0.0, lowres_p=1.0, stain_jitter=0.0, plateau_factor=0.5)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(epochs=np.int64(3)).epochs == 3  # numpy whole numbers are whole numbers
+
+
 def test_empty_class_and_empty_sets_are_refused(tiny_set, tmp_path):
     with pytest.raises(ValueError, match="every class needs"):
         class_weights(np.zeros(5, int), 2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +161,8 @@ class TrainConfig(_Serializable):
     batch_size : int
     lr : float
         Adam learning rate.
+    weight_decay : float
+        Adam's L2 penalty (0: none).
     patience : int
         Epochs without a better validation loss before stopping.
     plateau_patience, plateau_factor
@@ -186,6 +190,12 @@ class TrainConfig(_Serializable):
         Which weights train: every one, only DenseNet201's last dense block (with its final norm) and the
         head, or the head alone. The frozen layers keep their batch-norm statistics; a frozen start trains
         several times faster (on a CPU) and keeps what the starting checkpoint learnt.
+
+    Raises
+    ------
+    ValueError
+        A setting out of its range (counts below 1, or below 0 where 0 means off; a learning rate that is not
+        positive; negative decay or jitter; probabilities outside [0, 1]), naming the field.
     """
 
     epochs: int = 50
@@ -213,9 +223,23 @@ class TrainConfig(_Serializable):
             raise ValueError(f"tune must be one of {TUNE_CHOICES}, got {self.tune!r}")
         if self.balance not in ("weights", "none"):
             raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
-        if self.stain_jitter < 0 or self.stain_vector_jitter < 0:
-            raise ValueError("stain jitter and stain vector jitter must not be negative")
-        if not (0 <= self.blur_p <= 1 and 0 <= self.lowres_p <= 1):
-            raise ValueError("blur_p and lowres_p are probabilities, within [0, 1]")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+        least = {"epochs": 1, "batch_size": 1, "patience": 1, "plateau_patience": 0, "max_steps_per_epoch": 0, "seed": 0}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"TrainConfig.{name} must be a whole number of at least {low}, got {value!r}")
+        for name in ("lr", "weight_decay", "stain_jitter", "stain_vector_jitter", "blur_p", "lowres_p", "plateau_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr (the learning rate) must be positive, got {self.lr!r}")
+        for name in ("weight_decay", "stain_jitter", "stain_vector_jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must not be negative, got {getattr(self, name)!r}")
+        for name in ("blur_p", "lowres_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"TrainConfig.{name} must be within [0, 1] (blur_p and lowres_p are probabilities), "
+                                 f"got {getattr(self, name)!r}")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"TrainConfig.plateau_factor must be within (0, 1), got {self.plateau_factor!r}")

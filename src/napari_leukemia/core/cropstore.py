@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io as _io
 import json
+import zipfile
+import zlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,8 @@ from .train import CropSet
 CROP_CHUNK = 8
 #: Newly cropped files after which the cache file is written again (so a killed run loses at most these).
 CACHE_SAVE_EVERY = 400
-
+_NOT_A_CACHE = "damaged or not a crops cache of napari-leukemia"
+_CACHE_FIX = "delete the file (its cells are cropped again) or choose another crops cache"
 
 
 def save_crops(path, images: np.ndarray, table: dict[str, list], quality: int = 95) -> None:
@@ -46,13 +49,28 @@ def save_crops(path, images: np.ndarray, table: dict[str, list], quality: int = 
 
 
 def load_crops(path) -> tuple[np.ndarray, dict[str, list]]:
-    """Read what :func:`save_crops` wrote: ``(images, table)``."""
+    """Read what :func:`save_crops` wrote: ``(images, table)``.
+
+    Raises
+    ------
+    ValueError
+        A damaged file or not one of ours (named, with the advice to delete it or choose another).
+    """
     from PIL import Image
 
-    with np.load(path, allow_pickle=False) as z:
-        data, offsets, table = z["data"], z["offsets"], json.loads(z["table"].tobytes())
-    images = [np.asarray(Image.open(_io.BytesIO(data[a:b].tobytes())).convert("RGB")) for a, b in zip(offsets[:-1], offsets[1:])]
-    return (np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)), table
+    with open(path, "rb") as fh:  # a missing or unreadable file fails as itself
+        try:
+            with np.load(fh, allow_pickle=False) as z:
+                data, offsets, table = z["data"], z["offsets"], json.loads(z["table"].tobytes())
+            images = [np.asarray(Image.open(_io.BytesIO(data[a:b].tobytes())).convert("RGB"))
+                      for a, b in zip(offsets[:-1], offsets[1:])]
+            images = np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
+        except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            # from None: numpy's message would suggest allow_pickle=True, which can run any code
+            raise ValueError(f"{path}: {_NOT_A_CACHE} (unreadable: {type(err).__name__}); {_CACHE_FIX}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: {_NOT_A_CACHE} (its table is not a mapping); {_CACHE_FIX}")
+    return images, table
 
 
 @dataclass
@@ -89,24 +107,7 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
     """
     settings = json.loads(json.dumps({"crop": crop.to_dict(), "single_cells": single_cells,
                                       "segment": None if single_cells else segment.to_dict()}))
-    done: dict[str, tuple] = {}  # file key -> ("ok", crop) or ("skipped", message)
-    if cache and Path(cache).is_file():
-        images, table = load_crops(cache)
-        stored = table.get("settings") or {}
-        try:  # settings added since the file was made take their defaults
-            stored["crop"] = json.loads(json.dumps(CropConfig.from_dict(stored["crop"]).to_dict()))
-        except (KeyError, TypeError, ValueError):
-            pass  # refused below
-        if stored != settings:
-            raise ValueError(f"{cache}: these crops were made with other settings ({table.get('settings')}, not "
-                             f"{settings}); delete the file or choose another crops cache")
-        k = 0
-        for key, status, message in zip(table["files"], table["status"], table["message"]):
-            if status == "ok":
-                done[key] = ("ok", images[k])
-                k += 1
-            else:
-                done[key] = ("skipped", message)
+    done = _read_cache(cache, settings, crop.size) if cache and Path(cache).is_file() else {}
     keys = [file_key(s.path) if cache else str(s.path) for s in samples]  # hashing pays only with a cache
     if crop.window:  # a fixed window's crop depends on the sample's red-cell diameter too
         keys = [f"{k}|red={s.red_cell_px}" for k, s in zip(keys, samples)]
@@ -158,6 +159,26 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
             skipped.append(value)
     images = np.stack(out) if out else np.zeros((0, crop.size, crop.size, 3), np.uint8)
     return Crops(images, kept, skipped)
+
+
+def _read_cache(cache, settings: dict, size: int) -> dict[str, tuple]:
+    """The crops cache as ``{file key: ("ok", crop) or ("skipped", message)}``, checked against ``settings``."""
+    images, table = load_crops(cache)
+    stored = table.get("settings") or {}
+    try:  # settings added since the file was made take their defaults
+        stored["crop"] = json.loads(json.dumps(CropConfig.from_dict(stored["crop"]).to_dict()))
+    except (KeyError, TypeError, ValueError):
+        pass  # refused below
+    if stored != settings:
+        raise ValueError(f"{cache}: these crops were made with other settings ({table.get('settings')}, not "
+                         f"{settings}); delete the file or choose another crops cache")
+    files, status, message = (table.get(k) for k in ("files", "status", "message"))
+    if not (all(isinstance(c, list) and all(isinstance(v, str) for v in c) for c in (files, status, message))
+            and len(files) == len(status) == len(message) and set(status) <= {"ok", "skipped"}
+            and status.count("ok") == len(images) and (len(images) == 0 or images.shape[1:] == (size, size, 3))):
+        raise ValueError(f"{cache}: {_NOT_A_CACHE} (its table does not match its {len(images)} crops); {_CACHE_FIX}")
+    ok = iter(images)
+    return {key: ("ok", next(ok)) if st == "ok" else ("skipped", text) for key, st, text in zip(files, status, message)}
 
 
 def file_key(path) -> str:

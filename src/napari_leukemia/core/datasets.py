@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -92,8 +93,18 @@ def read_dataset(source, *, deepapl_labels: str = "binary") -> list[Sample]:
         return samples
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such dataset folder or CSV")
-    with open(source, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:  # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark
+        with open(source, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        text = "\x00"
+    if "\x00" in text:
+        raise ValueError(f"{source}: not a UTF-8 text table (a binary file such as an image, or text in another "
+                         "encoding); give a CSV table saved as UTF-8")
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise ValueError(f"{source}: not a readable CSV table ({err})") from err
     if not rows:
         raise ValueError(f"{source}: the table is empty")
     columns = set(rows[0])

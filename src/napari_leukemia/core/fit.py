@@ -24,7 +24,7 @@ from .config import CropConfig, SegmentConfig, TrainConfig
 from .cropstore import iter_crops
 from .datasets import read_samples, split_by_group, split_digest
 from .events import Event
-from .train import CropSet
+from .train import CropSet, read_resume_state
 
 #: The finished run's calibrated checkpoint, in the output folder.
 FINAL_NAME = "classifier.safetensors"
@@ -119,6 +119,8 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     if new_head and not init:
         raise ValueError("a new head needs a checkpoint whose features it starts from (init)")
     check_out_dir(out, resume=resume, overwrite=overwrite)
+    if resume:
+        read_resume_state(out)  # a damaged state or history is refused now, not after the cropping
     samples = read_samples(source, deepapl_labels)
     check_samples(samples)
     base, base_name, init_clf = None, "", None
@@ -141,7 +143,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         crop = dataclasses.replace(crop, size=size or crop.size, window=crop.window if window is None else window)
     splits = split_by_group(samples, seed=config.seed)
     digest = split_digest(splits)
-    earlier = json.loads((out / "run.json").read_text()) if resume and (out / "run.json").is_file() else {}
+    earlier = _read_run_description(out / "run.json") if resume and (out / "run.json").is_file() else {}
     if earlier:
         if earlier.get("split") != digest:
             raise ValueError(f"{out}: the dataset or seed differs from the run being resumed (its train/val/test "
@@ -271,6 +273,19 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if earlier and not overwrite:
         raise FileExistsError(f"{out} holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
                               "--overwrite to start again, or choose another output folder")
+
+
+def _read_run_description(path: Path) -> dict:
+    """The ``run.json`` of a run being resumed (its split, start and commands), refused with its name if damaged."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON or not UTF-8
+        earlier = str(err)
+    if not (isinstance(earlier, dict) and isinstance(earlier.get("commands", []), list)
+            and isinstance(earlier.get("start", ""), str)):
+        raise ValueError(f"{path}: damaged, not the description of a training run ({str(earlier)[:80]}); "
+                         "delete it to resume without the earlier commands and split check, or start again with --overwrite")
+    return earlier
 
 
 def _start_description(config: TrainConfig, init, resumed: str | None, new_head: bool = False) -> str:

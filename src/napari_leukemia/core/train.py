@@ -10,8 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import CheckpointError
 from .config import TrainConfig
 from .model import Classifier, ClassifierInfo, load_classifier, new_classifier, save_classifier
+
+#: The optimizer's and the schedule's state of an unfinished run, and its per-epoch reports (in its folder).
+STATE_NAME, HISTORY_NAME = "last_state.pt", "history.json"
+#: What to do when a run cannot be resumed.
+_START_AGAIN = ("start again with --overwrite, or keep the weights by training into another folder with "
+                "--init {out}/last.safetensors (best.safetensors and last.safetensors are left as they are)")
 
 
 @dataclass
@@ -52,6 +59,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
 
     from .augment import augment_batch
     from .device import autocast_for, flush_denormals, resolve_device
+    from .io import write_json
     from .preprocess import normalize
 
     out = Path(out_dir)
@@ -68,10 +76,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     w = class_weights(train.targets, n_classes) if cfg.balance == "weights" else np.ones(n_classes)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
     history, start_epoch, best_loss, bad_epochs = [], 0, float("inf"), 0
-    state_path = out / "last_state.pt"
     if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"{state_path}: nothing to resume (no earlier run in {out})")
+        st, history = read_resume_state(out, device)
         clf = load_classifier(out / "last.safetensors", str(device))
         clf.info = info if clf.info.classes == info.classes else clf.info
     elif init is not None:
@@ -87,11 +93,13 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     if resume:
-        st = torch.load(state_path, map_location=device, weights_only=True)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start_epoch, best_loss, bad_epochs = int(st["epoch"]), float(st["best_loss"]), int(st["bad_epochs"])
-        history = json.loads((out / "history.json").read_text())
+        try:
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(f"{out / STATE_NAME}: its optimizer state does not fit this run ({err}); resume with "
+                                  f"the settings it was started with (--tune), or {_START_AGAIN.format(out=out)}") from err
+        start_epoch, best_loss, bad_epochs = st["epoch"], float(st["best_loss"]), st["bad_epochs"]
         rng = np.random.default_rng(cfg.seed + start_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.fast)
     images_dev = torch.from_numpy(train.images)  # uint8, moved per batch
@@ -163,7 +171,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             "stopped": False,
         }
         history.append(report)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        write_json(out / HISTORY_NAME, history)  # atomically: a run killed here keeps the previous history
         _save_state(clf, out, opt, sched, epoch + 1, best_loss, bad_epochs)
         yield report
         if bad_epochs >= cfg.patience:
@@ -198,6 +206,68 @@ def _save_state(clf, out: Path, opt, sched, epoch, best_loss, bad_epochs) -> Non
     from .io import atomic_path
 
     save_classifier(clf, out / "last.safetensors", half=False)
-    with atomic_path(out / "last_state.pt") as tmp:
+    with atomic_path(out / STATE_NAME) as tmp:
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
                     "best_loss": best_loss, "bad_epochs": bad_epochs}, tmp)
+
+
+def read_resume_state(out_dir, map_location="cpu") -> tuple[dict, list[dict]]:
+    """The saved state (:data:`STATE_NAME`) and history (:data:`HISTORY_NAME`) of the unfinished run in ``out_dir``.
+
+    The state is read with ``torch.load(weights_only=True)`` (tensors and plain data only, never arbitrary
+    objects). The history is cut to the state's finished epochs (a run killed between writing the two
+    resumes at the state's epoch).
+
+    Raises
+    ------
+    FileNotFoundError
+        No state, or no history while the state counts finished epochs.
+    CheckpointError
+        A state file that is damaged, truncated or not ours.
+    ValueError
+        A history that is damaged, not a list of epoch reports, or shorter than the state's epochs.
+    """
+    import pickle
+
+    import torch
+
+    out = Path(out_dir)
+    path = out / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to resume (no earlier run in {out})")
+    fix = _START_AGAIN.format(out=out)
+    try:
+        st = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError, OverflowError) as err:
+        # from None: torch's message would suggest loading with weights_only=False, which can run any code
+        raise CheckpointError(f"{path}: damaged, truncated or not a training state of napari-leukemia "
+                              f"(unreadable: {type(err).__name__}); it cannot be resumed: {fix}") from None
+    counts = ("epoch", "bad_epochs")
+    if not (isinstance(st, dict) and isinstance(st.get("optimizer"), dict) and isinstance(st.get("scheduler"), dict)
+            and all(type(st.get(k)) is int and st[k] >= 0 for k in counts)
+            and isinstance(st.get("best_loss"), (int, float))):
+        raise CheckpointError(f"{path}: not a training state of napari-leukemia (it lacks the optimizer, schedule "
+                              f"or epoch counts); it cannot be resumed: {fix}")
+    history_path = out / HISTORY_NAME
+    if not history_path.is_file() and st["epoch"] == 0:  # stopped within the first epoch
+        return st, []
+    if not history_path.is_file():
+        raise FileNotFoundError(f"{history_path}: missing, while {path} counts {st['epoch']} finished epoch(s); "
+                                f"it cannot be resumed: {fix}")
+    try:
+        history = json.loads(history_path.read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON or not UTF-8
+        raise ValueError(f"{history_path}: damaged, not a training history ({err}); it cannot be resumed: {fix}") from err
+    keys = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
+
+    def is_report(h) -> bool:
+        return isinstance(h, dict) and all(isinstance(h.get(k), (int, float)) for k in keys)
+
+    if not (isinstance(history, list) and all(map(is_report, history))):
+        raise ValueError(f"{history_path}: not a training history (a list of epoch reports with {', '.join(keys)}); "
+                         f"it cannot be resumed: {fix}")
+    if [h["epoch"] for h in history[: st["epoch"]]] != list(range(1, st["epoch"] + 1)):
+        raise ValueError(f"{history_path}: holds epochs {[h['epoch'] for h in history][:20]}, not epochs 1 to "
+                         f"{st['epoch']} as {path} counts; it cannot be resumed: {fix}")
+    return st, history[: st["epoch"]]
