@@ -115,3 +115,16 @@ def test_user_labels_beyond_int32_are_refused_not_wrapped(bccd_image):
         check_labels(labels, labels.shape, "smear")
     labels[10:40, 10:40] = 2**31 - 1  # the largest id labels.tif holds: kept as it is
     assert check_labels(labels, labels.shape, "smear").max() == 2**31 - 1
+
+
+def test_sparse_large_ids_keep_their_ids_in_the_table_and_maps(bccd_image, classifier_path):
+    """User cells with ids near 2**31 are measured and painted without tables as long as the largest id."""
+    labels = np.zeros(bccd_image.shape[:2], np.int64)
+    labels[100:160, 100:160] = 2**31 - 1
+    labels[300:350, 400:450] = 7
+    config = AnalysisConfig(device="cpu", gradcam=False, segment=SegmentConfig(method="stain"))
+    result = analyze_smear(bccd_image, classifier=classifier_path, config=config, labels=labels)
+    assert list(result.cells["label"]) == [7, 2**31 - 1]
+    assert list(result.cells["area"]) == [50 * 50, 60 * 60]
+    p = result.cells.set_index("label")["p_leukemic"]
+    assert result.probability[120, 120] == pytest.approx(p[2**31 - 1]) and result.probability[320, 420] == pytest.approx(p[7])

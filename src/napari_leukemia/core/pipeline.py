@@ -226,12 +226,25 @@ def probability_column(cls: str, leukemic=("leukemic",)) -> str:
     return "p_class_leukemic" if cls == "leukemic" and tuple(leukemic) != ("leukemic",) else f"p_{cls}"
 
 
+def _compact(labels: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` and ``ids`` renumbered 1..N when the ids are sparse (e.g. 2**31 - 1), so that per-id tables stay
+    small; unchanged otherwise. The caller keeps the original ids for its output."""
+    ids = np.array(ids, np.int64)  # a writable copy (pandas may hand out read-only views)
+    if not len(ids) or ids.max() <= 4 * len(ids) + 1024:
+        return labels, ids
+    from skimage.segmentation import relabel_sequential
+
+    compact, forward, _ = relabel_sequential(labels)
+    return compact, np.asarray(forward[ids], np.int64)
+
+
 def cell_geometry(labels: np.ndarray, ids):
     """Per-cell geometry (pandas): ``label``, centroid, bounding box (``bbox_y1/x1`` exclusive) and area."""
     import pandas as pd
     from scipy import ndimage as ndi
 
-    ids = np.asarray(ids, int)
+    original = np.asarray(ids, int)
+    labels, ids = _compact(labels, original)
     n = len(ids)
     centroids = np.asarray(ndi.center_of_mass(np.ones_like(labels), labels, ids)).reshape(n, 2)
     slices = ndi.find_objects(labels, max_label=int(ids.max()) if n else 0)
@@ -239,7 +252,7 @@ def cell_geometry(labels: np.ndarray, ids):
     bbox = np.array(boxes, int).reshape(n, 4)
     area = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1 if n else 1)[ids] if n else np.zeros(0, int)
     return pd.DataFrame({
-        "label": ids,
+        "label": original,
         "centroid_y": centroids[:, 0],
         "centroid_x": centroids[:, 1],
         "bbox_y0": bbox[:, 0], "bbox_x0": bbox[:, 1], "bbox_y1": bbox[:, 2], "bbox_x1": bbox[:, 3],
@@ -268,6 +281,7 @@ def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
 
 def paint_values(labels: np.ndarray, ids, values) -> np.ndarray:
     """Float image with ``values[i]`` over the pixels of ``ids[i]``, 0 elsewhere."""
+    labels, ids = _compact(labels, ids)
     lut = np.zeros(int(labels.max()) + 1, np.float32)
     lut[np.asarray(ids, int)] = values
     return lut[labels]
