@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_leukemia.core.boxes import box_iou, read_voc_boxes
-from napari_leukemia.core.config import AnalysisConfig
+from napari_leukemia.core.config import LEUKEMIC_THRESHOLD, AnalysisConfig
 from napari_leukemia.core.io import read_image
-from napari_leukemia.core.pipeline import LEUKEMIC_THRESHOLD, analyze_smear, model_name
+from napari_leukemia.core.pipeline import analyze_smear, model_name
 
 BOX_COLUMNS = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
 

@@ -13,6 +13,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select
 
+from ..core.config import DEVICE_CHOICES
 from ..core.review import EXCLUDE, ReviewError
 from .layers import META_KEY, cell_table_of, label_colormap, layer_features, our_layers
 from .review_files import ReviewFiles
@@ -67,7 +68,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._annotator = LineEdit(value=getpass.getuser(), label="annotator")
         self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
         self._classifier.native.setToolTip("the checkpoint that classified these cells; empty: the shipped DenseNet201")
-        self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
+        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
         self._update = PushButton(text="Update edited cells")
         self._save = PushButton(text="Save review...")
         self._load = PushButton(text="Load review...")

@@ -8,8 +8,7 @@ from pathlib import Path
 import napari
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
-from ..core.config import DISCLAIMER, TrainConfig
-from ..core.fine_tune import FINE_TUNE_LR
+from ..core.config import DEVICE_CHOICES, DISCLAIMER, FINE_TUNE_LR, TrainConfig
 from . import avoid_llvm_clash, register
 from .widgets import analyze_widgets
 from .worker_widget import WorkerWidget
@@ -69,7 +68,7 @@ class TrainWidget(WorkerWidget):
                                               "slides) kept aside to score the model before and after")
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._overwrite = CheckBox(value=False, text="replace an earlier run in the output folder")
-        self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
+        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
         self._start_button = PushButton(text="Start")
         self._stop_button = PushButton(text="Stop", enabled=False)
         self._resume_button = PushButton(text="Resume")

@@ -6,7 +6,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
-from ..core.config import DISCLAIMER
+from ..core.config import DEVICE_CHOICES, DISCLAIMER, SEGMENTER_CHOICES
 from . import avoid_llvm_clash, docked, register
 from .layers import META_KEY, our_layers, show_result
 from .worker_widget import WorkerWidget
@@ -26,7 +26,7 @@ class AnalyzeWidget(WorkerWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
         self._image = create_widget(annotation=napari.layers.Image, label="image")
-        self._method = ComboBox(choices=["cellpose", "stain"], value="cellpose", label="segmenter")
+        self._method = ComboBox(choices=list(SEGMENTER_CHOICES), value=SEGMENTER_CHOICES[0], label="segmenter")
         self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
         from ..core.model import SHIPPED_CLASSIFIERS
 
@@ -39,7 +39,7 @@ class AnalyzeWidget(WorkerWidget):
         self._red_cell = FloatSpinBox(value=0, min=0, max=500, step=1, label="red-cell diameter (px)",
                                       tooltip="Scale of cell-type crops (a fixed window of red cells); 0 measures it "
                                               "on the image. Unused by the leukaemic-vs-normal classifier")
-        self._device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
+        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
         self._gradcam = CheckBox(value=True, text="Grad-CAM heat map")
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
         self._run_button = PushButton(text="Analyze")

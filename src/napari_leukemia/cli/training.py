@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.config import DISCLAIMER
+from ..core.config import DEVICE_CHOICES, DISCLAIMER, EVAL_BATCH_SIZE, SEGMENTER_CHOICES
 from ..core.datasets import DEEPAPL_LABELS
 from ..core.fit import RUN_FILES
 from .common import (
@@ -105,7 +105,7 @@ def add_commands(sub) -> None:
     v.add_argument("--seed", type=int, help="split seed (default: the one the checkpoint was trained with, else 0)")
     v.add_argument("--leukemic-classes", nargs="+", metavar="LABEL",
                    help="dataset labels that are leukaemic, when they are not the checkpoint's classes")
-    v.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
+    v.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help=f"default {EVAL_BATCH_SIZE}")
     v.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
     _dataset_options(v)
     v.set_defaults(func=cmd_evaluate, subparser=v)
@@ -117,13 +117,13 @@ def _dataset_options(p) -> None:
     p.add_argument("--labels", choices=DEEPAPL_LABELS, default="binary",
                    help="DeepAPL manifest: leukemic/normal (default), the pathologist's cell classes, or those "
                         "classes grouped into cell types (small classes joined)")
-    p.add_argument("--method", choices=("cellpose", "stain"), default="cellpose",
+    p.add_argument("--method", choices=SEGMENTER_CHOICES, default="cellpose",
                    help="how whole fields are segmented before their centre cell is cropped")
     p.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
     p.add_argument("--diameter", type=positive_float, metavar="PX", help="expected leukocyte diameter in pixels")
     p.add_argument("--crops-cache", type=Path, metavar="NPZ",
                    help="read crops made before from this file and add new ones to it (segmenting is slow)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

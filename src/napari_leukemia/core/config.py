@@ -9,6 +9,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DISCLAIMER = "Research use only: not a diagnostic device."
+#: Where the networks run: ``auto`` takes CUDA when there is a GPU.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: How leukocytes are found: the trained cellpose model, or the stain-based baseline.
+SEGMENTER_CHOICES = ("cellpose", "stain")
+#: A cell is called blast equivalent (``leukemic``) when ``p_leukemic`` reaches this.
+LEUKEMIC_THRESHOLD = 0.5
+#: Cells per batch when scoring a dataset.
+EVAL_BATCH_SIZE = 64
+#: Train / val / test fractions of the groups (patients) when a dataset gives no split.
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+#: Adam learning rate for fine-tuning on corrections: 1e-3 (training from scratch) made the BCCD run forget
+#: (DeepAPL test balanced accuracy 0.965 -> 0.875; docs/figures/fine_tune_bccd.json), 1e-4 did not.
+FINE_TUNE_LR = 1e-4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -98,7 +111,7 @@ class SegmentConfig(_Serializable):
     tile_margin: float = 1.5
 
     def __post_init__(self):
-        if self.method not in ("cellpose", "stain"):
+        if self.method not in SEGMENTER_CHOICES:
             raise ValueError(f"segmentation method must be 'cellpose' or 'stain', got {self.method!r}")
         if self.diameter is not None and not self.diameter > 0:
             raise ValueError(f"leukocyte diameter must be positive, got {self.diameter}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CropConfig, SegmentConfig
+from .config import SPLIT_FRACTIONS, CropConfig, SegmentConfig
 
 #: DeepAPL cell classes grouped into the cell types of the cell-type classifier: classes with fewer than about
 #: 100 training cells join their nearest relatives (band with segmented neutrophils, promonocytes with
@@ -188,7 +188,7 @@ def _number(text: str) -> float:
         return -1.0
 
 
-def split_by_group(samples: list[Sample], fractions=(0.70, 0.15, 0.15), seed: int = 0) -> dict[str, list[Sample]]:
+def split_by_group(samples: list[Sample], fractions=SPLIT_FRACTIONS, seed: int = 0) -> dict[str, list[Sample]]:
     """Train / val / test splits by group (patient, slide), never by image.
 
     Splits given in the data are kept, for whole groups: ``test`` is never drawn from, and when a ``val``

@@ -9,6 +9,8 @@ import platform
 
 import numpy as np
 
+from .config import DEVICE_CHOICES
+
 
 def resolve_device(device: str = "auto"):
     """``"auto"`` -> CUDA when available, else CPU; refuses ``"cuda"`` without a GPU."""
@@ -18,7 +20,7 @@ def resolve_device(device: str = "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
-    if device not in ("cpu", "cuda"):
+    if device not in DEVICE_CHOICES[1:]:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     return torch.device(device)
 

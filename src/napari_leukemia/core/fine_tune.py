@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable, Generator
 from pathlib import Path
 
-from .config import SegmentConfig, TrainConfig
+from .config import FINE_TUNE_LR, SegmentConfig, TrainConfig
 from .datasets import crops_for, hold_out, read_samples
 from .events import Event
 from .fit import fit_classifier
@@ -20,9 +20,6 @@ from .scoring import score_cells
 MIN_SLIDES = 3
 #: Before/after figures of a fine-tuning run, in its output folder.
 FINE_TUNE_REPORT = "fine_tune.json"
-#: Adam learning rate for fine-tuning on corrections: 1e-3 (training from scratch) made the BCCD run forget
-#: (DeepAPL test balanced accuracy 0.965 -> 0.875; docs/figures/fine_tune_bccd.json), 1e-4 did not.
-FINE_TUNE_LR = 1e-4
 
 
 def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = False, held_out: float = 0.2,

@@ -12,11 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .blast_count import blast_percentage
-from .config import DISCLAIMER, AnalysisConfig
+from .config import DISCLAIMER, LEUKEMIC_THRESHOLD, AnalysisConfig
 from .io import ImageError, as_rgb8
-
-#: A cell is called leukaemic when p_leukemic reaches this.
-LEUKEMIC_THRESHOLD = 0.5
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import default_leukemic
-from .config import SegmentConfig
+from .config import EVAL_BATCH_SIZE, LEUKEMIC_THRESHOLD, SegmentConfig
 from .cropstore import iter_crops
 from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples, split_by_group, split_digest
 from .events import Event
@@ -20,7 +20,7 @@ from .io import finite
 
 
 def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_leukemic=None,
-                batch_size: int = 64) -> tuple[dict, np.ndarray, np.ndarray]:
+                batch_size: int = EVAL_BATCH_SIZE) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of a classifier on labelled cell crops.
 
     The binary truth is "label is leukaemic": the checkpoint's leukaemic classes when every label is one
@@ -42,7 +42,6 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
         ``p_leukemic``.
     """
     from .evaluate import binary_metrics, expected_calibration_error, multiclass_report
-    from .pipeline import LEUKEMIC_THRESHOLD
     from .predict import p_leukemic, predict_logits, probabilities
 
     info = classifier.info
@@ -125,7 +124,7 @@ def write_evaluation(out_dir, report: dict, y: np.ndarray, p: np.ndarray) -> lis
 def evaluate_dataset(source, classifier, out_dir, *, split: str = "test", single_cells: bool = False,
                      deepapl_labels: str = "binary", truth_leukemic=None, seed: int | None = None,
                      segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, device: str = "auto",
-                     batch_size: int = 64, should_stop: Callable[[], bool] = lambda: False
+                     batch_size: int = EVAL_BATCH_SIZE, should_stop: Callable[[], bool] = lambda: False
                      ) -> Generator[Event, None, dict | None]:
     """Score a classifier on one split of a dataset; writes :func:`write_evaluation`'s files to ``out_dir``.
 
