@@ -11,7 +11,9 @@ The public API is imported lazily, so ``import napari_leukemia`` loads neither t
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+from .core.device import package_version
+
+__version__ = package_version()
 
 _API = {
     "analyze_smear": "core.pipeline",

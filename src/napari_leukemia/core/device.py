@@ -1,4 +1,4 @@
-"""Where torch runs and how fast: the device choice, mixed precision, denormal flushing, the hardware's name."""
+"""Where torch runs and how fast (the device, mixed precision, denormal flushing), and what ran: the hardware and version."""
 
 from __future__ import annotations
 
@@ -78,3 +78,13 @@ def hardware(device) -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores"
+
+
+def package_version() -> str:
+    """napari-leukemia's version, from the installed package's metadata (pyproject.toml is its one home)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-leukemia")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"

@@ -231,8 +231,7 @@ def finalize_run(out: Path, val: CropSet, config: TrainConfig, provenance: dict)
     """Calibrate ``out/best.safetensors`` on validation (temperature) and write :data:`FINAL_NAME` with provenance."""
     import torch
 
-    from .. import __version__
-    from .device import hardware, resolve_device
+    from .device import hardware, package_version, resolve_device
     from .evaluate import binary_metrics, expected_calibration_error, fit_temperature
     from .model import load_classifier, save_classifier
     from .predict import p_leukemic, predict_logits, probabilities
@@ -248,7 +247,7 @@ def finalize_run(out: Path, val: CropSet, config: TrainConfig, provenance: dict)
     metrics = {**binary_metrics(y, p), "ece": expected_calibration_error(y, p),
                "class_accuracy": float((proba.argmax(1) == val.targets).mean())}
     provenance = {**provenance, "temperature": temperature, "val_metrics": metrics, "hardware": hardware(device),
-                  "software": {"napari_leukemia": __version__, "torch": torch.__version__},
+                  "software": {"napari_leukemia": package_version(), "torch": torch.__version__},
                   "date": time.strftime("%Y-%m-%d")}
     best.info = dataclasses.replace(best.info, provenance=provenance)
     save_classifier(best, out / FINAL_NAME)

@@ -274,7 +274,7 @@ def save_review(path, review: Review, *, overwrite: bool = False) -> Path:
     """
     import tifffile
 
-    from .. import __version__
+    from .device import package_version
 
     path = Path(path)
     if path.exists():
@@ -293,7 +293,7 @@ def save_review(path, review: Review, *, overwrite: bool = False) -> Path:
         **review.info,
         "format": REVIEW_FORMAT,
         "format_version": REVIEW_VERSION,
-        "napari_leukemia": __version__,
+        "napari_leukemia": package_version(),
         "image_shape": list(labels.shape),
         "cells": int(len(cells)),
         "annotated": int((cells["annotation"] != "").sum()),
