@@ -147,3 +147,18 @@ def test_pbc_cells_of_another_lab_are_all_normal(shared_data):
     assert Counter(s.label for s in types)["ig"] == 800
     with pytest.raises(ValueError, match="erythroblast"):
         read_dataset(shared_data / "pbc" / "manifest.csv", deepapl_labels="cell_type")
+
+
+def test_evaluate_on_normal_cells_only_reports_the_call_rate_not_nan(cell_dataset, tmp_path):
+    """Another lab's normal cells (one truth only): no ROC exists; the fraction called leukaemic is the figure."""
+    table = tmp_path / "normal.csv"
+    files = sorted((cell_dataset / "normal").iterdir())
+    table.write_text("path,label,group,detail\n" + "".join(
+        f"{f},normal,donor{i},{'MY' if i % 2 else 'SNE'}\n" for i, f in enumerate(files)))
+    code, stdout, stderr = run("evaluate", table, "--single-cells", "--split", "all", "--classifier", "leukemic",
+                               "--out", tmp_path / "out", "--device", "cpu", "--quiet")
+    assert code == 0, stderr
+    assert "all normal" in stdout and "called leukaemic" in stdout and "nan" not in stdout.lower()
+    assert "MY" in stdout and "SNE" in stdout  # the call rate per cell class
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["overall"]["roc_auc"] is None and set(report["per_detail"]) == {"MY", "SNE"}
