@@ -128,3 +128,21 @@ def test_sparse_large_ids_keep_their_ids_in_the_table_and_maps(bccd_image, class
     assert list(result.cells["area"]) == [50 * 50, 60 * 60]
     p = result.cells.set_index("label")["p_leukemic"]
     assert result.probability[120, 120] == pytest.approx(p[2**31 - 1]) and result.probability[320, 420] == pytest.approx(p[7])
+
+
+def test_large_images_report_each_tile_and_stop_between_tiles(bccd_image, classifier_path):
+    """A tiled field yields progress per tile, so a worker (napari's Cancel) stops between tiles, not after all."""
+    import time
+
+    config = AnalysisConfig(device="cpu", gradcam=False, segment=SegmentConfig(method="stain", tile_size=256))
+    events = []
+    result = drain(iter_analyze_smear(bccd_image, classifier=classifier_path, config=config), events.append)
+    tiles = [e.message for e in events if "tile" in e.message]
+    assert tiles == [f"segmenting leukocytes: tile {i} of 6" for i in range(1, 7)]  # 480 x 640 in 256 px tiles
+    assert all(e.total == 3 for e in events) and result.summary["leukocytes"] >= 1
+    run = iter_analyze_smear(bccd_image, classifier=classifier_path, config=config)
+    while "tile 1 " not in next(run).message:
+        pass
+    t = time.perf_counter()
+    run.close()  # what a stopped worker does at its next yield: no further tile is segmented
+    assert time.perf_counter() - t < 2

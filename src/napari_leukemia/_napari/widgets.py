@@ -58,6 +58,7 @@ class AnalyzeWidget(WorkerWidget):
         self._cancel_button.changed.connect(self.cancel)
         self._save_button.changed.connect(self.save)
         self._last = None  # (result, image, name) of the last analysis shown
+        self._pbar = None
         self.extend([
             self._image, self._method, self._segmenter, self._shipped, self._classifier, self._diameter,
             self._red_cell, self._device,
@@ -116,9 +117,11 @@ class AnalyzeWidget(WorkerWidget):
             data = np.asarray(layer.data[0])
         gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self.classifier,
                                  config=self._config(), labels=labels, name=layer.name)
-        worker = create_worker(lambda: (yield from gen), _progress={"total": 4, "desc": f"Analyzing {layer.name}"},
-                               _connect={"errored": self._on_error}, _start_thread=False)
-        worker.yielded.connect(lambda p: setattr(self._status, "value", p.message))
+        from napari.utils import progress
+
+        worker = create_worker(lambda: (yield from gen), _connect={"errored": self._on_error}, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        self._pbar = progress(total=0, desc=f"Analyzing {layer.name}")
         worker.returned.connect(lambda result: self._show(result, layer, calls, data))
         return self._start(worker, "starting")
 
@@ -173,9 +176,23 @@ class AnalyzeWidget(WorkerWidget):
         self._run_button.enabled = not running
         self._cancel_button.enabled = running
 
+    def _on_progress(self, p):
+        """A pipeline step (the totals come from the pipeline: 3 or 4 steps, and tiles within segmentation)."""
+        self._status.value = p.message
+        bar = self._pbar  # napari's progress may process events (and finish the run) while it is updated
+        if bar is None:
+            return
+        if bar.total != p.total:
+            bar.total = p.total
+        bar.update(p.done - bar.n)
+        bar.set_description(p.message)
+
     def _on_finished(self):
         if self._worker is not None and self._worker.abort_requested:
             self._status.value = "cancelled: nothing was changed"
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
         super()._on_finished()
 
 

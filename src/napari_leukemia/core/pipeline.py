@@ -74,7 +74,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         Shown in messages and the summary.
     """
     from .device import resolve_device
-    from .segment import load_segmenter, segment_leukocytes
+    from .segment import iter_segment_tiled, load_segmenter, segment_leukocytes
 
     t_start = time.perf_counter()
     image = as_rgb8(image, name)
@@ -89,7 +89,17 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
             seg_model = segmenter if hasattr(segmenter, "eval") else load_segmenter(segmenter, str(device))
         yield Progress(1, total, "segmenting leukocytes")
         t = time.perf_counter()
-        labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
+        if max(image.shape[:2]) > config.segment.tile_size:  # tile by tile: progress, and a stop between tiles
+            tiles = iter_segment_tiled(image, config.segment, model=seg_model, device=str(device))
+            while True:
+                try:
+                    event = next(tiles)
+                except StopIteration as done:
+                    labels = done.value
+                    break
+                yield Progress(1, total, f"segmenting leukocytes: tile {event['done']} of {event['total']}")
+        else:
+            labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
         timings["segment_s"] = time.perf_counter() - t
         segmenter_name = model_name(getattr(seg_model, "path", None)) if seg_model else "stain-based"
     else:

@@ -256,12 +256,22 @@ DIAMETER_TILES = 9
 
 def segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto",
                   progress=None) -> np.ndarray:
-    """Segment a large image in tiles of ``cfg.tile_size`` with bounded memory.
+    """Segment a large image in tiles (:func:`iter_segment_tiled` run to its end); ``progress(done, total)`` after
+    each tile."""
+    from . import drain
+
+    on_event = None if progress is None else (lambda e: progress(e["done"], e["total"]))
+    return drain(iter_segment_tiled(image, cfg, model=model, device=device), on_event)
+
+
+def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto"):
+    """Segment a large image in tiles of ``cfg.tile_size`` with bounded memory, step by step.
 
     Each tile is segmented with a margin of ``cfg.tile_margin`` leukocyte diameters and keeps the
     cells whose centre lies inside it, so a cell crossing a seam is found whole, once. The diameter,
     unless given, is the median of the stain estimates of up to ``DIAMETER_TILES`` tiles spread over the image
-    (at half resolution).
+    (at half resolution). Yields ``{"stage": "segment", "done", "total"}`` after each tile (a caller may stop
+    between tiles) and returns the ``(H, W)`` int32 labels.
     """
     import cv2
     from skimage import color
@@ -294,8 +304,7 @@ def segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, mo
         tile = image[R0:R1, C0:C1]
         labels = _segment_at(tile, color.rgb2lab(tile), diameter, cfg, model)
         n = _paste_centred(out, labels, (R0, C0), (r0, r1, c0, c1), n)
-        if progress:
-            progress(i + 1, len(cores))
+        yield {"stage": "segment", "done": i + 1, "total": len(cores)}
     return out
 
 
