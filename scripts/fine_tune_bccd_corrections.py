@@ -4,7 +4,7 @@
         --crops-cache .clsdata/ft_bccd.npz --test-crops-cache .clsdata/ft_bccd_test.npz
 
 1. Every BCCD field is analysed with the shipped models; each found cell matching a WBC box (IoU >= 0.3) is called
-   ``normal`` (BCCD is normal blood) and exported with :func:`~napari_leukemia.core.review.export_training_set`,
+   ``normal`` (BCCD is normal blood) and exported with :func:`~napari_leukemia.core.training_set.export_training_set`,
    as the Review panel does: one slide (group) per field.
 2. :func:`~napari_leukemia.core.fine_tune.fine_tune` holds out 20% of the fields, mixes in ``--mix-per-class`` DeepAPL
    ``split=train`` fields per class (so the model does not forget) and fine-tunes the shipped DenseNet201.
@@ -27,8 +27,9 @@ from napari_leukemia.core.fine_tune import fine_tune
 from napari_leukemia.core.io import read_image
 from napari_leukemia.core.model import DEFAULT_CLASSIFIER
 from napari_leukemia.core.pipeline import analyze_smear, get_classifier
-from napari_leukemia.core.review import DATASET_CSV, annotate, export_training_set
+from napari_leukemia.core.review import annotate
 from napari_leukemia.core.scoring import evaluate_dataset
+from napari_leukemia.core.training_set import DATASET_CSV, export_training_set
 
 
 def print_epoch(event):

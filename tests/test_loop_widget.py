@@ -4,7 +4,7 @@ save, reload, export, fine-tune the shipped DenseNet201 briefly, and analyze aga
 import numpy as np
 import pytest
 
-from napari_leukemia.core import review as rv
+from napari_leukemia.core import training_set as ts
 from napari_leukemia.core.fine_tune import FINE_TUNE_LR, FINE_TUNE_REPORT
 from napari_leukemia.core.fit import FINAL_NAME
 
@@ -75,7 +75,7 @@ def test_analyze_correct_save_reload_export_fine_tune_and_analyze_again(make_nap
     assert review.export() is not None
     _wait(review, qtbot)
     assert "6 cells added" in review._status.value and "set in Train classifier" in review._status.value
-    csv = tmp_path / "corrections" / rv.DATASET_CSV
+    csv = tmp_path / "corrections" / ts.DATASET_CSV
     assert train._kind.value.startswith("cells corrected") and train.dataset_source() == str(csv)
     assert train._lr.value == FINE_TUNE_LR and not train._size.visible  # fine-tuning settings
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_leukemia.core import review as rv
+from napari_leukemia.core import training_set as ts
 from napari_leukemia.core.blast_count import blast_percentage
 from napari_leukemia.core.config import AnalysisConfig
 from napari_leukemia.core.pipeline import analyze_smear
@@ -189,20 +190,20 @@ def test_export_reads_back_as_a_single_cell_training_set(analysed, bccd_image, c
     cells = rv.annotate(cells, 2, predicted[2], classes=classes)  # a confirmation
     cells = rv.annotate(cells, 3, rv.EXCLUDE, classes=classes)
     out = tmp_path / "dataset"
-    report = rv.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg",
+    report = ts.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg",
                                     include_confirmed=False)
     assert (report.added, report.replaced) == (1, 0)
-    samples = read_dataset(out / rv.DATASET_CSV)
+    samples = read_dataset(out / ts.DATASET_CSV)
     assert [(s.label, s.group) for s in samples] == [(other[predicted[1]], "smear 1")]
     assert samples[0].path.is_file() and samples[0].path.parent == out / "crops"
-    report = rv.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg",
+    report = ts.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg",
                                     group="patient-7")
     assert (report.added, report.replaced) == (1, 1)  # the corrected cell replaced, the confirmed one added
-    samples = read_dataset(out / rv.DATASET_CSV)
+    samples = read_dataset(out / ts.DATASET_CSV)
     assert sorted(s.label for s in samples) == sorted([other[predicted[1]], predicted[2]])
     assert {s.group for s in samples} == {"patient-7"}
-    rows = (out / rv.DATASET_CSV).read_text().splitlines()
-    assert rows[0] == ",".join(rv.DATASET_COLUMNS) and len(rows) == 3
+    rows = (out / ts.DATASET_CSV).read_text().splitlines()
+    assert rows[0] == ",".join(ts.DATASET_COLUMNS) and len(rows) == 3
     assert len(list((out / "crops").iterdir())) == 2
     # the crops are the classifier's input with its context margin: single-cell training cuts them as inference does
     assert {s.margin for s in samples} == {crop.margin}
@@ -215,8 +216,8 @@ def test_export_reads_back_as_a_single_cell_training_set(analysed, bccd_image, c
     assert np.abs(padded.astype(int) - reference.astype(int)).mean() > 10
     # a cell excluded later leaves the training set
     cells = rv.annotate(cells, 2, rv.EXCLUDE, classes=classes)
-    report = rv.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg")
-    assert report.removed == 1 and len(read_dataset(out / rv.DATASET_CSV)) == 1
+    report = ts.export_training_set(out, bccd_image, analysed.labels, cells, crop, source_image="/data/smear 1.jpg")
+    assert report.removed == 1 and len(read_dataset(out / ts.DATASET_CSV)) == 1
     assert len(list((out / "crops").iterdir())) == 1
 
 
@@ -226,7 +227,7 @@ def test_fixed_window_export_reads_back_unchanged(analysed, bccd_image, classifi
 
     crop = replace(classifier.info.crop, window=3.5)
     cells = rv.annotate(analysed.cells, 1, "normal", classes=classifier.info.classes)
-    rv.export_training_set(tmp_path, bccd_image, analysed.labels, cells, crop, source_image="smear.jpg")
-    images, _, skipped = crops_for(read_dataset(tmp_path / rv.DATASET_CSV), crop, single_cells=True)
+    ts.export_training_set(tmp_path, bccd_image, analysed.labels, cells, crop, source_image="smear.jpg")
+    images, _, skipped = crops_for(read_dataset(tmp_path / ts.DATASET_CSV), crop, single_cells=True)
     reference = crop_cells(bccd_image, analysed.labels, crop, ids=[1], red_cell_px=measure_red_cells(bccd_image))
     assert not skipped and np.array_equal(images, reference.images)

@@ -7,6 +7,7 @@ import pytest
 
 from napari_leukemia._napari.review import CELL_FILL
 from napari_leukemia.core import review as rv
+from napari_leukemia.core import training_set as ts
 from napari_leukemia.core.config import AnalysisConfig
 from napari_leukemia.core.pipeline import analyze_smear
 
@@ -182,7 +183,7 @@ def test_export_adds_the_called_cells_to_a_training_set(reviewing, tmp_path, qtb
     assert widget.export() is not None
     _wait(widget, qtbot)
     assert "2 cells added" in widget._status.value and "fine-tune in Train classifier" in widget._status.value
-    samples = read_dataset(tmp_path / "set" / rv.DATASET_CSV)
+    samples = read_dataset(tmp_path / "set" / ts.DATASET_CSV)
     assert sorted(s.label for s in samples) == ["leukemic", "normal"] and {s.group for s in samples} == {"patient 1"}
 
 

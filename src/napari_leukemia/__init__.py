@@ -36,7 +36,7 @@ _API = {
     "stain_segment": "core.stain",
     "load_review": "core.review",
     "save_review": "core.review",
-    "export_training_set": "core.review",
+    "export_training_set": "core.training_set",
     "load_sample": "samples",
 }
 

@@ -106,7 +106,7 @@ class ReviewFiles:
         from napari.qt.threading import create_worker
 
         from ..core.pipeline import get_classifier
-        from ..core.review import export_training_set
+        from ..core.training_set import export_training_set
 
         folder = str(folder or self._dataset.value or "").strip()
         if self._layer is None or self._worker is not None:

@@ -39,7 +39,7 @@ def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = 
     ----------
     corrections : path or list of Sample
         Single-cell crops with their calls: the ``dataset.csv`` written by
-        :func:`~.review.export_training_set` (its labels must be classes of ``init``).
+        :func:`~.training_set.export_training_set` (its labels must be classes of ``init``).
     init : path
         The classifier the corrections were made on.
     mix : path, optional
