@@ -17,6 +17,7 @@ from .common import (
     IMAGE_SUFFIXES,
     StopOnInterrupt,
     UsageError,
+    check_device,
     expand_images,
     positive_float,
 )
@@ -114,7 +115,7 @@ def cmd_analyze(args) -> int:
     from ..core.batch import analyze_images
 
     bar = tqdm(total=len(images), desc="analyze", unit="image", file=sys.stderr, disable=args.quiet)
-    rows, stopped = [], False
+    rows, notes, stopped = [], [], False
     try:
         with StopOnInterrupt(what="after the image in progress; finished images are kept") as stop:
             run = analyze_images(images, out, classifier=classifier, segmenter=segmenter, config=config,
@@ -127,6 +128,8 @@ def cmd_analyze(args) -> int:
                     break
                 row = event["row"]
                 rows.append(row)
+                if event.get("message"):
+                    notes.append(event["message"])
                 if row["error"]:
                     tqdm.write(f"error: {row['error']}", file=sys.stderr)
                 elif event.get("skipped"):
@@ -142,22 +145,10 @@ def cmd_analyze(args) -> int:
         print(f"interrupted: {len(rows)} of {len(images)} images done; {summary_csv} lists them (continue with "
               "--resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    for row in rows:
-        message = _note(out / row["stem"]) if row["status"] == "ok" else ""
-        if message:
-            print(f"note: {message}", file=sys.stderr)
+    for message in notes:
+        print(f"note: {message}", file=sys.stderr)
     print_report(rows, out)
     return EXIT_FAILED if any(r["status"] != "ok" for r in rows) else EXIT_OK
-
-
-def _note(folder: Path) -> str:
-    """The analysis' own message for an image (e.g. no leukocytes found), from its summary.json."""
-    import json
-
-    try:
-        return json.loads((folder / "summary.json").read_text()).get("message", "")
-    except (OSError, ValueError):
-        return ""
 
 
 def cmd_evaluate_segmentation(args) -> int:
@@ -225,14 +216,10 @@ def iou_fraction(text: str) -> float:
 def _load_models(args):
     """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2."""
     from ..core.checkpoint import CheckpointError
-    from ..core.device import resolve_device
     from ..core.model import DEFAULT_CLASSIFIER, load_classifier
     from ..core.segment import DEFAULT_SEGMENTER, load_segmenter
 
-    try:
-        resolve_device(args.device)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(str(err)) from err
+    check_device(args.device)
 
     def load(kind, loader, path, default):
         try:

@@ -125,8 +125,9 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     Yields
     ------
     dict
-        ``{"stage": "image", "done", "total", "image", "row"}`` after each image (``row`` is its summary row;
-        ``"skipped": True`` for one done before).
+        ``{"stage": "image", "done", "total", "image", "row", "message"}`` after each image (``row`` is its summary
+        row, ``message`` the analysis' own note such as "no leukocytes found"; ``"skipped": True`` for one done
+        before).
 
     Returns
     -------
@@ -177,6 +178,7 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
             extra = {"image_path": str(Path(path).resolve()), "config": config.to_dict()}
             save_result(result, folder, image, overwrite=overwrite or resume, extra=extra)
             row = summary_row(path, name, result.summary, time.perf_counter() - t0)
+            message = result.summary.get("message", "")
         except Exception as err:  # noqa: BLE001 -- one bad image must not stop the others; reported in its row
             message = str(err)
             if str(path) not in message and Path(path).name not in message:
@@ -186,9 +188,11 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
             if (overwrite or resume) and not isinstance(err, FileExistsError):
                 remove_result(folder)  # results of an earlier run of this image would be stale
             row = summary_row(path, name, None, time.perf_counter() - t0, error=message)
+            message = ""
         rows.append(row)
         write_summary(summary_csv, rows)
-        yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": row}
+        yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": row,
+               "message": message}
     write_summary(summary_csv, rows)
     return {"rows": rows, "stopped": False}
 
