@@ -214,6 +214,21 @@ def test_a_new_head_learns_another_class_list_on_the_same_features(trained, cell
     assert code == 2 and "init" in stderr
 
 
+def test_another_backbone_trains_and_fine_tunes_as_itself(cell_dataset, tmp_path):
+    code, stdout, stderr = run("train", cell_dataset, "--out", tmp_path / "r18", "--arch", "resnet18", "--epochs", 1,
+                               *FAST)
+    assert code == 0, stderr
+    r18 = load_classifier(tmp_path / "r18" / FINAL_NAME, "cpu")
+    assert r18.info.architecture == "resnet18" and r18.info.provenance["train_config"]["arch"] == "resnet18"
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "refused", "--init", tmp_path / "r18" / FINAL_NAME,
+                          "--arch", "densenet201", "--epochs", 1, *FAST)
+    assert code == 2 and "is a resnet18; it cannot continue as a densenet201" in stderr
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "tuned", "--init", tmp_path / "r18" / FINAL_NAME,
+                          "--epochs", 1, *FAST)
+    assert code == 0, stderr
+    assert load_classifier(tmp_path / "tuned" / FINAL_NAME, "cpu").info.architecture == "resnet18"
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes(cell_dataset, tmp_path, monkeypatch):
     from napari_leukemia.cli import training
 

@@ -72,9 +72,13 @@ def test_refuses_foreign_damaged_and_mismatched_checkpoints(tmp_path, three_clas
     save_file(state, str(tmp_path / "mismatch.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="mismatch.safetensors.*do not fit.*'a', 'b'"):
         load_classifier(tmp_path / "mismatch.safetensors")
-    meta["architecture"] = "resnet50"
+    meta["architecture"] = "vgg16"
     save_file(state, str(tmp_path / "arch.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match="architecture 'resnet50'"):
+    with pytest.raises(CheckpointError, match="arch.safetensors: metadata field 'architecture' must be one of.*'vgg16'"):
+        load_classifier(tmp_path / "arch.safetensors")
+    meta["architecture"] = "resnet18"  # a known architecture, but not the one of these weights
+    save_file(state, str(tmp_path / "arch.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="arch.safetensors: weights do not fit a resnet18"):
         load_classifier(tmp_path / "arch.safetensors")
 
 
@@ -164,6 +168,30 @@ def test_imagenet_initialisation_from_a_local_torchvision_state_dict(tmp_path):
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="wrong.pth"):
         load_imagenet_features(clf.net, tmp_path / "wrong.pth")
+
+
+def test_resnet18_classifier_round_trip_tunes_its_last_block_and_explains(tmp_path, sample_cells):
+    from torchvision.models import resnet18
+
+    from napari_leukemia.core.train import frozen_modules
+
+    torch.manual_seed(2)
+    info = ClassifierInfo(crop=CropConfig(size=64), architecture="resnet18")
+    reference = resnet18(weights=None).state_dict()
+    torch.save(reference, tmp_path / "resnet18-f37072fd.pth")
+    clf = new_classifier(info, imagenet_weights=tmp_path / "resnet18-f37072fd.pth")
+    for key, value in clf.net.features.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    save_classifier(clf, tmp_path / "r18.safetensors", half=False)
+    loaded = load_classifier(tmp_path / "r18.safetensors", "cpu")
+    assert loaded.info.architecture == "resnet18" and loaded.info == clf.info
+    crops = sample_cells[2].images
+    clf.net.eval()
+    assert np.allclose(predict_logits(clf, crops, fast=False), predict_logits(loaded, crops, fast=False), atol=1e-4)
+    frozen = frozen_modules(loaded.net, "last_block")
+    assert loaded.net.features.layer4 not in frozen and loaded.net.features.layer3 in frozen
+    maps = gradcam(loaded, crops[:2], [0, 1])
+    assert maps.shape == crops[:2].shape[:3] and 0 <= maps.min() and maps.max() <= 1
 
 
 def test_classifier_info_validation():

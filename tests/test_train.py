@@ -64,7 +64,7 @@ def test_a_run_stopped_in_its_first_epoch_resumes_without_a_history(tiny_set, tm
                                           ("seed", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
                                           ("lr", float("inf")), ("weight_decay", -1e-4), ("blur_p", -0.1),
                                           ("blur_p", 1.5), ("lowres_p", 2.0), ("plateau_factor", 1.0),
-                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1)])
+                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1), ("arch", "vgg16")])
 def test_train_settings_out_of_range_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}\b.*got {value!r}"):
         TrainConfig(**{field: value})

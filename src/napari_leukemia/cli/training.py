@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.config import DEVICE_CHOICES, DISCLAIMER, EVAL_BATCH_SIZE, SEGMENTER_CHOICES
+from ..core.config import CLASSIFIER_ARCHITECTURES, DEVICE_CHOICES, DISCLAIMER, EVAL_BATCH_SIZE, SEGMENTER_CHOICES
 from ..core.datasets import DEEPAPL_LABELS
 from ..core.fit import RUN_FILES
 from .common import (
@@ -57,14 +57,18 @@ def add_commands(sub) -> None:
                    help="the classes that are leukaemic (default: 'leukemic' for leukemic/normal data; else names "
                         "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
     t.add_argument("--init", metavar="CKPT", help="fine-tune this classifier checkpoint (same class list)")
+    t.add_argument("--arch", choices=CLASSIFIER_ARCHITECTURES, default=None,
+                   help="the backbone of a new classifier (default densenet201, the design's; resnet18 is a light "
+                        "proxy to screen recipes by cross-validation on a CPU); --init and --resume keep the "
+                        "checkpoint's")
     t.add_argument("--new-head", action="store_true",
-                   help="keep only the DenseNet201 features of --init and train a new head for the dataset's "
+                   help="keep only the features of --init and train a new head for the dataset's "
                         "classes (another class list, e.g. --labels cell_type)")
     t.add_argument("--tune", choices=TUNE_CHOICES, default=d.tune,
-                   help="which weights train: all (default), DenseNet201's last dense block and the head, or the "
+                   help="which weights train: all (default), the backbone's last block and the head, or the "
                         "head alone (several times faster on a CPU)")
     t.add_argument("--imagenet", default=d.imagenet, metavar="auto|PATH|none",
-                   help="ImageNet DenseNet201 weights: auto (torchvision's cache, if there), a .pth file, or none; "
+                   help="ImageNet weights of the backbone: auto (torchvision's cache, if there), a .pth file, or none; "
                         "nothing is downloaded")
     t.add_argument("--cv", type=positive_int, nargs="?", const=5, metavar="K",
                    help="cross-validate by patient instead: K folds of groups (default 5, at least 3), balanced by "
@@ -141,7 +145,7 @@ def cmd_train(args) -> int:
                              seed=args.seed, device=args.device, imagenet=imagenet,
                              max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
                              stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p,
-                             tune=args.tune)
+                             tune=args.tune, arch=args.arch or "")
     except ValueError as err:
         raise UsageError(str(err)) from err
     check_device(args.device)

@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from .config import CLASSIFIER_ARCHITECTURES
+
 #: The network a segmenter file holds (:func:`~.segment.save_segmenter`).
 SEGMENTER_ARCHITECTURE = "cellpose3-cpnet"
 
@@ -163,7 +165,8 @@ def classifier_metadata(meta: dict, path) -> dict:
     Returns
     -------
     dict
-        ``classes`` and ``leukemic`` (tuples of str), ``crop`` (CropConfig), ``temperature`` (positive float),
+        ``architecture`` (one of :data:`~.config.CLASSIFIER_ARCHITECTURES`), ``classes`` and ``leukemic``
+        (tuples of str), ``crop`` (CropConfig), ``temperature`` (positive float),
         ``hidden`` (int >= 1), ``dropout`` (float in [0, 1)), ``provenance`` (dict).
 
     Raises
@@ -180,7 +183,11 @@ def classifier_metadata(meta: dict, path) -> dict:
         raise _bad(path, "leukemic", f"names {strangers}, which are not among the classes {list(classes)}")
     if not leukemic or set(leukemic) == set(classes):
         raise _bad(path, "leukemic", f"must name some but not all of the classes {list(classes)}, got {list(leukemic)}")
+    architecture = meta.get("architecture")
+    if architecture not in CLASSIFIER_ARCHITECTURES:
+        raise _bad(path, "architecture", f"must be one of {list(CLASSIFIER_ARCHITECTURES)}, got {_shown(architecture)}")
     return {
+        "architecture": architecture,
         "classes": classes,
         "leukemic": leukemic,
         "crop": _crop(meta, path),

@@ -22,6 +22,9 @@ SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 #: Adam learning rate for fine-tuning on corrections: 1e-3 (training from scratch) made the BCCD run forget
 #: (DeepAPL test balanced accuracy 0.965 -> 0.875; docs/figures/fine_tune_bccd.json), 1e-4 did not.
 FINE_TUNE_LR = 1e-4
+#: Backbones a classifier can have, each with the same head. DenseNet201 is the design's (and the shipped
+#: models'); the ResNets are lighter, e.g. to screen recipes by cross-validation on a CPU before DenseNet201.
+CLASSIFIER_ARCHITECTURES = ("densenet201", "resnet18", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -200,9 +203,12 @@ class TrainConfig(_Serializable):
     fast : bool
         channels_last + bf16 autocast on CPU, fp16 AMP on CUDA.
     tune : {"all", "last_block", "head"}
-        Which weights train: every one, only DenseNet201's last dense block (with its final norm) and the
-        head, or the head alone. The frozen layers keep their batch-norm statistics; a frozen start trains
+        Which weights train: every one, only the backbone's last block (DenseNet201: the last dense block
+        with its final norm; ResNet: ``layer4``) and the head, or the head alone. The frozen layers keep their batch-norm statistics; a frozen start trains
         several times faster (on a CPU) and keeps what the starting checkpoint learnt.
+    arch : str
+        The backbone of a new classifier (:data:`CLASSIFIER_ARCHITECTURES`); ``""``: DenseNet201, or the
+        starting checkpoint's when fine-tuning or resuming (which keep their own).
 
     Raises
     ------
@@ -230,8 +236,11 @@ class TrainConfig(_Serializable):
     fast: bool = True
     max_steps_per_epoch: int = 0
     tune: str = "all"
+    arch: str = ""
 
     def __post_init__(self):
+        if self.arch and self.arch not in CLASSIFIER_ARCHITECTURES:
+            raise ValueError(f"TrainConfig.arch must be one of {CLASSIFIER_ARCHITECTURES}, got {self.arch!r}")
         if self.tune not in TUNE_CHOICES:
             raise ValueError(f"tune must be one of {TUNE_CHOICES}, got {self.tune!r}")
         if self.balance not in ("weights", "none"):

@@ -35,7 +35,7 @@ def gradcam(classifier: Classifier, crops: np.ndarray, targets, *, batch_size: i
     device = next(net.parameters()).device
     out = np.zeros((len(crops), crops.shape[1], crops.shape[2]), np.float32)
     flush_denormals(device)
-    with GradCAM(model=net, target_layers=[net.features.norm5]) as cam:
+    with GradCAM(model=net, target_layers=[net.cam_layer]) as cam:
         for start in range(0, len(crops), batch_size):
             x = to_tensor(crops[start : start + batch_size], classifier.info.crop).to(device)
             t = [ClassifierOutputTarget(int(k)) for k in targets[start : start + len(x)]]

@@ -40,7 +40,8 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
                    leukemic=None, init=None, new_head: bool = False, resume: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
-    """Train a DenseNet201 on a dataset, step by step: yields progress events, returns the result.
+    """Train a classifier (DenseNet201 unless ``config.arch`` says otherwise) on a dataset, step by step: yields
+    progress events, returns the result.
 
     The dataset is split by group (:func:`~.datasets.split_by_group`, seeded by ``config.seed``); ``train``
     trains, ``val`` chooses the best epoch and fits the temperature, ``test`` is kept aside untouched.
@@ -107,7 +108,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         cells, no validation cells), or a checkpoint of another class list.
     """
     from .device import flush_denormals, resolve_device
-    from .model import ClassifierInfo, load_classifier
+    from .model import ARCHITECTURE, ClassifierInfo, load_classifier
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -141,6 +142,10 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     else:
         crop = base.crop if init_clf is not None else CropConfig()
         crop = dataclasses.replace(crop, size=size or crop.size, window=crop.window if window is None else window)
+    architecture = base.architecture if base is not None else config.arch or ARCHITECTURE
+    if config.arch and config.arch != architecture:
+        raise ValueError(f"{base_name} is a {architecture}; it cannot continue as a {config.arch} (leave the "
+                         "architecture out to keep the checkpoint's, or start a new run)")
     splits = split_by_group(samples, seed=config.seed)
     digest = split_digest(splits)
     earlier = _read_run_description(out / "run.json") if resume and (out / "run.json").is_file() else {}
@@ -182,7 +187,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     commands = earlier.get("commands", []) + [command]
     write_json(out / "run.json", {**summary, "source": str(source) if not isinstance(source, (list, tuple))
                                   else "samples", "crop": crop.to_dict(), "commands": commands})
-    info = ClassifierInfo(classes=classes, leukemic=leuk, crop=crop,
+    info = ClassifierInfo(classes=classes, leukemic=leuk, crop=crop, architecture=architecture,
                           **({"hidden": base.hidden, "dropout": base.dropout} if base is not None else {}))
     if new_head:
         from .model import with_new_head

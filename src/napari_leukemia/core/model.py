@@ -1,19 +1,22 @@
-"""The DenseNet201 cell classifier and its checkpoint format (safetensors, plain-data metadata)."""
+"""The cell classifier (DenseNet201 by default, or another torchvision backbone with the same head) and its
+checkpoint format (safetensors, plain-data metadata)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import CheckpointError, check_weights, classifier_metadata, read_safetensors
-from .config import CropConfig
+from .config import CLASSIFIER_ARCHITECTURES, CropConfig
 
 CLASSIFIER_FORMAT = "napari-leukemia-classifier"
+#: The backbone of the shipped classifiers and of a new one unless another is asked for.
 ARCHITECTURE = "densenet201"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 #: The classifiers shipped in the package, by the name that chooses them (``load_classifier("leukemic")``).
@@ -22,8 +25,9 @@ SHIPPED_CLASSIFIERS = {
     "cell_type": MODELS_DIR / "densenet201_celltype.safetensors",
 }
 DEFAULT_CLASSIFIER = SHIPPED_CLASSIFIERS["leukemic"]
-#: File name torchvision gives its ImageNet DenseNet201 weights in its cache.
-TORCHVISION_WEIGHTS = "densenet201-c1103571.pth"
+#: File names torchvision gives its ImageNet weights in its cache.
+TORCHVISION_WEIGHTS = {"densenet201": "densenet201-c1103571.pth", "resnet18": "resnet18-f37072fd.pth",
+                       "resnet50": "resnet50-11ad3fa6.pth"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class ClassifierInfo:
         Logits are divided by it before the softmax (calibration).
     hidden, dropout
         Head shape.
+    architecture : str
+        The backbone (:data:`~.config.CLASSIFIER_ARCHITECTURES`).
     provenance : dict
         Data, command, metrics: free-form plain data.
     """
@@ -53,6 +59,7 @@ class ClassifierInfo:
     hidden: int = 512
     dropout: float = 0.5
     provenance: dict = field(default_factory=dict)
+    architecture: str = ARCHITECTURE
 
     def __post_init__(self):
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
@@ -64,7 +71,8 @@ class ClassifierInfo:
     def to_metadata(self) -> dict[str, str]:
         d = dataclasses.asdict(self)
         d["crop"] = self.crop.to_dict()
-        return {"format": CLASSIFIER_FORMAT, "architecture": ARCHITECTURE, **{k: json.dumps(v) for k, v in d.items()}}
+        architecture = d.pop("architecture")
+        return {"format": CLASSIFIER_FORMAT, "architecture": architecture, **{k: json.dumps(v) for k, v in d.items()}}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path="checkpoint") -> "ClassifierInfo":
@@ -78,33 +86,56 @@ class ClassifierInfo:
         return cls(**classifier_metadata(meta, path))
 
 
-def build_densenet201(num_classes: int, hidden: int = 512, dropout: float = 0.5):
-    """DenseNet201 features + the seeds' head: GAP, Dense(hidden) + ReLU, Dropout, Dense(num_classes).
+def build_network(architecture: str, num_classes: int, hidden: int = 512, dropout: float = 0.5):
+    """A torchvision backbone's ``features`` + the seeds' head: GAP, Dense(hidden) + ReLU, Dropout, Dense(num_classes).
 
-    Two output logits with a softmax are the two-class form of the seeds' single sigmoid unit.
+    Two output logits with a softmax are the two-class form of the seeds' single sigmoid unit. The network
+    names its last block (``last_block``: what ``tune="last_block"`` trains besides the head) and the layer
+    Grad-CAM explains (``cam_layer``).
+
+    Parameters
+    ----------
+    architecture : str
+        One of :data:`~.config.CLASSIFIER_ARCHITECTURES`.
     """
     import torch
     from torch import nn
-    from torchvision.models import densenet201
+    from torchvision import models
 
-    class DenseNet201Classifier(nn.Module):
+    if architecture not in CLASSIFIER_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {CLASSIFIER_ARCHITECTURES}")
+    if architecture == "densenet201":
+        features, channels, last_block = models.densenet201(weights=None).features, 1920, ("denseblock4", "norm5")
+    else:
+        trunk = getattr(models, architecture)(weights=None)
+        features = nn.Sequential(OrderedDict((n, m) for n, m in trunk.named_children() if n not in ("avgpool", "fc")))
+        channels, last_block = trunk.fc.in_features, ("layer4",)
+
+    class CellClassifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = densenet201(weights=None).features
+            self.architecture = architecture
+            self.last_block = last_block
+            self.features = features
             self.head = nn.Sequential(
                 nn.AdaptiveAvgPool2d(1),
                 nn.Flatten(),
-                nn.Linear(1920, hidden),
+                nn.Linear(channels, hidden),
                 nn.ReLU(),
                 nn.Dropout(dropout),
                 nn.Linear(hidden, num_classes),
             )
 
+        @property
+        def cam_layer(self):
+            return getattr(self.features, self.last_block[-1])
+
         def forward(self, x):
-            # torchvision applies an in-place ReLU after `features`; a plain one keeps Grad-CAM's hooks valid
+            # torchvision applies an in-place ReLU after DenseNet's `features`; a plain one keeps Grad-CAM's hooks
+            # valid (after a ResNet's last block, which ends in a ReLU, it changes nothing)
             return self.head(torch.relu(self.features(x)))
 
-    return DenseNet201Classifier()
+    return CellClassifier()
 
 
 @dataclass
@@ -124,39 +155,41 @@ class Classifier:
 
 
 def new_classifier(info: ClassifierInfo, imagenet_weights=None) -> Classifier:
-    """A fresh classifier; DenseNet201 features start from ImageNet when weights are found.
+    """A fresh classifier of ``info.architecture``; its features start from ImageNet when weights are found.
 
     Parameters
     ----------
     imagenet_weights : path, "auto" or None
-        A torchvision DenseNet201 state dict (``.pth``, loaded with ``weights_only=True``), ``"auto"`` to
-        look in torchvision's cache, or ``None`` for random initialisation. Nothing is downloaded.
+        A torchvision state dict of that architecture (``.pth``, loaded with ``weights_only=True``), ``"auto"``
+        to look in torchvision's cache, or ``None`` for random initialisation. Nothing is downloaded.
     """
-    net = build_densenet201(len(info.classes), info.hidden, info.dropout)
+    net = build_network(info.architecture, len(info.classes), info.hidden, info.dropout)
     if imagenet_weights == "auto":
-        imagenet_weights = find_imagenet_weights()
+        imagenet_weights = find_imagenet_weights(info.architecture)
     if imagenet_weights:
         load_imagenet_features(net, imagenet_weights)
     return Classifier(net=net, info=info)
 
 
 def with_new_head(classifier: Classifier, info: ClassifierInfo) -> Classifier:
-    """A classifier for ``info``'s classes with ``classifier``'s DenseNet201 features and a fresh head."""
-    net = build_densenet201(len(info.classes), info.hidden, info.dropout)
+    """A classifier for ``info``'s classes with ``classifier``'s features (and architecture) and a fresh head."""
+    info = dataclasses.replace(info, architecture=classifier.info.architecture)
+    net = build_network(info.architecture, len(info.classes), info.hidden, info.dropout)
     net.features.load_state_dict(classifier.net.features.state_dict())
     return Classifier(net=net, info=info)
 
 
-def find_imagenet_weights() -> Path | None:
-    """torchvision's cached ImageNet DenseNet201 weights, if this machine has them."""
+def find_imagenet_weights(architecture: str = ARCHITECTURE) -> Path | None:
+    """torchvision's cached ImageNet weights of ``architecture``, if this machine has them."""
     import torch
 
-    path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS
+    path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS[architecture]
     return path if path.is_file() else None
 
 
 def load_imagenet_features(net, path) -> None:
-    """Load a torchvision DenseNet201 state dict into ``net.features`` (safely, no unpickling of code)."""
+    """Load a torchvision ImageNet state dict of ``net``'s architecture into ``net.features`` (safely, no unpickling
+    of code)."""
     import torch
 
     try:
@@ -173,10 +206,12 @@ def load_imagenet_features(net, path) -> None:
             key = m.group(1) + m.group(2)
         if key.startswith("features."):
             features[key[len("features.") :]] = value
+        elif net.architecture != "densenet201" and not key.startswith("fc."):  # ResNet: everything but the classifier
+            features[key] = value
     try:
         net.features.load_state_dict(features)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: not DenseNet201 ImageNet weights ({err})") from err
+        raise CheckpointError(f"{path}: not {net.architecture} ImageNet weights ({err})") from err
 
 
 def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
@@ -213,14 +248,13 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
 
     path = SHIPPED_CLASSIFIERS.get(str(path), Path(path)) if path else DEFAULT_CLASSIFIER
     meta, state = read_safetensors(path, CLASSIFIER_FORMAT)
-    if meta.get("architecture") != ARCHITECTURE:
-        raise CheckpointError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE}")
     info = ClassifierInfo.from_metadata(meta, path)
     check_weights(state, path)
-    net = build_densenet201(len(info.classes), info.hidden, info.dropout)
+    net = build_network(info.architecture, len(info.classes), info.hidden, info.dropout)
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit a DenseNet201 with classes {list(info.classes)} ({err})") from err
+        raise CheckpointError(f"{path}: weights do not fit a {info.architecture} with classes {list(info.classes)} "
+                              f"({err})") from err
     net.eval().to(resolve_device(device))
     return Classifier(net=net, info=info, path=str(path))

@@ -180,12 +180,12 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
 
 
 def frozen_modules(net, tune: str) -> list:
-    """The parts of a DenseNet201 classifier that ``tune`` (:attr:`~.config.TrainConfig.tune`) keeps fixed."""
+    """The parts of a classifier that ``tune`` (:attr:`~.config.TrainConfig.tune`) keeps fixed."""
     if tune == "all":
         return []
     if tune == "head":
         return [net.features]
-    return [m for name, m in net.features.named_children() if name not in ("denseblock4", "norm5")]
+    return [m for name, m in net.features.named_children() if name not in net.last_block]
 
 
 def _validate(clf: Classifier, val: CropSet, weights, cfg: TrainConfig, device):
