@@ -9,6 +9,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -83,6 +84,46 @@ def test_cv_trains_one_model_per_fold_scores_each_patient_once_and_resumes(patie
 
     code, _, stderr = run("train", patient_table, "--cv", 4, "--out", out, "--epochs", 1, *FAST)
     assert code == 2 and "other data, folds or seed" in stderr
+
+
+def _other_lab(cell_dataset, folder: Path, name: str) -> Path:
+    """A CSV of copies of the normal cells, as another lab's cells (each image its own group)."""
+    folder.mkdir()
+    rows = []
+    for k, f in enumerate(sorted((cell_dataset / "normal").iterdir())):
+        shutil.copy(f, folder / f"{name}_{k}{f.suffix}")
+        rows.append({"path": f"{name}_{k}{f.suffix}", "label": "normal", "group": f"{name}/{k}",
+                     "detail": "lymphocyte" if k % 2 else "neutrophil"})
+    with open(folder / f"{name}.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / f"{name}.csv"
+
+
+def test_cv_trains_every_fold_on_extra_cells_and_scores_other_data_with_every_fold(patient_table, cell_dataset,
+                                                                                   tmp_path):
+    extra, other = _other_lab(cell_dataset, tmp_path / "lab2", "lab2"), _other_lab(cell_dataset, tmp_path / "lab3", "lab3")
+    out = tmp_path / "cv"
+    code, stdout, stderr = run("train", patient_table, "--cv", 3, "--out", out, "--epochs", 1, "--extra-train", extra,
+                               "--score-also", other, *FAST)
+    assert code == 0, stderr
+    for i in range(3):  # each fold trains on its 8 patients' cells plus the 6 extra ones, and scores lab3 once
+        run_json = json.loads((out / f"fold_{i}" / "run.json").read_text())
+        assert sum(run_json["cells"]["train"].values()) + sum(run_json["cells"]["val"].values()) == 8 + 6
+        with open(out / f"fold_{i}" / "other_lab3.csv", newline="") as fh:
+            assert sorted(r["path"] for r in csv.DictReader(fh)) == sorted(str(p) for p in (tmp_path / "lab3").glob("*.png"))
+    report = json.loads((out / "cv.json").read_text())
+    assert report["n_cells"] == 12 and report["extra_train_cells"] == 6  # extra cells are never scored
+    lab3 = report["other_data"]["lab3"]
+    assert lab3["n_cells"] == 6 and len(lab3["per_fold"]) == 3
+    assert lab3["called_leukemic"] == pytest.approx(np.mean(lab3["per_fold"]))
+    assert set(lab3["per_detail"]) == {"lymphocyte", "neutrophil"} and lab3["per_detail"]["lymphocyte"]["n"] == 3
+    assert "lab3: 6 cells no fold trained on" in stdout
+    code, _, stderr = run("train", patient_table, "--cv", 3, "--out", out, "--epochs", 1, *FAST)
+    assert code == 2 and "other data, folds or seed" in stderr  # the folds were trained with the extra cells
+    code, _, stderr = run("train", patient_table, "--out", tmp_path / "one", "--extra-train", extra, *FAST)
+    assert code == 2 and "belong to a cross-validation" in stderr
 
 
 def test_cv_refuses_a_dataset_without_patient_ids(cell_dataset, tmp_path):

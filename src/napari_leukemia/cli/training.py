@@ -75,6 +75,13 @@ def add_commands(sub) -> None:
                         "diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
                         "scored on its own patients; writes DIR/{cv.json,predictions.csv,patients.csv,patients.png}. "
                         "Rerun the same command to resume fold by fold")
+    t.add_argument("--extra-train", metavar="DATASET",
+                   help="with --cv: cells of other sources (e.g. another lab's normal cells) added to the training of "
+                        "every fold, never scored")
+    t.add_argument("--score-also", action="append", default=[], metavar="DATASET",
+                   help="with --cv: data no fold trains on (e.g. another lab's cells, apart from --extra-train), "
+                        "scored by every fold's classifier; cv.json's other_data gives its call rate per cell "
+                        "class (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in DIR")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or earlier run in DIR")
     t.add_argument("--seed", type=int, default=d.seed, help=f"split and training seed (default {d.seed})")
@@ -151,6 +158,8 @@ def cmd_train(args) -> int:
     check_device(args.device)
     if args.cv is not None:
         return _cross_validate(args, config)
+    if args.extra_train or args.score_also:
+        raise UsageError("--extra-train and --score-also belong to a cross-validation (--cv K)")
     from ..core.fit import fit_classifier
 
     with StopOnInterrupt() as stop:
@@ -180,6 +189,18 @@ def cmd_train(args) -> int:
     return EXIT_FAILED if result["skipped"] else EXIT_OK
 
 
+def _named(datasets: list[str]) -> dict[str, str]:
+    """Datasets by a short name: the file's stem, or its folder's name for a ``manifest.csv``."""
+    named = {}
+    for d in datasets:
+        path = Path(d)
+        name = path.parent.name if path.name == "manifest.csv" else path.stem
+        if name in named:
+            raise UsageError(f"--score-also {d}: another dataset is named {name!r} too; give files of other names")
+        named[name] = d
+    return named
+
+
 def _cross_validate(args, config) -> int:
     """``napari-leukemia train --cv K``: see :func:`~.core.crossval.cross_validate`."""
     import shlex
@@ -191,6 +212,8 @@ def _cross_validate(args, config) -> int:
             print(f"fold {event['fold'] + 1}/{event['folds']}: {event['status']}", flush=True)
         elif event["stage"] == "report":
             print("writing the cross-validation report", flush=True)
+        elif event["stage"] == "other":
+            print(f"fold {event['fold'] + 1}: scoring {event['name']}", flush=True)
         else:
             print_training_event(event)
 
@@ -200,7 +223,7 @@ def _cross_validate(args, config) -> int:
                              leukemic=args.leukemic_classes, init=args.init, new_head=args.new_head,
                              overwrite=args.overwrite, segment=segment_config(args), segmenter=args.segmenter,
                              crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),
-                             should_stop=stop)
+                             extra_train=args.extra_train, score_also=_named(args.score_also), should_stop=stop)
         try:
             result = drive(run, args, on_event=on_event)
         except (FloatingPointError, MemoryError) as err:
@@ -217,6 +240,9 @@ def _cross_validate(args, config) -> int:
           f"balanced accuracy {o['balanced_accuracy']:.3f}, ECE {o['ece']:.3f}")
     print(f"per patient, blast-equivalent %: mean error {e['mean_abs_error']:.1f} points, largest "
           f"{e['max_abs_error']:.1f}, {e['over_10_points']} patient(s) off by more than 10")
+    for name, d in r.get("other_data", {}).items():
+        print(f"{name}: {d['n_cells']} cells no fold trained on, {100 * d['called_leukemic']:.1f}% called blast "
+              "equivalent (mean over the fold models)")
     print(f"report: {Path(args.out) / 'cv.json'}, {Path(args.out) / 'patients.csv'}, {Path(args.out) / 'patients.png'}")
     print(DISCLAIMER)
     return EXIT_OK

@@ -85,6 +85,7 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
                    window: float | None = None, single_cells: bool = False, deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
+                   extra_train=None, score_also: dict | None = None,
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
     """Train and score one classifier per fold of patients; resumable fold by fold.
 
@@ -103,6 +104,13 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
     init : path, optional
         Start every fold from this checkpoint. Its figures are honest only when it never saw the patients of
         the folds (the report records it).
+    extra_train : dataset, optional
+        Cells of other sources (e.g. another lab's normal cells) added to the training (train / val) of every
+        fold and never scored; they are part of the fold plan.
+    score_also : dict of name to dataset, optional
+        Data no fold trains on (e.g. other labs' cells, disjoint from ``extra_train``), scored by every fold's
+        classifier into ``fold_<i>/other_<name>.csv``; the report's ``other_data`` gives each one's call rate
+        per cell class, per fold and averaged over the folds.
 
     Other parameters are :func:`~.fit.fit_classifier`'s; one crops cache serves every fold.
 
@@ -123,9 +131,13 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
     out = Path(out_dir)
     samples = read_samples(source, deepapl_labels)
     folds = patient_folds(samples, k, seed=config.seed)
-    plan = {"k": k, "seed": config.seed, "folds": folds,
-            "dataset": hashlib.sha256(json.dumps(sorted([str(s.path), s.label, s.group] for s in samples)).encode()
-                                      ).hexdigest()[:16]}
+    extra = [dataclasses.replace(s, split="") for s in read_samples(extra_train, deepapl_labels)] if extra_train else []
+    overlap = {s.group for s in extra} & {s.group for s in samples}
+    if overlap:
+        raise ValueError(f"extra training data shares groups with the cross-validated data ({sorted(overlap)[:3]}): "
+                         "their cells would be trained on and scored")
+    plan = {"k": k, "seed": config.seed, "folds": folds, "dataset": _digest(samples),
+            **({"extra_train": _digest(extra)} if extra else {})}
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     earlier = out / "folds.json"
@@ -134,7 +146,7 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
             recorded = json.loads(earlier.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{earlier}: not readable ({err}); pass --overwrite to start again") from err
-        if {key: recorded.get(key) for key in plan} != plan:
+        if {key: recorded.get(key) for key in {*plan, "extra_train"}} != {"extra_train": None, **plan}:
             raise ValueError(f"{out} holds a cross-validation of other data, folds or seed ({earlier}); rerun it "
                              "with the same arguments to resume, pass --overwrite to start again, or choose "
                              "another output folder")
@@ -151,7 +163,7 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
     out.mkdir(parents=True, exist_ok=True)
     commands = (json.loads(earlier.read_text()).get("commands", []) if earlier.is_file() and not overwrite else [])
     write_json(earlier, {**plan, "commands": commands + [command], "init": str(init) if init else None,
-                         "train_config": config.to_dict()})
+                         "extra_train_source": str(extra_train) if extra else None, "train_config": config.to_dict()})
 
     cleared = [dataclasses.replace(s, split="") for s in samples]
     done = 0
@@ -162,7 +174,7 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
             yield {"stage": "fold", "fold": i, "folds": k, "done": done, "total": k, "status": "done"}
             continue
         held = set(fold)
-        fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared]
+        fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared] + extra
         trained = (run_dir / FINAL_NAME).is_file()
         resume = not trained and (run_dir / "last_state.pt").is_file()
         status = "scoring" if trained else "resuming" if resume else "training"
@@ -193,18 +205,79 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
         _write_rows(run_dir / FOLD_PREDICTIONS, rows)
         del clf, crops
         done += 1
-    yield {"stage": "report"}
-    rows = []
+    other = {name: read_samples(data, deepapl_labels) for name, data in (score_also or {}).items()}
     for i in range(k):
-        with open(out / f"fold_{i}" / FOLD_PREDICTIONS, newline="") as fh:
-            rows += list(csv.DictReader(fh))
+        for name, data in other.items():
+            if not (out / f"fold_{i}" / f"other_{name}.csv").is_file():
+                yield {"stage": "other", "fold": i, "name": name}
+                scored = yield from _score_other(out / f"fold_{i}", i, name, data, config.device, single_cells,
+                                                 segment, segmenter, crops_cache, should_stop)
+                if not scored:
+                    return {"stopped": True, "out_dir": str(out), "folds_done": done}
+    yield {"stage": "report"}
+    rows = [row for i in range(k) for row in _read_rows(out / f"fold_{i}" / FOLD_PREDICTIONS)]
     _write_rows(out / "predictions.csv", rows)
     metrics = [json.loads((out / f"fold_{i}" / "fold_metrics.json").read_text()) for i in range(k)]
     report = cv_report(rows, fold_metrics=metrics)
+    if other:
+        report["other_data"] = {name: other_data_report([_read_rows(out / f"fold_{i}" / f"other_{name}.csv")
+                                                         for i in range(k)]) for name in other}
     report = {"k": k, "seed": config.seed, "init": str(init) if init else None, "commands": commands + [command],
+              "extra_train": str(extra_train) if extra else None, "extra_train_cells": len(extra),
               "train_config": config.to_dict(), **report}
     write_cv_report(out, report)
     return {"stopped": False, "out_dir": str(out), "folds_done": done, "report": report}
+
+
+def _score_other(run_dir: Path, fold: int, name: str, samples, device, single_cells, segment, segmenter,
+                 crops_cache, should_stop) -> Generator[Event, None, bool]:
+    """Score data no fold trained on with fold ``fold``'s classifier into ``run_dir/other_<name>.csv``."""
+    from .model import load_classifier
+    from .predict import p_leukemic, predict_logits, probabilities
+
+    clf = load_classifier(run_dir / FINAL_NAME, device)
+    crops = yield from _tag(iter_crops(samples, clf.info.crop, single_cells=single_cells, segment=segment,
+                                       segmenter=segmenter, cache=crops_cache, device=device,
+                                       should_stop=should_stop), fold)
+    if crops is None:
+        return False
+    p = p_leukemic(clf, probabilities(clf, predict_logits(clf, crops.images))) if crops.samples else []
+    rows = [{"fold": fold, "path": str(s.path), "group": s.group, "stratum": s.stratum, "label": s.label,
+             "detail": s.detail, "truth": int(s.label in clf.info.leukemic), "p_leukemic": f"{q:.6f}"}
+            for s, q in zip(crops.samples, p)]
+    _write_rows(run_dir / f"other_{name}.csv", rows)
+    return True
+
+
+def other_data_report(per_fold: list[list[dict]], threshold: float = 0.5) -> dict:
+    """Call rates of data no fold trained on, scored by each fold's classifier: per fold, and averaged.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``called_leukemic`` (the mean over folds of the share of cells called blast equivalent),
+        ``per_fold`` (each fold's share) and ``per_detail`` (cell class: ``n`` and the mean share called).
+    """
+    rates = [float(np.mean([float(r["p_leukemic"]) >= threshold for r in rows])) if rows else float("nan")
+             for rows in per_fold]
+    details = sorted({r["detail"] or r["label"] for rows in per_fold for r in rows})
+    per_detail = {}
+    for d in details:
+        shares = [np.mean([float(r["p_leukemic"]) >= threshold for r in rows if (r["detail"] or r["label"]) == d])
+                  for rows in per_fold if any((r["detail"] or r["label"]) == d for r in rows)]
+        per_detail[d] = {"n": sum((r["detail"] or r["label"]) == d for r in per_fold[0]),
+                         "called_leukemic": float(np.mean(shares))}
+    return {"n_cells": len(per_fold[0]) if per_fold else 0, "called_leukemic": float(np.nanmean(rates)),
+            "per_fold": rates, "per_detail": per_detail}
+
+
+def _digest(samples) -> str:
+    return hashlib.sha256(json.dumps(sorted([str(s.path), s.label, s.group] for s in samples)).encode()).hexdigest()[:16]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _tag(gen, fold: int):
