@@ -165,6 +165,22 @@ def test_cv_report_per_patient_table_and_wilson_interval():
     assert wilson_interval(0, 34)[0] == 0 and np.isnan(wilson_interval(0, 0)[0])
 
 
+def test_cv_report_adjusts_each_patient_for_the_error_rates_of_the_other_folds():
+    def cells(fold, group, truth, n, n_called):
+        return [{"fold": fold, "path": f"{group}{truth}{i}", "group": group, "stratum": "AML", "label": "x",
+                 "detail": "", "truth": truth, "p_leukemic": 0.9 if i < n_called else 0.1} for i in range(n)]
+
+    rows = cells(0, "A", 0, 10, 3) + cells(1, "B", 1, 5, 4) + cells(2, "C", 0, 10, 1) + cells(2, "C", 1, 10, 9)
+    report = cv_report([{k: str(v) for k, v in r.items()} for r in rows])
+    c = report["patients"][2]
+    # folds 0 and 1: false-positive rate 3/10, sensitivity 4/5; C calls 10 of 20: (0.5 - 0.3) / (0.8 - 0.3) = 40%
+    assert c["predicted_pct"] == 50 and c["adjusted_pct"] == pytest.approx(40)
+    assert c["adjusted_low"] < 40 < c["adjusted_high"]
+    assert report["cv_rates"] == {"sensitivity": pytest.approx(13 / 15), "false_positive_rate": pytest.approx(4 / 20)}
+    assert report["patient_errors_adjusted"]["max_abs_error"] >= 10
+    assert report["patient_errors_mean_p"]["mean_abs_error"] > 0
+
+
 def test_deepapl_binary_target_is_who_blast_equivalents(shared_data):
     samples = read_dataset(shared_data / "deepapl" / "manifest.csv")
     with open(shared_data / "deepapl" / "manifest.csv", newline="") as fh:

@@ -240,6 +240,9 @@ def _cross_validate(args, config) -> int:
           f"balanced accuracy {o['balanced_accuracy']:.3f}, ECE {o['ece']:.3f}")
     print(f"per patient, blast-equivalent %: mean error {e['mean_abs_error']:.1f} points, largest "
           f"{e['max_abs_error']:.1f}, {e['over_10_points']} patient(s) off by more than 10")
+    a = r["patient_errors_adjusted"]
+    print(f"adjusted for the classifier's error rates (as the product reports it): mean error "
+          f"{a['mean_abs_error']:.1f} points, largest {a['max_abs_error']:.1f}, {a['over_10_points']} off by more than 10")
     for name, d in r.get("other_data", {}).items():
         print(f"{name}: {d['n_cells']} cells no fold trained on, {100 * d['called_leukemic']:.1f}% called blast "
               "equivalent (mean over the fold models)")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blast_count import wilson_interval
+from .blast_count import blast_percentage, wilson_interval
 from .config import SegmentConfig, TrainConfig
 from .cropstore import iter_crops
 from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples
@@ -313,8 +313,12 @@ def cv_report(rows: list[dict], *, fold_metrics: list[dict] | None = None, thres
         ``pooled`` (binary metrics and ECE), ``per_fold``, ``hard_pair`` (blast equivalents against immature
         granulocytes, when labelled), ``per_detail`` (call rate per cell class), ``patients`` (one row per
         patient: cells, true and predicted blast-equivalent %, difference, 95% counting interval of the
-        predicted %), ``patient_errors`` (mean and largest absolute difference, patients off by more than 5 and
-        10 points) and ``targets`` (each target, its value and whether it is met).
+        predicted %, and the percentage adjusted for the error rates of the other folds' calls:
+        :func:`~.blast_count.blast_percentage`), ``cv_rates`` (sensitivity and false-positive rate of all
+        calls: what a shipped checkpoint carries), ``patient_errors`` (mean and largest absolute difference,
+        patients off by more than 5 and 10 points, share of true values inside the interval), the same for the
+        adjusted percentage (``patient_errors_adjusted``) and for the mean probability
+        (``patient_errors_mean_p``), and ``targets`` (each target, its value and whether it is met).
     """
     from .evaluate import binary_metrics, expected_calibration_error
 
@@ -345,23 +349,26 @@ def cv_report(rows: list[dict], *, fold_metrics: list[dict] | None = None, thres
     report["per_detail"] = {d: {"n": int(m.sum()), "truth_leukemic": float(y[m].mean()),
                                 "called_leukemic": float(called[m].mean()), "mean_p_leukemic": float(p[m].mean())}
                             for d in sorted(set(detail)) for m in [detail == d]}
+    report["cv_rates"] = _rates(y, called)
     patients = []
     for g in sorted(set(group)):
         m = group == g
         n, k = int(m.sum()), int(called[m].sum())
         lo, hi = wilson_interval(k, n)
         true_pct, pred_pct = 100 * y[m].mean(), 100 * k / n
-        patients.append({"patient": g, "stratum": rows[int(np.flatnonzero(m)[0])]["stratum"], "fold": int(fold[m][0]),
+        f = fold[m][0]
+        adjusted = blast_percentage(k, n, _rates(y[fold != f], called[fold != f]))  # rates of the other folds
+        patients.append({"patient": g, "stratum": rows[int(np.flatnonzero(m)[0])]["stratum"], "fold": int(f),
                          "cells": n, "true_pct": true_pct, "predicted_pct": pred_pct,
                          "mean_p_pct": 100 * float(p[m].mean()), "difference": pred_pct - true_pct,
                          "interval_low": 100 * lo, "interval_high": 100 * hi,
-                         "true_in_interval": bool(100 * lo <= true_pct <= 100 * hi)})
+                         "true_in_interval": bool(100 * lo <= true_pct <= 100 * hi),
+                         "adjusted_pct": adjusted["blast_pct"], "adjusted_low": adjusted["blast_pct_low"],
+                         "adjusted_high": adjusted["blast_pct_high"]})
     report["patients"] = patients
-    err = np.abs([r["difference"] for r in patients])
-    report["patient_errors"] = {"mean_abs_error": float(err.mean()), "median_abs_error": float(np.median(err)),
-                                "max_abs_error": float(err.max()), "over_5_points": int((err > 5).sum()),
-                                "over_10_points": int((err > 10).sum()),
-                                "true_in_interval": float(np.mean([r["true_in_interval"] for r in patients]))}
+    report["patient_errors"] = _errors(patients, "predicted_pct", "interval_low", "interval_high")
+    report["patient_errors_adjusted"] = _errors(patients, "adjusted_pct", "adjusted_low", "adjusted_high")
+    report["patient_errors_mean_p"] = _errors(patients, "mean_p_pct")
     values = {**{key: report["pooled"][key] for key in ("roc_auc", "sensitivity_at_95_specificity", "ece")},
               "patient_mean_abs_error": report["patient_errors"]["mean_abs_error"],
               "patient_max_abs_error": report["patient_errors"]["max_abs_error"]}
@@ -369,6 +376,23 @@ def cv_report(rows: list[dict], *, fold_metrics: list[dict] | None = None, thres
                                "met": bool(values[key] >= bound if op == ">=" else values[key] <= bound)}
                          for key, (op, bound) in TARGETS.items()}
     return report
+
+
+def _rates(y: np.ndarray, called: np.ndarray) -> dict:
+    """Sensitivity and false-positive rate of calls (NaN where a class is absent)."""
+    return {"sensitivity": float(called[y == 1].mean()) if (y == 1).any() else float("nan"),
+            "false_positive_rate": float(called[y == 0].mean()) if (y == 0).any() else float("nan")}
+
+
+def _errors(patients: list[dict], key: str, low: str = "", high: str = "") -> dict:
+    """Mean, median and largest absolute error of one per-patient estimate against the truth (points)."""
+    err = np.abs([r[key] - r["true_pct"] for r in patients])
+    out = {"mean_abs_error": float(err.mean()), "median_abs_error": float(np.median(err)),
+           "max_abs_error": float(err.max()), "over_5_points": int((err > 5).sum()),
+           "over_10_points": int((err > 10).sum())}
+    if low:
+        out["true_in_interval"] = float(np.mean([r[low] <= r["true_pct"] <= r[high] for r in patients]))
+    return out
 
 
 def write_cv_report(out_dir, report: dict) -> list[Path]:
