@@ -42,3 +42,12 @@ def test_manifest_validates():
     assert manifest.name == "napari-leukemia"
     assert all(c.id.startswith("napari-leukemia.") for c in manifest.contributions.commands)
     assert {s.key for s in manifest.contributions.sample_data} == {"bccd", "deepapl", "mosaic"}
+
+
+def test_every_widget_worker_starts_in_one_place():
+    """Workers (which load models) start only in WorkerWidget._start, behind the guard against torch importing
+    triton next to Mesa's LLVM (a segfault)."""
+    napari_dir = Path(napari_leukemia.__file__).parent / "_napari"
+    starters = [path.name for path in napari_dir.rglob("*.py")
+                if any(word in path.read_text() for word in ("create_worker", "thread_worker", "avoid_llvm_clash"))]
+    assert starters == ["worker_widget.py"]

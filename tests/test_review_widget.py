@@ -187,6 +187,28 @@ def test_export_adds_the_called_cells_to_a_training_set(reviewing, tmp_path, qtb
     assert sorted(s.label for s in samples) == ["leukemic", "normal"] and {s.group for s in samples} == {"patient 1"}
 
 
+def test_update_and_export_load_models_behind_the_llvm_guard(reviewing, tmp_path, qtbot, monkeypatch):
+    """Add to training set without an analysis in this session once crashed napari: it loaded torch models without
+    the guard against triton next to Mesa's LLVM that Analyze, Update and Train called."""
+    from napari_leukemia._napari import worker_widget
+
+    viewer, widget, layer = reviewing
+    guarded = []
+    real = worker_widget.avoid_llvm_clash
+    monkeypatch.setattr(worker_widget, "avoid_llvm_clash", lambda: guarded.append(widget._worker) or real())
+    widget.go_to(2)
+    widget.set_call("normal")
+    widget._dataset.value = tmp_path / "set"
+    assert widget.export() is not None
+    assert guarded == [None]  # called before the worker was made
+    _wait(widget, qtbot)
+    layer.brush_size = 40
+    layer.paint((240, 330), 9)
+    assert widget.update() is not None
+    _wait(widget, qtbot)
+    assert len(guarded) == 2 and "re-classified cells: 9;" in widget._status.value
+
+
 def test_panel_opens_through_the_manifest(reviewing):
     viewer, _, layer = reviewing
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Review cells")

@@ -319,11 +319,8 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
 
     def update(self):
         """Re-classify, in a worker, only the cells whose mask was edited; returns the worker (or None)."""
-        from napari.qt.threading import create_worker
-
         from ..core.pipeline import get_classifier, model_name
         from ..core.review import update_cells
-        from . import avoid_llvm_clash
 
         if self._layer is None or self._worker is not None:
             return self._worker
@@ -332,7 +329,6 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         except ReviewError as err:
             self._status.value = f"Cannot update: {err}"
             return None
-        avoid_llvm_clash()
         layer, labels, table = self._layer, np.array(self._layer.data, copy=True), self.table
         expected, path, device = layer.metadata["summary"].get("classifier", ""), self._classifier_path(), self._device.value
         red = layer.metadata["summary"].get("red_cell_diameter")
@@ -345,9 +341,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
                                   "choose that checkpoint under 'classifier'")
             return update_cells(image, labels, table, clf, gradcam=explain, red_cell_px=red)
 
-        worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
-        worker.returned.connect(lambda result: self._updated(layer, labels, result))
-        return self._start(worker, "updating edited cells...")
+        return self._start(work, "updating edited cells...", returned=lambda result: self._updated(layer, labels, result))
 
     def _updated(self, layer, labels, result):
         from ..core.pipeline import paint_values

@@ -103,8 +103,6 @@ class ReviewFiles:
     # --- training set ---------------------------------------------------------------------------------
     def export(self, folder=None):
         """Add the hand-called cells to the training set folder, in a worker; returns the worker (or None)."""
-        from napari.qt.threading import create_worker
-
         from ..core.pipeline import get_classifier
         from ..core.training_set import export_training_set
 
@@ -129,9 +127,7 @@ class ReviewFiles:
             return export_training_set(folder, image, labels, cells, crop, source_image=source, group=group,
                                        classes=classes, include_confirmed=confirmed, red_cell_px=red)
 
-        worker = create_worker(work, _connect={"errored": self._on_error}, _start_thread=False)
-        worker.returned.connect(self._exported)
-        return self._start(worker, "exporting cells...")
+        return self._start(work, "exporting cells...", returned=self._exported)
 
     def _exported(self, report):
         from . import docked

@@ -9,7 +9,7 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from ..core.config import DEVICE_CHOICES, DISCLAIMER, FINE_TUNE_LR, TrainConfig
-from . import avoid_llvm_clash, register
+from . import register
 from .widgets import analyze_widgets
 from .worker_widget import WorkerWidget
 
@@ -156,10 +156,8 @@ class TrainWidget(WorkerWidget):
     # --- run ----------------------------------------------------------------------------------------
     def start(self, resume: bool = False):
         """Start (or with ``resume``, continue) training in a worker; returns the worker, or None."""
-        from napari.qt.threading import create_worker
         from napari.utils import progress
 
-        avoid_llvm_clash()
         if self._worker is not None:
             return self._worker
         try:
@@ -172,11 +170,8 @@ class TrainWidget(WorkerWidget):
         self.result = None
         self._draw()
         gen = train(**settings, should_stop=self._stop.is_set)
-        worker = create_worker(lambda: (yield from gen), _connect={"errored": self._on_error}, _start_thread=False)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_done)
         self._pbar = progress(total=0, desc="Training: preparing")
-        return self._start(worker, "resuming" if resume else "starting")
+        return self._start(gen, "resuming" if resume else "starting", yielded=self._on_event, returned=self._on_done)
 
     def stop(self):
         """End training at the next step; ``last.safetensors`` is kept and Resume continues it."""

@@ -7,7 +7,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 
 from ..core.config import DEVICE_CHOICES, DISCLAIMER, SEGMENTER_CHOICES
-from . import avoid_llvm_clash, docked, register
+from . import docked, register
 from .layers import META_KEY, our_layers, show_result
 from .worker_widget import WorkerWidget
 
@@ -94,11 +94,8 @@ class AnalyzeWidget(WorkerWidget):
 
     def run(self):
         """Start the analysis of the selected image layer in a worker; returns the worker."""
-        from napari.qt.threading import create_worker
-
         from ..core.pipeline import iter_analyze_smear
 
-        avoid_llvm_clash()
         layer = self._image.value
         if layer is None:
             self._status.value = "Open a smear image first (File > Open, or File > Open Sample > napari-leukemia)."
@@ -119,11 +116,9 @@ class AnalyzeWidget(WorkerWidget):
                                  config=self._config(), labels=labels, name=layer.name)
         from napari.utils import progress
 
-        worker = create_worker(lambda: (yield from gen), _connect={"errored": self._on_error}, _start_thread=False)
-        worker.yielded.connect(self._on_progress)
         self._pbar = progress(total=0, desc=f"Analyzing {layer.name}")
-        worker.returned.connect(lambda result: self._show(result, layer, calls, data))
-        return self._start(worker, "starting")
+        return self._start(gen, "starting", yielded=self._on_progress,
+                           returned=lambda result: self._show(result, layer, calls, data))
 
     def cancel(self):
         """Ask the running analysis to stop at its next step; nothing is added to the viewer."""
