@@ -25,8 +25,14 @@ def test_analyze_adds_result_layers_with_features_and_summary(viewer_with_sample
     widget._device.value = "cpu"
     _run(widget, qtbot)
     names = [layer.name for layer in viewer.layers]
-    assert names == ["smear", "smear cells", "smear p(leukemic)", "smear Grad-CAM"], widget._status.value
-    cells = viewer.layers["smear cells"]
+    assert names == ["smear", "smear p(leukemic)", "smear Grad-CAM", "smear cells"], widget._status.value
+    cells, cam = viewer.layers["smear cells"], viewer.layers["smear Grad-CAM"]
+    # the first result is the cells coloured by call: the maps are hidden below them, the cells stay selected
+    assert viewer.layers.selection.active is cells and list(viewer.layers.selection) == [cells]
+    assert not cam.visible and not viewer.layers["smear p(leukemic)"].visible
+    heat = np.asarray(cam.data)
+    assert heat[np.asarray(cells.data) == 0].max() == 0 and heat.max() > 0  # heat only inside the cells
+    assert cam.colormap.map(np.array([0.0]))[0][3] == 0  # and no heat is transparent: it never tints the smear
     assert match_boxes(label_boxes(np.asarray(cells.data)), bccd_boxes)["tp"] == len(bccd_boxes)
     assert list(cells.features["label"]) == list(range(1, int(cells.data.max()) + 1))
     colour = cells.colormap.map(np.array([cells.features["label"][0]]))[0]
@@ -53,6 +59,7 @@ def test_save_results_writes_the_bundle_and_never_replaces_it(viewer_with_sample
 
 
 def test_rerun_replaces_only_our_layers_and_keeps_user_edits(viewer_with_sample, qtbot):
+    from napari_leukemia._napari.layers import our_layers
     from napari_leukemia._napari.widgets import AnalyzeWidget
 
     viewer = viewer_with_sample
@@ -77,6 +84,11 @@ def test_rerun_replaces_only_our_layers_and_keeps_user_edits(viewer_with_sample,
     _run(widget, qtbot)
     assert any(layer.name.endswith("(edited)") for layer in viewer.layers)
     assert user in viewer.layers
+    widget._gradcam.value = True  # a map added to an earlier result goes below its cells, which stay selected
+    _run(widget, qtbot)
+    ours = our_layers(viewer, "smear")
+    assert viewer.layers.index(ours["gradcam"]) < viewer.layers.index(ours["cells"]) == len(viewer.layers) - 1
+    assert viewer.layers.selection.active is ours["cells"]
 
 
 def test_cancel_changes_nothing(viewer_with_sample, qtbot):

@@ -17,6 +17,8 @@ ROLES = ("cells", "p_leukemic", "gradcam")
 UNREVIEWED_ALPHA = 0.4
 #: Alpha of cells called "exclude" by hand (gray).
 EXCLUDED_ALPHA = 0.25
+#: Grad-CAM value from which the heat map is opaque (below it fades to transparent at 0).
+HEAT_OPAQUE = 0.3
 
 
 def labels_hash(labels: np.ndarray) -> str:
@@ -57,23 +59,23 @@ def cell_table_of(layer):
     return layer.features.drop(columns="index", errors="ignore").reset_index(drop=True)
 
 
+def heat_colormap():
+    """Colormap of the Grad-CAM layer: inferno, transparent at 0 and fading in up to :data:`HEAT_OPAQUE`, so
+    that no heat (the background, and every pixel outside a cell) never tints the smear."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    x = np.linspace(0.0, 1.0, 33)
+    rgba = ensure_colormap("inferno").map(x)
+    rgba[:, 3] = np.clip(x / HEAT_OPAQUE, 0.0, 1.0)
+    return Colormap(rgba, controls=x, name="napari-leukemia heat")
+
+
 def result_layers(result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list[tuple]:
-    """Layer data tuples: cells (Labels with ``features``), ``p(leukemic)`` and ``Grad-CAM`` images."""
+    """Layer data tuples, bottom to top: the ``p(leukemic)`` and ``Grad-CAM`` images (hidden), then the cells
+    (Labels with ``features``) on top."""
     common = {"translate": translate, "scale": scale}
     meta = lambda role, **kw: {META_KEY: {"source": source, "role": role, **kw}, "summary": result.summary}  # noqa: E731
     layers = [
-        (
-            result.labels,
-            {
-                "name": f"{source} cells",
-                "features": layer_features(result.cells),
-                "colormap": label_colormap(result.cells, classes, leukemic),
-                "opacity": 0.55,
-                "metadata": meta("cells", hash=labels_hash(result.labels)),
-                **common,
-            },
-            "labels",
-        ),
         (
             result.probability,
             {
@@ -95,16 +97,31 @@ def result_layers(result: SmearResult, source: str, classes, leukemic, translate
                 result.gradcam,
                 {
                     "name": f"{source} Grad-CAM",
-                    "colormap": "turbo",
+                    "colormap": heat_colormap(),
                     "contrast_limits": (0.0, 1.0),
                     "blending": "translucent",
-                    "opacity": 0.45,
+                    "opacity": 0.8,
+                    "visible": False,
                     "metadata": meta("gradcam"),
                     **common,
                 },
                 "image",
             )
         )
+    layers.append(
+        (
+            result.labels,
+            {
+                "name": f"{source} cells",
+                "features": layer_features(result.cells),
+                "colormap": label_colormap(result.cells, classes, leukemic),
+                "opacity": 0.55,
+                "metadata": meta("cells", hash=labels_hash(result.labels)),
+                **common,
+            },
+            "labels",
+        )
+    )
     return layers
 
 
@@ -131,7 +148,7 @@ def show_result(viewer, result: SmearResult, source: str, classes, leukemic, tra
     """Put a result in the viewer, replacing our earlier result layers of the same image in place.
 
     A cells layer the user has edited is kept untouched (it becomes theirs: our mark is removed) and
-    a new one is added beside it. User layers are never touched.
+    a new one is added beside it. User layers are never touched. The maps lie below the cells, which end selected.
     """
     existing = our_layers(viewer, source)
     if "cells" in existing and is_edited(existing["cells"]):
@@ -154,4 +171,9 @@ def show_result(viewer, result: SmearResult, source: str, classes, leukemic, tra
         out.append(layer)
     for layer in existing.values():  # e.g. Grad-CAM turned off this time
         viewer.layers.remove(layer)
+    cells = out[-1]
+    for layer in out[:-1]:  # a map added after the cells (e.g. Grad-CAM turned on again) goes below them
+        if viewer.layers.index(layer) > viewer.layers.index(cells):
+            viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(cells))
+    viewer.layers.selection.active = cells
     return out

@@ -29,7 +29,7 @@ class SmearResult:
     probability : (H, W) ndarray of float32
         Each cell's ``p_leukemic`` painted over its mask, 0 elsewhere.
     gradcam : (H, W) ndarray of float32 or None
-        Grad-CAM of each cell's predicted class, pasted at its crop window (max where windows overlap).
+        Grad-CAM of each cell's predicted class, inside the cell's mask (0 elsewhere).
     summary : dict
         Counts, leukaemic fraction, model names and versions, timings, messages.
     """
@@ -122,7 +122,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
             from .explain import gradcam
 
             cams = gradcam(clf, crops.images, cells["predicted_class"].cat.codes.to_numpy())
-            _paste_windows(cam_image, cams, crops.windows)
+            cam_image = paint_maps_in_cells(labels, crops, cams)
         timings["gradcam_s"] = time.perf_counter() - t
     prob_image = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
     timings["total_s"] = time.perf_counter() - t_start
@@ -313,13 +313,6 @@ def _window_view(shape, window, m: np.ndarray):
     resized = cv2.resize(m, (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
     rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, shape[0]), min(c1, shape[1])
     return slice(rr0, rr1), slice(cc0, cc1), resized[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
-
-
-def _paste_windows(canvas: np.ndarray, maps: np.ndarray, windows: np.ndarray) -> None:
-    for m, window in zip(maps, windows):
-        rows, cols, part = _window_view(canvas.shape, window, m)
-        view = canvas[rows, cols]
-        np.maximum(view, part, out=view)
 
 
 @functools.lru_cache(maxsize=4)
