@@ -64,7 +64,8 @@ def test_a_run_stopped_in_its_first_epoch_resumes_without_a_history(tiny_set, tm
                                           ("seed", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
                                           ("lr", float("inf")), ("weight_decay", -1e-4), ("blur_p", -0.1),
                                           ("blur_p", 1.5), ("lowres_p", 2.0), ("plateau_factor", 1.0),
-                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1), ("arch", "vgg16")])
+                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1), ("arch", "vgg16"),
+                                          ("sampling", "slides")])
 def test_train_settings_out_of_range_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}\b.*got {value!r}"):
         TrainConfig(**{field: value})
@@ -144,3 +145,16 @@ def test_tune_trains_only_the_chosen_weights(tiny_set, tmp_path, tune):
     assert any(k.startswith("head.") for k in changed)
     trainable = ("head.",) if tune == "head" else ("head.", "features.denseblock4.", "features.norm5.")
     assert all(k.startswith(trainable) for k in changed), sorted(changed)[:5]  # batch-norm statistics included
+
+
+def test_sampling_by_patient_gives_every_patient_equal_chances_and_weights_classes_by_the_mix():
+    from napari_leukemia.core.train import class_weights, draw_chances, epoch_order
+
+    groups = np.array(["A"] * 90 + ["B"] * 10)
+    targets = np.array([0] * 90 + [1] * 10)
+    assert draw_chances(groups, "cells") is None
+    chances = draw_chances(groups, "patients")
+    order = epoch_order(100, chances, np.random.default_rng(0))
+    assert len(order) == 100 and 35 < (order >= 90).sum() < 65  # about half from the 10 cells of B
+    assert np.allclose(class_weights(targets, 2, chances), [1, 1])  # the drawn mix is balanced already
+    assert class_weights(targets, 2)[1] > 5 * class_weights(targets, 2)[0]

@@ -28,7 +28,7 @@ DATASET_HELP = ("a folder of class sub-folders, a CSV with columns path,label[,g
 
 def add_commands(sub) -> None:
     """The ``train`` and ``evaluate`` sub-commands (thin over :mod:`.core.fit` and :mod:`.core.scoring`)."""
-    from ..core.config import TUNE_CHOICES, CropConfig, TrainConfig
+    from ..core.config import SAMPLING_CHOICES, TUNE_CHOICES, CropConfig, TrainConfig
 
     d = TrainConfig()
     t = sub.add_parser(
@@ -57,6 +57,9 @@ def add_commands(sub) -> None:
                    help="the classes that are leukaemic (default: 'leukemic' for leukemic/normal data; else names "
                         "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
     t.add_argument("--init", metavar="CKPT", help="fine-tune this classifier checkpoint (same class list)")
+    t.add_argument("--sampling", choices=SAMPLING_CHOICES, default=d.sampling,
+                   help="cells: every training cell once an epoch (default); patients: draw with equal chances per "
+                        "group (patient, slide), so that patients with many cells do not dominate")
     t.add_argument("--arch", choices=CLASSIFIER_ARCHITECTURES, default=None,
                    help="the backbone of a new classifier (default densenet201, the design's; resnet18 is a light "
                         "proxy to screen recipes by cross-validation on a CPU); --init and --resume keep the "
@@ -152,7 +155,8 @@ def cmd_train(args) -> int:
                              seed=args.seed, device=args.device, imagenet=imagenet,
                              max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
                              stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p,
-                             tune=args.tune, arch=args.arch or "")
+                             tune=args.tune, arch=args.arch or "",
+                             sampling=args.sampling)
     except ValueError as err:
         raise UsageError(str(err)) from err
     check_device(args.device)

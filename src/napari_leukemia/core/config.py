@@ -164,6 +164,8 @@ class AnalysisConfig(_Serializable):
 
 #: Which weights :class:`TrainConfig` trains.
 TUNE_CHOICES = ("all", "last_block", "head")
+#: How an epoch draws its training cells: each once, or as many from every group (patient) on average.
+SAMPLING_CHOICES = ("cells", "patients")
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,10 @@ class TrainConfig(_Serializable):
         Which weights train: every one, only the backbone's last block (DenseNet201: the last dense block
         with its final norm; ResNet: ``layer4``) and the head, or the head alone. The frozen layers keep their batch-norm statistics; a frozen start trains
         several times faster (on a CPU) and keeps what the starting checkpoint learnt.
+    sampling : {"cells", "patients"}
+        An epoch takes every training cell once, or draws as many cells (with replacement) with equal chances
+        for every group (patient, slide), so that patients with many cells do not dominate; the class weights
+        follow the drawn mix.
     arch : str
         The backbone of a new classifier (:data:`CLASSIFIER_ARCHITECTURES`); ``""``: DenseNet201, or the
         starting checkpoint's when fine-tuning or resuming (which keep their own).
@@ -237,8 +243,11 @@ class TrainConfig(_Serializable):
     max_steps_per_epoch: int = 0
     tune: str = "all"
     arch: str = ""
+    sampling: str = "cells"
 
     def __post_init__(self):
+        if self.sampling not in SAMPLING_CHOICES:
+            raise ValueError(f"TrainConfig.sampling must be one of {SAMPLING_CHOICES}, got {self.sampling!r}")
         if self.arch and self.arch not in CLASSIFIER_ARCHITECTURES:
             raise ValueError(f"TrainConfig.arch must be one of {CLASSIFIER_ARCHITECTURES}, got {self.arch!r}")
         if self.tune not in TUNE_CHOICES:

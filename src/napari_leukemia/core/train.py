@@ -36,19 +36,36 @@ class CropSet:
         return CropSet(self.images[mask], self.targets[mask], self.groups[mask])
 
 
-def class_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
-    """Inverse-frequency class weights, mean 1 over present classes; refuses empty classes."""
-    counts = np.bincount(targets, minlength=n_classes).astype(float)
+def class_weights(targets: np.ndarray, n_classes: int, chances: np.ndarray | None = None) -> np.ndarray:
+    """Inverse-frequency class weights, mean 1 over present classes; refuses empty classes.
+
+    ``chances``: each cell's probability of being drawn (:func:`draw_chances`), when not all are equal.
+    """
+    counts = np.bincount(targets, weights=chances, minlength=n_classes).astype(float)
     if (counts == 0).any():
         raise ValueError(f"every class needs training examples; counts per class: {counts.astype(int).tolist()}")
     w = counts.sum() / (n_classes * counts)
     return w / w.mean()
 
 
+def draw_chances(groups: np.ndarray, sampling: str) -> np.ndarray | None:
+    """Each training cell's chance of being drawn: None for ``"cells"`` (each once per epoch), else equal per group."""
+    if sampling == "cells":
+        return None
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    chances = 1.0 / counts[inverse]
+    return chances / chances.sum()
+
+
+def epoch_order(n: int, chances: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """The cells of one epoch: a permutation, or ``n`` draws with replacement by ``chances``."""
+    return rng.permutation(n) if chances is None else rng.choice(n, size=n, replace=True, p=chances)
+
+
 def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainConfig, out_dir, *,
                  resume: bool = False, init: Classifier | None = None,
                  should_stop: Callable[[], bool] = lambda: False) -> Generator[dict, None, dict]:
-    """Train a DenseNet201 classifier; yields one report dict per epoch and returns the final one.
+    """Train a classifier; yields one report dict per epoch and returns the final one.
 
     Files in ``out_dir``: ``last.safetensors`` and ``last_state.pt`` (every epoch, and when stopped),
     ``best.safetensors`` (lowest validation loss), ``history.json``. A stop request (``should_stop()``
@@ -73,7 +90,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     for name, part in (("training", train), ("validation", val)):
         if len(part) == 0:
             raise ValueError(f"the {name} set is empty")
-    w = class_weights(train.targets, n_classes) if cfg.balance == "weights" else np.ones(n_classes)
+    chances = draw_chances(train.groups, cfg.sampling)
+    w = class_weights(train.targets, n_classes, chances) if cfg.balance == "weights" else np.ones(n_classes)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
     history, start_epoch, best_loss, bad_epochs = [], 0, float("inf"), 0
     if resume:
@@ -109,7 +127,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         net.train()
         for module in frozen:
             module.eval()  # keeps their batch-norm statistics
-        order = rng.permutation(len(train))
+        order = epoch_order(len(train), chances, rng)
         steps = len(order) // cfg.batch_size or 1
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
