@@ -39,6 +39,10 @@ def test_analyze_adds_result_layers_with_features_and_summary(viewer_with_sample
     assert colour[3] > 0  # coloured by class, background transparent
     assert "Leukocytes: " in widget._summary.value and "Research use only" in widget._disclaimer.value
     assert "95% interval" in widget._summary.value
+    # a legend beside the summary: each class in its colour-blind-safe colour (Okabe-Ito), with its count
+    n, k = len(cells.features), int(cells.features["leukemic"].sum())
+    legend = widget._legend.value
+    assert '#d55e00">&#9632;</span> leukemic: ' + str(k) in legend and '#0072b2">&#9632;</span> normal: ' + str(n - k) in legend
 
 
 def test_save_results_writes_the_bundle_and_never_replaces_it(viewer_with_sample, qtbot, tmp_path):
@@ -171,7 +175,7 @@ def test_a_cell_type_classifier_colours_cells_by_type_and_counts_them(make_napar
     counts = summary["per_class"]
     assert sum(counts.values()) == len(cells.features) == 6
     for c in classes:
-        assert f"{c}: {counts[c]}" in widget._summary.value  # the differential count, in the layer's colours
+        assert f"{c}: {counts[c]}" in widget._legend.value  # the differential count, in the layer's colours
 
 
 def test_the_shipped_cell_type_classifier_is_one_choice_away(viewer_with_sample, qtbot):

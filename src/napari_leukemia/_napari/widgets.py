@@ -5,6 +5,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, create_widget
+from qtpy.QtCore import Qt
 
 from ..core.config import DEVICE_CHOICES, DISCLAIMER, SEGMENTER_CHOICES
 from . import docked, register
@@ -50,6 +51,8 @@ class AnalyzeWidget(WorkerWidget):
                                              "Review cells)")
         self._save_button = PushButton(text="Save results", enabled=False)
         self._status = Label(value="")
+        self._legend = Label(value="", tooltip="the cells layer's colours, and how many cells have each call")
+        self._legend.native.setTextFormat(Qt.TextFormat.RichText)
         self._summary = Label(value="")
         self._disclaimer = Label(value=DISCLAIMER)
         self._segmenter.native.setToolTip("empty: the shipped leukocyte model")
@@ -63,7 +66,7 @@ class AnalyzeWidget(WorkerWidget):
             self._image, self._method, self._segmenter, self._shipped, self._classifier, self._diameter,
             self._red_cell, self._device,
             self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._save_folder,
-            self._save_button, self._status, self._summary, self._disclaimer,
+            self._save_button, self._status, self._legend, self._summary, self._disclaimer,
         ])
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
@@ -139,6 +142,7 @@ class AnalyzeWidget(WorkerWidget):
         leukemic = result.summary["leukemic_classes"]
         show_result(self._viewer, result, layer.name, classes, leukemic,
                     translate=tuple(layer.translate)[-2:], scale=tuple(layer.scale)[-2:])
+        self._legend.value = format_legend(classes, leukemic, result.summary.get("per_class", {}))
         self._summary.value = format_summary(result.summary)
         self._status.value = result.summary["message"] or "done"
         self._last = (result, image, layer.name)
@@ -192,8 +196,7 @@ class AnalyzeWidget(WorkerWidget):
 
 
 def format_summary(summary: dict) -> str:
-    """The slide summary as a few lines of text; with more than two classes, a count per class (a differential
-    count) in the colours of the Labels layer, as rich text."""
+    """The slide summary as a few lines of text (the count per class is in :func:`format_legend`)."""
     n, k = summary["leukocytes"], summary["leukemic"]
     t = summary.get("timings", {})
     from ..core.blast_count import describe
@@ -201,17 +204,26 @@ def format_summary(summary: dict) -> str:
     lines = [f"Leukocytes: {n}", f"Blast equivalents (p_leukemic ≥ 0.5): {k}"]
     if "blast_pct" in summary:
         lines.append(describe(summary))
-    classes, per_class = summary["classes"], summary.get("per_class", {})
-    rich = len(classes) > 2 and per_class
-    if rich:
-        from ..core.render import class_colors
-
-        colors = class_colors(classes, summary["leukemic_classes"])
-        lines += [f'<span style="color:#{"".join(f"{round(255 * v):02x}" for v in colors[c][:3])}">&#9632;</span> '
-                  f"{c}: {per_class.get(c, 0)}" for c in classes]
     lines += [f"Segmenter: {summary['segmenter']}", f"Classifier: {summary['classifier']}",
               f"Device: {summary['device']}, {t.get('total_s', 0):.1f} s"]
-    return "<br>".join(lines) if rich else "\n".join(lines)
+    return "\n".join(lines)
 
 
-__all__ = ["AnalyzeWidget", "analyze_widgets", "format_summary", "META_KEY"]
+def format_legend(classes, leukemic, counts: dict) -> str:
+    """Rich text legend of a cells layer: each class in its colour (:func:`~..core.render.class_colors`, the
+    colours of the Labels layer) with its number of cells; one line per class, for two classes or nine."""
+    from html import escape
+
+    from ..core.render import class_colors
+
+    colors = class_colors(classes, leukemic)
+    return "<br>".join(f'<span style="color:{hex_color(colors[c])}">&#9632;</span> {escape(str(c))}: '
+                       f"{counts.get(c, 0)}" for c in classes)
+
+
+def hex_color(rgba) -> str:
+    """``"#rrggbb"`` of an RGB(A) colour with channels in 0..1."""
+    return "#" + "".join(f"{round(255 * v):02x}" for v in rgba[:3])
+
+
+__all__ = ["AnalyzeWidget", "analyze_widgets", "format_legend", "format_summary", "META_KEY"]

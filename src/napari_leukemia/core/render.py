@@ -7,29 +7,30 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Colour of the binary case's leukaemic class and the first leukaemic class otherwise.
-LEUKEMIC_RGBA = (0.9, 0.1, 0.1, 1.0)
-#: Colour of the binary case's normal class and the first other class otherwise.
-NORMAL_RGBA = (0.1, 0.8, 0.2, 1.0)
+#: Colour of the binary case's leukaemic class and the first leukaemic class otherwise: Okabe-Ito vermillion
+#: (#D55E00). The first colours of both palettes are Okabe-Ito's, told apart by colour-blind readers.
+LEUKEMIC_RGBA = (0.835, 0.369, 0.0, 1.0)
+#: Colour of the binary case's normal class and the first other class otherwise: Okabe-Ito blue (#0072B2).
+NORMAL_RGBA = (0.0, 0.447, 0.698, 1.0)
 #: Colour of cells left out of the analysis (and of labels without a row in the cell table).
 EXCLUDED_RGBA = (0.6, 0.6, 0.6, 1.0)
 EXCLUDED = "excluded"
 
-#: Leukaemic classes, in order: red, orange, magenta, amber, crimson, pink.
-WARM = (LEUKEMIC_RGBA, (1.0, 0.55, 0.0, 1.0), (0.85, 0.1, 0.75, 1.0), (0.95, 0.75, 0.1, 1.0),
+#: Leukaemic classes, in order: vermillion, orange, reddish purple, yellow (Okabe-Ito), then crimson and pink.
+WARM = (LEUKEMIC_RGBA, (0.902, 0.624, 0.0, 1.0), (0.8, 0.475, 0.655, 1.0), (0.941, 0.894, 0.259, 1.0),
         (0.6, 0.05, 0.2, 1.0), (1.0, 0.45, 0.55, 1.0))
-#: Other classes, in order: green, blue, cyan, teal, indigo, sky blue, lime, navy (enough for the seven normal
-#: cell types of the cell-type classifier).
-COOL = (NORMAL_RGBA, (0.15, 0.45, 0.95, 1.0), (0.0, 0.8, 0.85, 1.0), (0.1, 0.5, 0.45, 1.0),
-        (0.35, 0.3, 0.85, 1.0), (0.5, 0.75, 1.0, 1.0), (0.65, 0.9, 0.3, 1.0), (0.1, 0.15, 0.5, 1.0))
+#: Other classes, in order: blue, sky blue, bluish green (Okabe-Ito), then indigo, cyan, navy, lime, teal (enough
+#: for the seven normal cell types of the cell-type classifier).
+COOL = (NORMAL_RGBA, (0.337, 0.706, 0.914, 1.0), (0.0, 0.62, 0.451, 1.0), (0.35, 0.3, 0.85, 1.0),
+        (0.0, 0.85, 0.85, 1.0), (0.1, 0.15, 0.5, 1.0), (0.65, 0.9, 0.3, 1.0), (0.1, 0.45, 0.4, 1.0))
 
 
 def class_colors(classes, leukemic) -> dict[str, tuple[float, float, float, float]]:
     """RGBA colour (0..1) of every class, plus ``"excluded"``.
 
-    Leukaemic classes take warm colours (red first), the others cool colours (green first), each in
-    the order of ``classes``; so the binary case is red for the leukaemic and green for the normal
-    class. Palettes repeat beyond six leukaemic or eight other classes.
+    Leukaemic classes take warm colours (vermillion first), the others cool colours (blue first), each in
+    the order of ``classes``; so the binary case is vermillion for the leukaemic and blue for the normal
+    class, safe for colour-blind readers. Palettes repeat beyond six leukaemic or eight other classes.
 
     Parameters
     ----------
