@@ -194,6 +194,23 @@ def test_resnet18_classifier_round_trip_tunes_its_last_block_and_explains(tmp_pa
     assert maps.shape == crops[:2].shape[:3] and 0 <= maps.min() and maps.max() <= 1
 
 
+def test_batchnorm_adaptation_takes_the_slides_statistics_and_leaves_the_model_alone(three_class, sample_cells):
+    from napari_leukemia.core.predict import adapt_batchnorm
+    from napari_leukemia.core.preprocess import to_tensor
+
+    clf, _ = three_class
+    crops = sample_cells[2].images
+    before = clf.net.features.norm0.running_mean.clone()
+    adapted = adapt_batchnorm(clf, crops)
+    with torch.no_grad():
+        first = clf.net.features.conv0(to_tensor(crops, clf.info.crop))
+    assert torch.allclose(adapted.net.features.norm0.running_mean, first.mean((0, 2, 3)), atol=1e-4)
+    assert torch.equal(clf.net.features.norm0.running_mean, before) and not adapted.net.training
+    kept = adapt_batchnorm(clf, crops, prior=1e9)
+    assert torch.allclose(kept.net.features.norm0.running_mean, before, atol=1e-4)
+    assert predict_logits(adapted, crops).shape == (len(crops), 3)
+
+
 def test_classifier_info_validation():
     with pytest.raises(ValueError, match="two distinct"):
         ClassifierInfo(classes=("a",), leukemic=())

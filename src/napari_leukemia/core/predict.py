@@ -66,3 +66,35 @@ def probabilities(classifier: Classifier, logits: np.ndarray) -> np.ndarray:
 def p_leukemic(classifier: Classifier, proba: np.ndarray) -> np.ndarray:
     """Probability that each cell is leukaemic: the sum over the checkpoint's leukaemic classes."""
     return proba[:, classifier.leukemic_index()].sum(axis=1)
+
+
+def adapt_batchnorm(classifier: Classifier, crops: np.ndarray, *, prior: float = 0.0, batch_size: int = 64) -> Classifier:
+    """A copy of the classifier whose batch-norm statistics are moved to those of ``crops`` (one slide's cells).
+
+    Test-time adaptation to a slide's stain and scanner: every batch-norm layer's running mean and variance are
+    re-estimated from the slide's own cells (weights unchanged). ``prior`` weighs the trained statistics as that
+    many cells (0: the slide's alone), so that a slide of few cells moves less.
+    """
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(classifier.net).float().to(memory_format=torch.contiguous_format)
+    device = _device_of(net)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    trained = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    with torch.no_grad():  # inference mode would not let the running statistics change
+        for start in range(0, len(crops), batch_size):
+            net(to_tensor(crops[start : start + batch_size], classifier.info.crop).to(device))
+    n = len(crops)
+    for m, (mean, var) in zip(norms, trained):
+        m.eval()
+        w = n / (n + prior)
+        m.running_mean.copy_(w * m.running_mean + (1 - w) * mean)
+        m.running_var.copy_(w * m.running_var + (1 - w) * var)
+    return Classifier(net=net, info=classifier.info, path=classifier.path)
