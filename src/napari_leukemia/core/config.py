@@ -206,8 +206,9 @@ class TrainConfig(_Serializable):
         channels_last + bf16 autocast on CPU, fp16 AMP on CUDA.
     tune : {"all", "last_block", "head"}
         Which weights train: every one, only the backbone's last block (DenseNet201: the last dense block
-        with its final norm; ResNet: ``layer4``) and the head, or the head alone. The frozen layers keep their batch-norm statistics; a frozen start trains
-        several times faster (on a CPU) and keeps what the starting checkpoint learnt.
+        with its final norm; ResNet: ``layer4``) and the head, or the head alone. The frozen layers keep their
+        batch-norm statistics; a frozen start trains several times faster (on a CPU) and keeps what the starting
+        checkpoint learnt.
     sampling : {"cells", "patients"}
         An epoch takes every training cell once, or draws as many cells (with replacement) with equal chances
         for every group (patient, slide), so that patients with many cells do not dominate; the class weights

@@ -72,12 +72,9 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     true) ends the epoch in progress, saves ``last`` and returns; ``resume=True`` continues from it.
     """
     import torch
-    import torch.nn.functional as F
 
-    from .augment import augment_batch
-    from .device import autocast_for, flush_denormals, resolve_device
+    from .device import flush_denormals, resolve_device
     from .io import write_json
-    from .preprocess import normalize
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +117,6 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         start_epoch, best_loss, bad_epochs = st["epoch"], float(st["best_loss"]), st["bad_epochs"]
         rng = np.random.default_rng(cfg.seed + start_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.fast)
-    images_dev = torch.from_numpy(train.images)  # uint8, moved per batch
     report: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -131,40 +127,10 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         steps = len(order) // cfg.batch_size or 1
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
-        loss_sum, correct, seen, stopped = 0.0, 0, 0, False
-        for step in range(steps):
-            if should_stop():
-                stopped = True
-                break
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = images_dev[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-            y = torch.from_numpy(train.targets[idx]).to(device)
-            if cfg.augment:
-                x = augment_batch(x, stain_jitter=cfg.stain_jitter, stain_vector_jitter=cfg.stain_vector_jitter,
-                                  blur_p=cfg.blur_p, lowres_p=cfg.lowres_p)
-            x = normalize(x, info.crop)
-            if cfg.fast:
-                x = x.contiguous(memory_format=torch.channels_last)
-            try:
-                with autocast_for(device, cfg.fast):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, weight=weights)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                             f"lower the learning rate (finished epochs' checkpoints in {out} are kept)")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            except RuntimeError as err:  # torch.OutOfMemoryError on CUDA; a CPU allocator failure is a plain one
-                if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
-                    raise
-                raise MemoryError(f"out of memory with batch size {cfg.batch_size} on {device.type}; try a smaller "
-                                  "batch size") from err
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-        if stopped:
+        batches = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps)]
+        fit = train_one_epoch(net, train, batches, info, cfg, opt, scaler, weights, epoch=epoch, out=out,
+                              should_stop=should_stop)
+        if fit["stopped"]:
             _save_state(clf, out, opt, sched, epoch, best_loss, bad_epochs)
             report = {"epoch": epoch, "stopped": True, "checkpoint": str(out / "last.safetensors")}
             yield report
@@ -179,8 +145,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             bad_epochs += 1
         report = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_loss": fit["train_loss"],
+            "train_accuracy": fit["train_accuracy"],
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "lr": opt.param_groups[0]["lr"],
@@ -195,6 +161,63 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         if bad_epochs >= cfg.patience:
             break
     return {**report, "best_val_loss": best_loss, "checkpoint": str(out / "best.safetensors")}
+
+
+def train_one_epoch(net, train: CropSet, batches: list[np.ndarray], info: ClassifierInfo, cfg: TrainConfig, opt,
+                    scaler, weights, *, epoch: int, out: Path, should_stop: Callable[[], bool]) -> dict:
+    """One pass over ``batches`` (index arrays into ``train``): augment, normalise, one optimiser step each.
+
+    Returns ``train_loss`` and ``train_accuracy`` (over the cells seen) and ``stopped`` (``should_stop()`` came
+    true between steps).
+
+    Raises
+    ------
+    FloatingPointError
+        The loss is not finite (the message names the epoch and step and advises a lower learning rate).
+    MemoryError
+        The batch does not fit the device's memory (advising a smaller batch).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import augment_batch
+    from .device import autocast_for
+    from .preprocess import normalize
+
+    device = next(net.parameters()).device
+    images = torch.from_numpy(train.images)  # uint8, moved per batch
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, idx in enumerate(batches):
+        if should_stop():
+            return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "stopped": True}
+        x = images[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        y = torch.from_numpy(train.targets[idx]).to(device)
+        if cfg.augment:
+            x = augment_batch(x, stain_jitter=cfg.stain_jitter, stain_vector_jitter=cfg.stain_vector_jitter,
+                              blur_p=cfg.blur_p, lowres_p=cfg.lowres_p)
+        x = normalize(x, info.crop)
+        if cfg.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            with autocast_for(device, cfg.fast):
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, weight=weights)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                         f"lower the learning rate (finished epochs' checkpoints in {out} are kept)")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        except RuntimeError as err:  # torch.OutOfMemoryError on CUDA; a CPU allocator failure is a plain one
+            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                raise
+            raise MemoryError(f"out of memory with batch size {cfg.batch_size} on {device.type}; try a smaller "
+                              "batch size") from err
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "stopped": False}
 
 
 def frozen_modules(net, tune: str) -> list:
