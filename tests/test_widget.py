@@ -190,3 +190,22 @@ def test_the_shipped_cell_type_classifier_is_one_choice_away(viewer_with_sample,
     summary = viewer_with_sample.layers["smear cells"].metadata["summary"]
     assert summary["classes"] == list(load_classifier("cell_type", "cpu").info.classes), widget._status.value
     assert "densenet201_celltype" in summary["classifier"]
+
+
+def test_the_three_docks_fit_a_laptop_screen_and_long_status_wraps(make_napari_viewer, qtbot):
+    """A long training status once widened its dock to 1,097 px, and Analyze, Review and Train docked together
+    needed a window 1,997 px tall: each dock's widgets now scroll and its labels wrap."""
+    from napari_leukemia._napari.review import ReviewWidget
+    from napari_leukemia._napari.train_widget import TrainWidget
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    for widget in (AnalyzeWidget(viewer), ReviewWidget(viewer), TrainWidget(viewer)):
+        widget.native.show()  # a hidden widget does not update its size hint
+        qtbot.addWidget(widget.native)
+        for status in ("status " * 72, "/a/folder/without/spaces" * 21):  # 500 characters, with spaces or without
+            widget._status.value = status
+            qtbot.wait(1)
+            assert widget.native.sizeHint().width() < 500, (type(widget).__name__, status[:10])
+        assert widget._status.native.wordWrap() and widget._status.native.height() > 40  # on several lines
+        assert widget.native.minimumSizeHint().height() < 200, type(widget).__name__  # three fit 768 px

@@ -88,7 +88,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._unreviewed.changed.connect(self.refresh)
         self._cell_list.changed.connect(lambda v: v and self.go_to(v[0]))
         self._only_selected.changed.connect(self._show_only)
-        self.extend([
+        self._body.extend([
             self._cells, self._slide, self._filter, self._unreviewed, self._cell_list,
             Container(widgets=[self._previous, self._next], layout="horizontal", labels=False),
             self._info, self._only_selected, self._calls, self._advance, self._annotator,
@@ -96,6 +96,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
             self._dataset, self._group, self._confirmed, self._export, self._status,
         ])
+        self._fit_dock()
         viewer.layers.events.inserted.connect(self._cells.reset_choices)
         viewer.layers.events.removed.connect(self._cells.reset_choices)
         self._attach(self._cells.value)

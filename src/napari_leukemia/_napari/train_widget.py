@@ -80,15 +80,16 @@ class TrainWidget(WorkerWidget):
         self._start_button.changed.connect(lambda: self.start())
         self._resume_button.changed.connect(lambda: self.start(resume=True))
         self._stop_button.changed.connect(self.stop)
-        self.extend([
+        self._body.extend([
             self._kind, self._dataset, self._single, self._mix, self._mix_single, self._held_out, self._epochs,
             self._batch, self._lr, self._size, self._init, self._new_head, self._tune, self._imagenet, self._leukemic,
             self._out, self._overwrite,
             self._device, self._start_button, self._stop_button, self._resume_button, self._status,
         ])
         self._canvas, self._axes = _curves_canvas()
-        self.native.layout().addWidget(self._canvas)
-        self.append(self._disclaimer)
+        self._body.native.layout().addWidget(self._canvas)
+        self._body.append(self._disclaimer)
+        self._fit_dock()
         self._kind_changed(self._kind.value)
         register(self)
 

@@ -62,12 +62,13 @@ class AnalyzeWidget(WorkerWidget):
         self._save_button.changed.connect(self.save)
         self._last = None  # (result, image, name) of the last analysis shown
         self._pbar = None
-        self.extend([
+        self._body.extend([
             self._image, self._method, self._segmenter, self._shipped, self._classifier, self._diameter,
             self._red_cell, self._device,
             self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._save_folder,
             self._save_button, self._status, self._legend, self._summary, self._disclaimer,
         ])
+        self._fit_dock()
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
         register(self)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import inspect
 import sys
 
-from magicgui.widgets import Container
+from magicgui.widgets import Container, Label
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
 
 def avoid_llvm_clash() -> bool:
@@ -34,14 +36,32 @@ def avoid_llvm_clash() -> bool:
 class WorkerWidget(Container):
     """A dock widget running one core generator (or function) at a time in a napari worker thread.
 
-    Subclasses make their own ``_status`` label, start their work with :meth:`_start`, and may override
-    :meth:`_set_running` (which buttons to disable while it runs), :meth:`_on_error` and :meth:`_on_finished`.
+    Its widgets go in ``self._body`` (a Container made with ``**kwargs``), which scrolls, so that several docks
+    fit a laptop screen; subclasses call :meth:`_fit_dock` once their widgets are in. Subclasses make their own
+    ``_status`` label, start their work with :meth:`_start`, and may override :meth:`_set_running` (which buttons
+    to disable while it runs), :meth:`_on_error` and :meth:`_on_finished`.
     """
 
     def __init__(self, viewer, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(labels=False)
         self._viewer = viewer
         self._worker = None
+        self._body = Container(**kwargs)
+        self._scroll = _VerticalScroll(self._body.native)
+        self.native.layout().addWidget(self._scroll)
+        self.margins = (0, 0, 0, 0)
+
+    def reset_choices(self, *_) -> None:
+        """Refresh the choices of the widgets in the body (napari calls this when layers change)."""
+        self._body.reset_choices()
+
+    def _fit_dock(self) -> None:
+        """Let every text label of the body wrap, never widening the dock."""
+        for label in _labels(self._body):
+            label.native.setWordWrap(True)
+            policy = label.native.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)  # its text never sets the dock's width
+            label.native.setSizePolicy(policy)
 
     @property
     def busy(self) -> bool:
@@ -89,3 +109,27 @@ class WorkerWidget(Container):
     def _on_finished(self) -> None:
         self._worker = None
         self._set_running(False)
+
+
+def _labels(container):
+    """The :class:`~magicgui.widgets.Label` widgets in ``container`` and the containers in it."""
+    for widget in container:
+        if isinstance(widget, Label):
+            yield widget
+        elif isinstance(widget, Container):
+            yield from _labels(widget)
+
+
+class _VerticalScroll(QScrollArea):
+    """A frameless scroll area for ``widget``: as wide as the widget needs, as short as a few lines."""
+
+    def __init__(self, widget):
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(widget)
+
+    def minimumSizeHint(self) -> QSize:
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width + 2 * self.frameWidth(), super().minimumSizeHint().height())
