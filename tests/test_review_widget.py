@@ -159,7 +159,11 @@ def test_save_load_round_trip_through_panel_and_npe2(reviewing, tmp_path, qtbot)
 
 
 def test_bad_review_is_refused_with_its_file_name(make_napari_viewer, tmp_path, result):
+    from napari_leukemia._napari.review import ReviewWidget
+
     viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    assert widget._layer is None and not widget._next.enabled and not widget._export.enabled and widget._load.enabled
     info = {"image": "smear", "classes": result.summary["classes"], "leukemic_classes": ["leukemic"]}
     path = rv.save_review(tmp_path / "s.review", rv.Review(result.labels, result.cells, info))
     with pytest.warns(UserWarning, match="'smear' of this review is not open"):
@@ -207,6 +211,28 @@ def test_update_and_export_load_models_behind_the_llvm_guard(reviewing, tmp_path
     assert widget.update() is not None
     _wait(widget, qtbot)
     assert len(guarded) == 2 and "re-classified cells: 9;" in widget._status.value
+
+
+def test_the_selected_cell_is_outlined_and_a_removed_layer_is_let_go(reviewing):
+    """Deleting the reviewed layer once left the panel acting on it: Next raised ValueError and calls were written
+    into the deleted layer's table."""
+    viewer, widget, layer = reviewing
+    widget.go_to(2)
+    marker = widget._marker
+    row = layer.features.set_index("label").loc[2]
+    (y0, x0), (y1, x1) = marker.data[0].min(axis=0), marker.data[0].max(axis=0)  # a box around the cell
+    assert y0 < row["bbox_y0"] and x0 < row["bbox_x0"] and y1 > row["bbox_y1"] and x1 > row["bbox_x1"]
+    assert np.allclose(marker.translate, layer.translate) and viewer.layers.selection.active is layer
+    widget.go_to(3)
+    assert len(marker.data) == 1 and marker.data[0].min(axis=0)[0] < layer.features.set_index("label").loc[3, "bbox_y0"]
+    viewer.layers.remove(layer)
+    assert widget._layer is None and widget._marker is None and marker not in viewer.layers
+    assert not widget._cell_list.choices and not len(widget._calls)
+    assert not any(b.enabled for b in (widget._next, widget._previous, widget._update, widget._save, widget._export))
+    widget.next()
+    widget.set_call("normal")
+    assert "annotation" not in layer.features or not layer.features["annotation"].fillna("").any()
+    assert "No cells layer" in widget._info.value
 
 
 def test_panel_opens_through_the_manifest(reviewing):

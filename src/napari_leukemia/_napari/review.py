@@ -22,6 +22,8 @@ from .worker_widget import WorkerWidget
 
 #: Zoom so that a cell's bounding box fills this fraction of the canvas' shorter side.
 CELL_FILL = 0.3
+#: Colour of the box around the selected cell (black: it stands out on the pale smear and on the class colours).
+MARK_COLOR = "black"
 NEXT_KEY, PREVIOUS_KEY, EXCLUDE_KEY = "Alt-N", "Alt-P", "Alt-0"
 
 
@@ -50,6 +52,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
         self._layer = None  # the cells layer under review, with our key bindings
+        self._marker = None  # a Shapes layer with a box around the selected cell
         self._picked = False  # a cell was selected in it (by the panel or the user) since it was attached
         self._order = np.zeros(0, int)
         self._cells = ComboBox(choices=self._cells_layers, label="cells layer")
@@ -99,6 +102,8 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._fit_dock()
         viewer.layers.events.inserted.connect(self._cells.reset_choices)
         viewer.layers.events.removed.connect(self._cells.reset_choices)
+        viewer.layers.events.removed.connect(self._on_removed)
+        self._set_running(False)  # no layer yet: nothing to act on
         self._attach(self._cells.value)
 
     # --- the layer under review -------------------------------------------------------------------
@@ -128,9 +133,13 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
                 old.bind_key(key, None)
             old.events.selected_label.disconnect(self._on_selected)
             old.events.features.disconnect(self.refresh)
+        marker, self._marker = self._marker, None
+        if marker is not None and marker in self._viewer.layers:
+            self._viewer.layers.remove(marker)
         self._layer = layer
         self._picked = False  # napari's initial selected label is no cell the user chose: Next starts at the top
         self._calls.clear()
+        self._set_running(self._worker is not None)
         if layer is None:
             self._filter.reset_choices()
             self.refresh()
@@ -154,6 +163,13 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
             self._filter.reset_choices()
             self._filter.value = "all"
         self.refresh()
+
+    def _on_removed(self, event):
+        """Let go of the reviewed layer (or our box) when it leaves the viewer."""
+        if event.value is self._layer:
+            self._attach(None)
+        elif event.value is self._marker:
+            self._marker = None
 
     def _keys(self, layer) -> list[str]:
         classes = layer.metadata.get("summary", {}).get("classes", [])
@@ -210,9 +226,10 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
 
     def go_to(self, label: int):
         """Centre the camera on cell ``label``, zoom to it, select it and show its probabilities."""
-        layer, cells = self._layer, self.table
-        row = cells[cells["label"] == label]
-        if layer is None or row.empty:
+        layer = self._layer
+        cells = self.table if layer is not None else None
+        row = None if cells is None else cells[cells["label"] == label]
+        if row is None or row.empty:
             return
         row = row.iloc[0]
         camera, canvas = camera_and_canvas_size(self._viewer)
@@ -225,10 +242,36 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
             if label in self._order:
                 self._cell_list.value = int(label)
         self._show_info(label)
+        self._mark(label)
 
     def _on_selected(self, event=None):
         self._picked = True
         self._show_info(self._layer.selected_label)
+        self._mark(self._layer.selected_label)
+
+    def _mark(self, label):
+        """Draw a box around cell ``label`` of the reviewed layer (none when it has no row), in a Shapes layer of
+        our own added the first time; the cells layer stays the active one (it holds the shortcuts)."""
+        layer, cells = self._layer, self.table
+        row = cells[cells["label"] == label]
+        boxes = []
+        if not row.empty:
+            y0, x0, y1, x1 = (float(row.iloc[0][f"bbox_{k}"]) for k in ("y0", "x0", "y1", "x1"))
+            pad = max(y1 - y0, x1 - x0) * 0.08
+            boxes = [np.array([[y0 - pad, x0 - pad], [y1 + pad, x1 + pad]])]
+        width = max(2.0, pad / 2) if boxes else 2.0
+        if self._marker is None:
+            if not boxes:
+                return
+            active = self._viewer.layers.selection.active
+            self._marker = self._viewer.add_shapes(
+                boxes, shape_type="rectangle", edge_color=MARK_COLOR, face_color="transparent", edge_width=width,
+                name=f"{layer.name} selected cell", translate=layer.translate, scale=layer.scale)
+            self._viewer.layers.selection.active = active
+            return
+        self._marker.data = []
+        if boxes:
+            self._marker.add_rectangles(boxes, edge_width=width, edge_color=MARK_COLOR, face_color="transparent")
 
     def _show_only(self, value: bool):
         if self._layer is not None:
@@ -369,5 +412,9 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
 
     # --- workers -------------------------------------------------------------------------------------
     def _set_running(self, running: bool):
+        """Buttons acting on the reviewed layer need one; those starting a worker also need none running."""
+        reviewing = self._layer is not None
+        for button in (self._previous, self._next, self._save):
+            button.enabled = reviewing
         for button in (self._update, self._export):
-            button.enabled = not running
+            button.enabled = reviewing and not running
