@@ -209,3 +209,20 @@ def test_the_three_docks_fit_a_laptop_screen_and_long_status_wraps(make_napari_v
             assert widget.native.sizeHint().width() < 500, (type(widget).__name__, status[:10])
         assert widget._status.native.wordWrap() and widget._status.native.height() > 40  # on several lines
         assert widget.native.minimumSizeHint().height() < 200, type(widget).__name__  # three fit 768 px
+
+
+def test_a_grayscale_image_is_refused_with_a_word_on_stain_colour(make_napari_viewer, qtbot, bccd_image):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    gray = bccd_image.mean(axis=-1).astype(np.uint8)
+    viewer.add_image(gray, name="gray smear")
+    viewer.add_image(np.repeat(gray[..., None], 3, axis=-1), name="gray RGB smear", rgb=True)
+    widget = AnalyzeWidget(viewer)
+    widget._device.value = "cpu"
+    for layer in list(viewer.layers):
+        widget._image.value = layer
+        widget.run()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+        assert "grayscale" in widget._status.value and "colour" in widget._status.value, widget._status.value
+        assert len(viewer.layers) == 2 and widget._legend.value == ""  # no empty result layers
