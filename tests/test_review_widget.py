@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from napari_leukemia._napari.review import CELL_FILL
+from napari_leukemia._napari.review import CELL_FILL, HEAT_WORDS
 from napari_leukemia.core import review as rv
 from napari_leukemia.core import training_set as ts
 from napari_leukemia.core.config import AnalysisConfig
@@ -53,7 +53,7 @@ def test_cells_listed_most_uncertain_first_and_next_centres_on_the_cell(reviewin
     box = max(first["bbox_y1"] - first["bbox_y0"], first["bbox_x1"] - first["bbox_x0"])
     assert viewer.scene.camera.zoom * box == pytest.approx(CELL_FILL * min(viewer.canvas.size))
     mask = result.labels == order[0]
-    assert f"Grad-CAM in mask: {result.gradcam[mask].mean():.3f}" in widget._info.value
+    assert f"{HEAT_WORDS}: {result.gradcam[mask].mean():.3f}" in widget._info.value and "Grad-CAM" not in widget._info.value
     assert f"p(leukemic) {first['p_leukemic']:.3f}" in widget._info.value and "(1 of 4)" in widget._info.value
     widget.next()
     assert layer.selected_label == order[1]
@@ -118,7 +118,7 @@ def test_update_reclassifies_only_painted_and_erased_cells(reviewing, qtbot):
     assert np.allclose(probability[layer.data == 9], after.loc[9, "p_leukemic"]) and probability[layer.data == 0].max() == 0
     widget.go_to(9)  # the new cell's Grad-CAM is painted inside its mask; the other cells' maps are left alone
     cam = viewer.layers["smear Grad-CAM"].data
-    assert cam[layer.data == 9].max() > 0 and "Grad-CAM in mask: 0." in widget._info.value
+    assert cam[layer.data == 9].max() > 0 and f"{HEAT_WORDS}: 0." in widget._info.value
     assert np.array_equal(cam[layer.data == 1], cam_before[layer.data == 1])
 
 

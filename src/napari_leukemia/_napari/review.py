@@ -22,6 +22,8 @@ from .worker_widget import WorkerWidget
 
 #: Zoom so that a cell's bounding box fills this fraction of the canvas' shorter side.
 CELL_FILL = 0.3
+#: How the info line names the mean Grad-CAM inside a cell, in plain words.
+HEAT_WORDS = "heat map inside the cell (0-1; high: the call rests on the cell itself)"
 #: Colour of the box around the selected cell (black: it stands out on the pale smear and on the class colours).
 MARK_COLOR = "black"
 NEXT_KEY, PREVIOUS_KEY, EXCLUDE_KEY = "Alt-N", "Alt-P", "Alt-0"
@@ -293,7 +295,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         if manual != "none":
             manual += f" by {row['annotated_by']} at {row['annotated_at']}"
         self._info.value = (f"cell {label}{where}: predicted {row['predicted_class']}\n{probs}\n"
-                            f"p(leukemic) {row['p_leukemic']:.3f}; Grad-CAM in mask: {self._gradcam(row)}\n"
+                            f"p(leukemic) {row['p_leukemic']:.3f}\n{HEAT_WORDS}: {self._gradcam(row)}\n"
                             f"manual call: {manual}")
 
     def _gradcam(self, row) -> str:
@@ -302,7 +304,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         labels = np.asarray(self._layer.data)
         cam = self._gradcam_layer(labels.shape)
         if cam is None:
-            return "n/a (no Grad-CAM layer)"
+            return "n/a (no heat map: tick Grad-CAM heat map in Analyze smear)"
         label = int(row["label"])
         if label in info.get("gradcam_stale", ()):
             return "n/a (mask edited after the heat map; re-run Analyze to refresh it)"
