@@ -60,12 +60,19 @@ def add_commands(sub) -> None:
     a.set_defaults(func=cmd_analyze, subparser=a)
     e = sub.add_parser(
         "evaluate-segmentation",
-        help="score a segmenter against leukocyte boxes (Pascal VOC)",
-        description="Segment each IMAGE and match its cells to the boxes in VOC_DIR/<stem>.xml (IoU >= --iou). "
-                    "Writes DIR/segmentation_metrics.json: precision, recall, F1, mean box IoU, per image.",
+        help="score a segmenter against leukocyte boxes (Pascal VOC) or expert masks of whole cells",
+        description="Segment each IMAGE and either match its cells to the boxes in VOC_DIR/<stem>.xml (IoU >= --iou; "
+                    "precision, recall, F1, mean box IoU) or compare its centre cell with an expert mask (--masks: "
+                    "IoU, and the share of nucleus and cytoplasm kept, with pictures of the worst cells in "
+                    "DIR/worst.png). Writes DIR/segmentation_metrics.json.",
     )
     e.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
-    e.add_argument("--boxes", required=True, type=Path, metavar="VOC_DIR", help="folder of Pascal VOC XML files")
+    truth = e.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--boxes", type=Path, metavar="VOC_DIR", help="folder of Pascal VOC XML files")
+    truth.add_argument("--masks", nargs="?", const="", metavar="MASK_DIR",
+                       help="expert masks, one cell per image at its centre: <stem>_mask.<ext> beside each image, or "
+                            "<stem>[_mask].<ext> in MASK_DIR (any value above 0 is the cell; two levels: cytoplasm "
+                            "and nucleus)")
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     e.add_argument("--method", choices=SEGMENTER_CHOICES, default="cellpose")
     e.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
@@ -159,6 +166,8 @@ def cmd_evaluate_segmentation(args) -> int:
     target = Path(args.out) / "segmentation_metrics.json"
     if target.exists() and not args.overwrite:
         raise UsageError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
+    if args.masks is not None:
+        return _evaluate_masks(args, images, target)
     if not Path(args.boxes).is_dir():
         raise UsageError(f"--boxes {args.boxes} is not a folder")
     from tqdm import tqdm
@@ -190,6 +199,49 @@ def cmd_evaluate_segmentation(args) -> int:
         print(f"error: {err}", file=sys.stderr)
     print(f"{report['images']} images, {report['tp'] + report['fn']} boxes: precision {report['precision']:.3f}, "
           f"recall {report['recall']:.3f}, F1 {report['f1']:.3f}, mean IoU {report['mean_iou']:.3f}; {target}")
+    return EXIT_FAILED if report["errors"] else EXIT_OK
+
+
+def _evaluate_masks(args, images, target: Path) -> int:
+    """``evaluate-segmentation --masks``: the centre cell of each image against its expert mask."""
+    import functools
+
+    from tqdm import tqdm
+
+    from ..core.checkpoint import CheckpointError
+    from ..core.config import SegmentConfig
+    from ..core.io import write_json
+    from ..core.mask_eval import mask_pairs, plot_worst, score_masks
+    from ..core.segment import load_segmenter, segment_leukocytes
+
+    if args.masks and not Path(args.masks).is_dir():
+        raise UsageError(f"--masks {args.masks} is not a folder")
+    try:
+        pairs = mask_pairs(images, Path(args.masks) if args.masks else None)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
+    model = None
+    if args.method == "cellpose":
+        try:
+            model = load_segmenter(args.segmenter, args.device)
+        except (CheckpointError, RuntimeError, ValueError) as err:
+            raise UsageError(f"cannot load the segmenter: {err}") from err
+    segment = functools.partial(segment_leukocytes, cfg=SegmentConfig(method=args.method, diameter=args.diameter),
+                                model=model)
+    bar = tqdm(total=len(pairs), desc="evaluate", unit="image", file=sys.stderr, disable=args.quiet)
+    report = score_masks(pairs, segment, progress=lambda *_: bar.update())
+    bar.close()
+    report["segmenter"] = "stain-based" if model is None else Path(model.path).name
+    report["diameter"] = args.diameter
+    write_json(target, report)
+    if report["per_image"]:
+        plot_worst(report, {str(i): m for i, m in pairs}, segment, target.parent / "worst.png")
+    for err in report["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    parts = "".join(f", {name} kept {report[f'mean_{name}_kept']:.3f}" for name in ("nucleus", "cytoplasm")
+                    if f"mean_{name}_kept" in report)
+    print(f"{report['images']} cells: centre cell found in {100 * report['found']:.0f}%, mean IoU "
+          f"{report.get('mean_iou', 0):.3f} (median {report.get('median_iou', 0):.3f}){parts}; {target}")
     return EXIT_FAILED if report["errors"] else EXIT_OK
 
 
