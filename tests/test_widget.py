@@ -207,7 +207,10 @@ def test_the_three_docks_fit_a_laptop_screen_and_long_status_wraps(make_napari_v
             widget._status.value = status
             qtbot.wait(1)
             assert widget.native.sizeHint().width() < 500, (type(widget).__name__, status[:10])
-        assert widget._status.native.wordWrap() and widget._status.native.height() > 40  # on several lines
+        label = widget._status.native
+        assert label.wordWrap() and label.height() > 40  # on several lines, all of them shown, across the dock
+        qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=5_000)  # laid out
+        assert label.width() > 0.9 * widget._body.native.width()
         assert widget.native.minimumSizeHint().height() < 200, type(widget).__name__  # three fit 768 px
 
 

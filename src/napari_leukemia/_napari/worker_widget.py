@@ -61,7 +61,11 @@ class WorkerWidget(Container):
             label.native.setWordWrap(True)
             policy = label.native.sizePolicy()
             policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)  # its text never sets the dock's width
+            policy.setVerticalPolicy(QSizePolicy.Policy.Minimum)  # as tall as its wrapped lines (magicgui: Fixed)
             label.native.setSizePolicy(policy)
+            row = label.native.parentWidget().layout()
+            if not label.label and row.count() == 2 and row.itemAt(1).widget() is label.native:
+                row.itemAt(0).widget().hide()  # magicgui's empty row label: the text takes the whole width
 
     @property
     def busy(self) -> bool:
