@@ -124,7 +124,9 @@ def test_widget_and_samples_open_through_the_plugin_manifest(make_napari_viewer)
     viewer.open_sample("napari-leukemia", "deepapl")
     assert viewer.layers[0].rgb and viewer.layers[0].data.shape[-1] == 3
     viewer.open_sample("napari-leukemia", "mosaic")
-    assert viewer.layers[-1].name == "six-cell mosaic" and viewer.layers[-1].data.shape == (960, 1920, 3)
+    assert viewer.layers[-1].name == "6-cell mosaic" and viewer.layers[-1].data.shape == (960, 1920, 3)
+    viewer.open_sample("napari-leukemia", "bccd")
+    assert all(len(f"{layer.name} p(leukemic)") <= 28 for layer in viewer.layers)  # not cut off in the layer list
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
     assert widget._image.value is viewer.layers[0]
 
@@ -195,6 +197,7 @@ def test_the_shipped_cell_type_classifier_is_one_choice_away(viewer_with_sample,
 def test_the_three_docks_fit_a_laptop_screen_and_long_status_wraps(make_napari_viewer, qtbot):
     """A long training status once widened its dock to 1,097 px, and Analyze, Review and Train docked together
     needed a window 1,997 px tall: each dock's widgets now scroll and its labels wrap."""
+    from qtpy.QtCore import QPoint
     from napari_leukemia._napari.review import ReviewWidget
     from napari_leukemia._napari.train_widget import TrainWidget
     from napari_leukemia._napari.widgets import AnalyzeWidget
@@ -209,9 +212,14 @@ def test_the_three_docks_fit_a_laptop_screen_and_long_status_wraps(make_napari_v
             assert widget.native.sizeHint().width() < 500, (type(widget).__name__, status[:10])
         label = widget._status.native
         assert label.wordWrap() and label.height() > 40  # on several lines, all of them shown, across the dock
-        qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=5_000)  # laid out
+        qtbot.waitUntil(lambda lab=label: lab.height() >= lab.heightForWidth(lab.width()), timeout=5_000)  # laid out
         assert label.width() > 0.9 * widget._body.native.width()
         assert widget.native.minimumSizeHint().height() < 200, type(widget).__name__  # three fit 768 px
+        assert not widget._device.visible  # settings most runs leave alone wait under "more settings"
+        if isinstance(widget, AnalyzeWidget):  # and Analyze's results come a few lines down
+            assert widget._run_button.native.mapTo(widget._body.native, QPoint(0, 0)).y() < 200
+        widget._more.value = True
+        assert widget._device.visible
 
 
 def test_a_grayscale_image_is_refused_with_a_word_on_stain_colour(make_napari_viewer, qtbot, bccd_image):

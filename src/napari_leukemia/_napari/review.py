@@ -74,6 +74,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
         self._classifier.native.setToolTip("the checkpoint that classified these cells; empty: the shipped DenseNet201")
         self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
+        self._more = self._more_settings("annotator, classifier, device", [self._annotator, self._classifier, self._device])
         self._update = PushButton(text="Update edited cells")
         self._save = PushButton(text="Save review...")
         self._load = PushButton(text="Load review...")
@@ -96,7 +97,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._body.extend([
             self._cells, self._slide, self._filter, self._unreviewed, self._cell_list,
             Container(widgets=[self._previous, self._next], layout="horizontal", labels=False),
-            self._info, self._only_selected, self._calls, self._advance, self._annotator,
+            self._info, self._only_selected, self._calls, self._advance, self._more, self._annotator,
             self._classifier, self._device, self._update,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
             self._dataset, self._group, self._confirmed, self._export, self._status,

@@ -69,6 +69,8 @@ class TrainWidget(WorkerWidget):
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._overwrite = CheckBox(value=False, text="replace an earlier run in the output folder")
         self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
+        self._more = self._more_settings("batch size, learning rate, weights trained, device",
+                                         [self._batch, self._lr, self._tune, self._device])
         self._start_button = PushButton(text="Start")
         self._stop_button = PushButton(text="Stop", enabled=False)
         self._resume_button = PushButton(text="Resume")
@@ -82,9 +84,9 @@ class TrainWidget(WorkerWidget):
         self._stop_button.changed.connect(self.stop)
         self._body.extend([
             self._kind, self._dataset, self._single, self._mix, self._mix_single, self._held_out, self._epochs,
-            self._batch, self._lr, self._size, self._init, self._new_head, self._tune, self._imagenet, self._leukemic,
-            self._out, self._overwrite,
-            self._device, self._start_button, self._stop_button, self._resume_button, self._status,
+            self._size, self._init, self._new_head, self._imagenet, self._leukemic, self._out, self._overwrite,
+            self._more, self._batch, self._lr, self._tune, self._device, self._start_button, self._stop_button,
+            self._resume_button, self._status,
         ])
         self._canvas, self._axes = _curves_canvas()
         self._body.native.layout().addWidget(self._canvas)

@@ -43,6 +43,8 @@ class AnalyzeWidget(WorkerWidget):
         self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
         self._gradcam = CheckBox(value=True, text="Grad-CAM heat map")
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
+        self._more = self._more_settings("segmenter, model files, cell sizes, device", [
+            self._method, self._segmenter, self._classifier, self._diameter, self._red_cell, self._device])
         self._run_button = PushButton(text="Analyze")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._save_folder = FileEdit(mode="d", label="save to folder", value="",
@@ -63,10 +65,9 @@ class AnalyzeWidget(WorkerWidget):
         self._last = None  # (result, image, name) of the last analysis shown
         self._pbar = None
         self._body.extend([
-            self._image, self._method, self._segmenter, self._shipped, self._classifier, self._diameter,
-            self._red_cell, self._device,
-            self._gradcam, self._use_cells, self._run_button, self._cancel_button, self._save_folder,
-            self._save_button, self._status, self._legend, self._summary, self._disclaimer,
+            self._image, self._shipped, self._more, self._method, self._segmenter, self._classifier, self._diameter,
+            self._red_cell, self._device, self._gradcam, self._use_cells, self._run_button, self._cancel_button,
+            self._save_folder, self._save_button, self._status, self._legend, self._summary, self._disclaimer,
         ])
         self._fit_dock()
         viewer.layers.events.inserted.connect(self._image.reset_choices)
@@ -79,8 +80,9 @@ class AnalyzeWidget(WorkerWidget):
         return self._path(self._classifier) or self._shipped.value
 
     def use_classifier(self, path) -> None:
-        """Select a classifier checkpoint for the next analysis (e.g. one just trained)."""
+        """Select a classifier checkpoint for the next analysis (e.g. one just trained), shown under more settings."""
         self._classifier.value = str(path)
+        self._more.value = True
         self._status.value = f"classifier: {Path(path).name}"
 
     # --- settings -> core -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import sys
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import CheckBox, Container, Label
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
@@ -54,6 +54,19 @@ class WorkerWidget(Container):
     def reset_choices(self, *_) -> None:
         """Refresh the choices of the widgets in the body (napari calls this when layers change)."""
         self._body.reset_choices()
+
+    def _more_settings(self, what: str, widgets) -> CheckBox:
+        """A check box "more settings: ``what``" that shows ``widgets`` (settings most runs leave as they are) only
+        while ticked, so that the buttons and results fit a laptop's dock."""
+        box = CheckBox(value=False, text=f"more settings: {what}")
+
+        def show(value):
+            for widget in widgets:
+                widget.visible = bool(value)
+
+        box.changed.connect(show)
+        show(False)
+        return box
 
     def _fit_dock(self) -> None:
         """Let every text label of the body wrap, never widening the dock."""
