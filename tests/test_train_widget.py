@@ -108,3 +108,26 @@ def test_new_head_and_frozen_weights_reach_the_core(make_napari_viewer, tmp_path
     train, settings = widget._settings(resume=False)
     assert train is fit_classifier and settings["new_head"] and settings["config"].tune == "last_block"
     assert settings["init"] == str(DEFAULT_CLASSIFIER)
+
+
+def test_curves_wear_napari_theme_and_count_whole_epochs(make_napari_viewer):
+    """The curves were a white matplotlib canvas on napari's dark theme, with an x axis of 0.96-1.04 for one epoch."""
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
+    from napari_leukemia._napari.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    for theme in ("dark", "light"):
+        viewer.theme = theme
+        widget._history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "train_accuracy": 0.5, "val_accuracy": 0.6}]
+        widget._draw()
+        colours = get_theme(theme)
+        assert to_hex(widget._canvas.figure.get_facecolor()) == colours.background.as_hex()
+        for ax in widget._axes:
+            assert to_hex(ax.get_facecolor()) == colours.background.as_hex()
+            assert to_hex(ax.xaxis.label.get_color()) == colours.text.as_hex()
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert lo <= 0 and hi >= 2 and ticks == [round(t) for t in ticks]  # whole epochs

@@ -89,6 +89,8 @@ class TrainWidget(WorkerWidget):
             self._resume_button, self._status,
         ])
         self._canvas, self._axes = _curves_canvas()
+        self._draw()
+        viewer.events.theme.connect(lambda _event: self._draw())
         self._body.native.layout().addWidget(self._canvas)
         self._body.append(self._disclaimer)
         self._fit_dock()
@@ -252,6 +254,7 @@ class TrainWidget(WorkerWidget):
         from ..core.evaluate import draw_curves
 
         draw_curves(self._axes, self._history)
+        _theme_curves(self._canvas.figure, self._axes, getattr(self._viewer, "theme", "dark"))
         self._canvas.draw_idle()
 
 
@@ -282,6 +285,27 @@ def _curves_canvas():
     canvas = FigureCanvasQTAgg(fig)
     canvas.setMinimumHeight(170)
     return canvas, axes
+
+
+def _theme_curves(fig, axes, theme: str) -> None:
+    """Colour the curves' figure like napari's ``theme`` (background, text, axes), not matplotlib's white."""
+    from napari.utils.theme import get_theme
+
+    t = get_theme(theme)
+    bg, fg = t.background.as_hex(), t.text.as_hex()
+    fig.set_facecolor(bg)
+    for ax in axes:
+        ax.set_facecolor(bg)
+        ax.tick_params(colors=fg)
+        ax.xaxis.label.set_color(fg)
+        ax.yaxis.label.set_color(fg)
+        for spine in ax.spines.values():
+            spine.set_color(fg)
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.get_frame().set_facecolor(bg)
+            for text in legend.get_texts():
+                text.set_color(fg)
 
 
 def _release_memory():

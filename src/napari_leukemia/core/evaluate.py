@@ -153,14 +153,19 @@ def plot_confusion(matrix, classes, path, title: str = "Confusion matrix") -> No
 
 
 def draw_curves(axes, history: list[dict]) -> None:
-    """Draw loss and accuracy, train vs validation, per epoch, on two matplotlib axes."""
+    """Draw loss and accuracy, train vs validation, per epoch, on two matplotlib axes (whole epochs on the x axis,
+    which spans at least epochs 0 to 2, so that one epoch is a point, not a zoom around it)."""
+    from matplotlib.ticker import MaxNLocator
+
     ep = [h["epoch"] for h in history]
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.clear()
         ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
         ax.plot(ep, [h[f"val_{key}"] for h in history], "o-", ms=3, label="validation")
-        ax.set(xlabel="epoch", ylabel=key)
-        ax.legend()
+        ax.set(xlabel="epoch", ylabel=key, xlim=(0, max(ep + [2]) + 0.5))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if history:
+            ax.legend()
 
 
 def plot_curves(history: list[dict], path) -> None:
