@@ -77,7 +77,7 @@ def estimate_diameter(image: np.ndarray, lab: np.ndarray | None = None) -> float
         if cut.max() <= zones.max():
             break
         smaller = _group_diameter(nuc, cut)
-        if smaller >= 0.95 * diameter:  # nothing that matters was cut (one pair among many cells)
+        if smaller is None or smaller >= 0.95 * diameter:  # nothing that matters was cut (one pair among many cells)
             break
         red = red or red_cell_diameter(image, lab, nuc, largest=diameter)
         if red is None or smaller < MIN_CELL_OVER_RED * red:
