@@ -235,6 +235,30 @@ def test_the_selected_cell_is_outlined_and_a_removed_layer_is_let_go(reviewing):
     assert "No cells layer" in widget._info.value
 
 
+def test_heat_map_of_the_selected_cell_on_demand(make_napari_viewer, bccd_image, result, qtbot):
+    """An analysis without Grad-CAM (the default: faster): Review cells explains the selected cell when asked."""
+    from napari_leukemia._napari.layers import our_layers, show_result
+    from napari_leukemia._napari.review import ReviewWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(bccd_image, name="smear", rgb=True)
+    show_result(viewer, dataclasses.replace(result, gradcam=None), "smear", result.summary["classes"],
+                result.summary["leukemic_classes"])
+    cells = viewer.layers["smear cells"]
+    widget = ReviewWidget(viewer)
+    widget._device.value = "cpu"
+    widget.go_to(3)
+    assert "gradcam" not in our_layers(viewer, "smear") and f"{HEAT_WORDS}: none yet" in widget._info.value
+    assert widget.explain() is not None
+    _wait(widget, qtbot)
+    cam = our_layers(viewer, "smear")["gradcam"]
+    assert cam.visible and viewer.layers.index(cam) == viewer.layers.index(cells) - 1
+    assert viewer.layers.selection.active is cells  # the shortcuts stay with the cells
+    mask, heat = np.asarray(cells.data) == 3, np.asarray(cam.data)
+    assert np.allclose(heat[mask], result.gradcam[mask], atol=1e-3) and heat[~mask].max() == 0  # the same as in Analyze
+    assert f"{HEAT_WORDS}: {result.gradcam[mask].mean():.3f}" in widget._info.value
+
+
 def test_panel_opens_through_the_manifest(reviewing):
     viewer, _, layer = reviewing
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Review cells")

@@ -22,7 +22,8 @@ def test_analyze_adds_result_layers_with_features_and_summary(viewer_with_sample
 
     viewer = viewer_with_sample
     widget = AnalyzeWidget(viewer)
-    widget._device.value = "cpu"
+    assert not widget._gradcam.value  # on demand by default (Review cells), for every cell when ticked
+    widget._device.value, widget._gradcam.value = "cpu", True
     _run(widget, qtbot)
     names = [layer.name for layer in viewer.layers]
     assert names == ["smear", "smear p(leukemic)", "smear Grad-CAM", "smear cells"], widget._status.value
@@ -198,6 +199,7 @@ def test_the_three_docks_fit_a_laptop_screen_and_long_status_wraps(make_napari_v
     """A long training status once widened its dock to 1,097 px, and Analyze, Review and Train docked together
     needed a window 1,997 px tall: each dock's widgets now scroll and its labels wrap."""
     from qtpy.QtCore import QPoint
+
     from napari_leukemia._napari.review import ReviewWidget
     from napari_leukemia._napari.train_widget import TrainWidget
     from napari_leukemia._napari.widgets import AnalyzeWidget

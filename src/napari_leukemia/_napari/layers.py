@@ -70,6 +70,33 @@ def heat_colormap():
     return Colormap(rgba, controls=x, name="napari-leukemia heat")
 
 
+def heat_kwargs(source: str, summary: dict, translate=(0, 0), scale=(1, 1), visible: bool = False) -> dict:
+    """Settings of our Grad-CAM layer for image ``source``."""
+    return {
+        "name": f"{source} Grad-CAM",
+        "colormap": heat_colormap(),
+        "contrast_limits": (0.0, 1.0),
+        "blending": "translucent",
+        "opacity": 0.8,
+        "visible": visible,
+        "metadata": {META_KEY: {"source": source, "role": "gradcam"}, "summary": summary},
+        "translate": translate,
+        "scale": scale,
+    }
+
+
+def add_heat_layer(viewer, cells):
+    """An empty Grad-CAM layer (shown) for ``cells``, one of our cells layers, just below it; the active layer
+    stays active."""
+    active = viewer.layers.selection.active
+    kwargs = heat_kwargs(cells.metadata[META_KEY]["source"], cells.metadata.get("summary", {}),
+                         tuple(cells.translate), tuple(cells.scale), visible=True)
+    layer = viewer.add_image(np.zeros(np.shape(cells.data), np.float32), **kwargs)
+    viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(cells))
+    viewer.layers.selection.active = active
+    return layer
+
+
 def result_layers(result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list[tuple]:
     """Layer data tuples, bottom to top: the ``p(leukemic)`` and ``Grad-CAM`` images (hidden), then the cells
     (Labels with ``features``) on top."""
@@ -92,22 +119,7 @@ def result_layers(result: SmearResult, source: str, classes, leukemic, translate
         ),
     ]
     if result.gradcam is not None:
-        layers.append(
-            (
-                result.gradcam,
-                {
-                    "name": f"{source} Grad-CAM",
-                    "colormap": heat_colormap(),
-                    "contrast_limits": (0.0, 1.0),
-                    "blending": "translucent",
-                    "opacity": 0.8,
-                    "visible": False,
-                    "metadata": meta("gradcam"),
-                    **common,
-                },
-                "image",
-            )
-        )
+        layers.append((result.gradcam, heat_kwargs(source, result.summary, translate, scale), "image"))
     layers.append(
         (
             result.labels,

@@ -17,13 +17,12 @@ from ..core.config import DEVICE_CHOICES
 from ..core.review import EXCLUDE, ReviewError
 from .layers import META_KEY, cell_table_of, label_colormap, layer_features, our_layers
 from .review_files import ReviewFiles
+from .review_heat import HEAT_WORDS, ReviewHeat, checked_classifier
 from .review_io import is_cells_layer, source_image
 from .worker_widget import WorkerWidget
 
 #: Zoom so that a cell's bounding box fills this fraction of the canvas' shorter side.
 CELL_FILL = 0.3
-#: How the info line names the mean Grad-CAM inside a cell, in plain words.
-HEAT_WORDS = "heat map inside the cell (0-1; high: the call rests on the cell itself)"
 #: Colour of the box around the selected cell (black: it stands out on the pale smear and on the class colours).
 MARK_COLOR = "black"
 NEXT_KEY, PREVIOUS_KEY, EXCLUDE_KEY = "Alt-N", "Alt-P", "Alt-0"
@@ -43,7 +42,7 @@ def class_key(i: int) -> str:
     return f"Alt-{i + 1}"
 
 
-class ReviewWidget(ReviewFiles, WorkerWidget):
+class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
     """Review cells: the cells of a result, most uncertain first; set calls, fix masks, save, export.
 
     Calls go to the cells layer's ``features`` (``annotation``, ``annotated_by``, ``annotated_at``); Update
@@ -68,6 +67,8 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._next = PushButton(text="Next (Alt+N) >")
         self._info = Label(value="")
         self._only_selected = CheckBox(value=False, text="show only this cell")
+        self._explain = PushButton(text="Heat map of this cell", tooltip="Grad-CAM: where the classifier looked for "
+                                   "this cell's call, shown inside the cell in the Grad-CAM layer")
         self._advance = CheckBox(value=True, text="go to the next cell after a call")
         self._calls = Container(layout="horizontal", labels=False, label="call")
         self._annotator = LineEdit(value=getpass.getuser(), label="annotator")
@@ -87,7 +88,7 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._slide = Label(value="")
         for button, slot in ((self._previous, self.previous), (self._next, self.next), (self._update, self.update),
                              (self._save, lambda: self.save()), (self._load, lambda: self.load()),
-                             (self._export, lambda: self.export())):
+                             (self._export, lambda: self.export()), (self._explain, lambda: self.explain())):
             button.changed.connect(slot)
         self._cells.changed.connect(self._attach)
         self._filter.changed.connect(self.refresh)
@@ -97,7 +98,8 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._body.extend([
             self._cells, self._slide, self._filter, self._unreviewed, self._cell_list,
             Container(widgets=[self._previous, self._next], layout="horizontal", labels=False),
-            self._info, self._only_selected, self._calls, self._advance, self._more, self._annotator,
+            self._info, Container(widgets=[self._explain, self._only_selected], layout="horizontal", labels=False),
+            self._calls, self._advance, self._more, self._annotator,
             self._classifier, self._device, self._update,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
             self._dataset, self._group, self._confirmed, self._export, self._status,
@@ -296,22 +298,8 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         if manual != "none":
             manual += f" by {row['annotated_by']} at {row['annotated_at']}"
         self._info.value = (f"cell {label}{where}: predicted {row['predicted_class']}\n{probs}\n"
-                            f"p(leukemic) {row['p_leukemic']:.3f}\n{HEAT_WORDS}: {self._gradcam(row)}\n"
+                            f"p(leukemic) {row['p_leukemic']:.3f}\n{HEAT_WORDS}: {self._heat_text(row)}\n"
                             f"manual call: {manual}")
-
-    def _gradcam(self, row) -> str:
-        """Mean Grad-CAM inside the cell's mask, from our Grad-CAM layer of the same image."""
-        info = self._layer.metadata.get(META_KEY, {})
-        labels = np.asarray(self._layer.data)
-        cam = self._gradcam_layer(labels.shape)
-        if cam is None:
-            return "n/a (no heat map: tick Grad-CAM heat map in Analyze smear)"
-        label = int(row["label"])
-        if label in info.get("gradcam_stale", ()):
-            return "n/a (mask edited after the heat map; re-run Analyze to refresh it)"
-        box = np.s_[int(row["bbox_y0"]) : int(row["bbox_y1"]), int(row["bbox_x0"]) : int(row["bbox_x1"])]
-        inside = labels[box] == label
-        return f"{float(np.asarray(cam.data)[box][inside].mean()):.3f}" if inside.any() else "n/a"
 
     # --- calls ---------------------------------------------------------------------------------------
     def set_call(self, value: str):
@@ -354,19 +342,12 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
             raise ReviewError(problem)
         return image
 
-    def _gradcam_layer(self, shape):
-        """The Grad-CAM layer of the reviewed cells' analysis (None when there is none of that shape)."""
-        info = self._layer.metadata.get(META_KEY) if self._layer is not None else None
-        cam = our_layers(self._viewer, info.get("source", "")).get("gradcam") if isinstance(info, dict) else None
-        return cam if cam is not None and np.shape(cam.data) == tuple(shape) else None
-
     def _classifier_path(self):
         value = str(self._classifier.value or "").strip()
         return value if value not in ("", ".") and Path(value).is_file() else None
 
     def update(self):
         """Re-classify, in a worker, only the cells whose mask was edited; returns the worker (or None)."""
-        from ..core.pipeline import get_classifier, model_name
         from ..core.review import update_cells
 
         if self._layer is None or self._worker is not None:
@@ -379,13 +360,10 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         layer, labels, table = self._layer, np.array(self._layer.data, copy=True), self.table
         expected, path, device = layer.metadata["summary"].get("classifier", ""), self._classifier_path(), self._device.value
         red = layer.metadata["summary"].get("red_cell_diameter")
-        explain = self._gradcam_layer(labels.shape) is not None
+        explain = self._heat_layer(labels.shape) is not None
 
         def work():
-            clf = get_classifier(path, device)
-            if expected and model_name(clf.path) != expected:
-                raise ReviewError(f"these cells were classified by {expected}, not {model_name(clf.path)}; "
-                                  "choose that checkpoint under 'classifier'")
+            clf = checked_classifier(path, device, expected)
             return update_cells(image, labels, table, clf, gradcam=explain, red_cell_px=red)
 
         return self._start(work, "updating edited cells...", returned=lambda result: self._updated(layer, labels, result))
@@ -401,12 +379,9 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         self._apply(cells)
         info = layer.metadata.get(META_KEY)
         if isinstance(info, dict):
-            cam = self._gradcam_layer(labels.shape)
-            stale = {*info.get("gradcam_stale", ()), *map(int, result.changed)}
-            if cam is not None and result.gradcam is not None:
-                cam.data = np.where(np.isin(labels, result.changed), result.gradcam, np.asarray(cam.data))
-                stale -= set(map(int, result.changed))
-            info["gradcam_stale"] = sorted(stale)
+            info["gradcam_stale"] = sorted({*info.get("gradcam_stale", ()), *map(int, result.changed)})
+            if result.gradcam is not None:
+                self._paint_heat(labels, result.changed, result.gradcam)
             probability = our_layers(self._viewer, info.get("source", "")).get("p_leukemic")
             if probability is not None and np.shape(probability.data) == labels.shape:
                 probability.data = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
@@ -419,5 +394,5 @@ class ReviewWidget(ReviewFiles, WorkerWidget):
         reviewing = self._layer is not None
         for button in (self._previous, self._next, self._save):
             button.enabled = reviewing
-        for button in (self._update, self._export):
+        for button in (self._update, self._export, self._explain):
             button.enabled = reviewing and not running

@@ -41,7 +41,8 @@ class AnalyzeWidget(WorkerWidget):
                                       tooltip="Scale of cell-type crops (a fixed window of red cells); 0 measures it "
                                               "on the image. Unused by the leukaemic-vs-normal classifier")
         self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
-        self._gradcam = CheckBox(value=True, text="Grad-CAM heat map")
+        self._gradcam = CheckBox(value=False, text="Grad-CAM heat map of every cell (slower)",
+                                 tooltip="where the classifier looked; Review cells makes it for one cell on demand")
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
         self._more = self._more_settings("segmenter, model files, cell sizes, device", [
             self._method, self._segmenter, self._classifier, self._diameter, self._red_cell, self._device])

@@ -67,26 +67,31 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     segmenter, classifier : path or loaded model, optional
         The shipped models when omitted.
     config : AnalysisConfig
-        Device, Grad-CAM, batch size and segmentation settings.
+        Device, Grad-CAM, batch size and segmentation settings; ``single_cell=True`` for an image of one cell at
+        its centre (:func:`~.single_cell.analyze_single_cells`).
     labels : (H, W) int array, optional
         Use these cells (e.g. edited in napari) instead of segmenting.
     name : str
         Shown in messages and the summary.
     """
-    from .device import resolve_device
-    from .segment import iter_segment_tiled, load_segmenter, segment_leukocytes
+    from .segment import iter_segment_tiled, segment_leukocytes
 
     t_start = time.perf_counter()
     image = as_rgb8(image, name)
-    device = resolve_device(config.device)
     timings = {}
     total = 4 if config.gradcam else 3
     yield Progress(0, total, "loading models")
-    clf = get_classifier(classifier, device)
+    clf, seg_model, device = load_models(segmenter, classifier, config, labels is None)
+    if config.single_cell and labels is None:
+        from .single_cell import analyze_single_cells
+
+        yield Progress(1, total, "finding the cell at the centre")
+        result = analyze_single_cells([image], [name], classifier=clf, segmenter=seg_model, config=config)[0]
+        if isinstance(result, Exception):
+            raise result
+        yield Progress(total, total, result.summary["message"] or f"one cell, {result.summary['leukemic']} leukaemic")
+        return result
     if labels is None:
-        seg_model = None
-        if config.segment.method == "cellpose":
-            seg_model = segmenter if hasattr(segmenter, "eval") else load_segmenter(segmenter, str(device))
         yield Progress(1, total, "segmenting leukocytes")
         t = time.perf_counter()
         if max(image.shape[:2]) > config.segment.tile_size:  # tile by tile: progress, and a stop between tiles
@@ -101,7 +106,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         else:
             labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
         timings["segment_s"] = time.perf_counter() - t
-        segmenter_name = model_name(getattr(seg_model, "path", None)) if seg_model else "stain-based"
+        segmenter_name = segmenter_label(seg_model)
     else:
         labels = check_labels(labels, image.shape[:2], name)
         segmenter_name = "user labels"
@@ -113,19 +118,71 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     except ValueError as err:  # no red cells to scale a fixed window by
         raise ImageError(f"{name}: {err}") from err
     timings["classify_s"] = time.perf_counter() - t
-    cam_image = None
+    cams = None
     if config.gradcam:
         yield Progress(3, total, "Grad-CAM")
         t = time.perf_counter()
-        cam_image = np.zeros(labels.shape, np.float32)
-        if len(crops.labels):
-            from .explain import gradcam
-
-            cams = gradcam(clf, crops.images, cells["predicted_class"].cat.codes.to_numpy())
-            cam_image = paint_maps_in_cells(labels, crops, cams)
+        cams = explain_crops(clf, crops, cells)
         timings["gradcam_s"] = time.perf_counter() - t
+    result = build_result(image, labels, cells, crops, cams, clf, name=name, segmenter=segmenter_name,
+                          device=device, timings=timings, t_start=t_start)
+    n, k = result.summary["leukocytes"], result.summary["leukemic"]
+    yield Progress(total, total, result.summary["message"] or f"{n} leukocytes, {k} leukaemic")
+    return result
+
+
+def load_models(segmenter, classifier, config: AnalysisConfig, segmenting: bool = True):
+    """The loaded classifier, cellpose segmenter (``None`` for the stain method, or when not ``segmenting``) and
+    torch device of an analysis (:func:`iter_analyze_smear`'s arguments)."""
+    from .device import resolve_device
+    from .segment import load_segmenter
+
+    device = resolve_device(config.device)
+    clf = get_classifier(classifier, device)
+    seg_model = None
+    if segmenting and config.segment.method == "cellpose":
+        seg_model = segmenter if hasattr(segmenter, "eval") else load_segmenter(segmenter, str(device))
+    return clf, seg_model, device
+
+
+def segmenter_label(seg_model) -> str:
+    """The segmenter's name in a summary: ``file@sha`` of a cellpose model, or ``stain-based``."""
+    return model_name(getattr(seg_model, "path", None)) if seg_model is not None else "stain-based"
+
+
+def explain_crops(clf, crops, cells) -> np.ndarray:
+    """Grad-CAM of each crop for its cell's predicted class: ``(N, S, S)`` float32."""
+    from .explain import gradcam
+
+    if not len(crops.labels):
+        return np.zeros((0,) + crops.images.shape[1:3], np.float32)
+    return gradcam(clf, crops.images, cells["predicted_class"].cat.codes.to_numpy())
+
+
+def build_result(image, labels, cells, crops, cams, clf, *, name: str, segmenter: str, device, timings: dict,
+                 t_start: float = 0.0, extra: dict | None = None) -> SmearResult:
+    """A :class:`SmearResult` of classified cells: the probability and Grad-CAM images, and the summary.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int32
+    cells : pandas.DataFrame
+        :func:`cell_table` of the cells.
+    crops : CellCrops
+    cams : (N, S, S) ndarray of float32 or None
+        Each crop's Grad-CAM (:func:`explain_crops`); ``None`` without Grad-CAM.
+    clf : Classifier
+    name, segmenter : str
+        The image's and the segmenter's names, for the summary.
+    timings : dict
+        Seconds per step; ``total_s``, unless given, is taken from ``t_start`` (a ``time.perf_counter()`` value).
+    extra : dict, optional
+        Added to the summary.
+    """
+    cam_image = None if cams is None else paint_maps_in_cells(labels, crops, cams)
     prob_image = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
-    timings["total_s"] = time.perf_counter() - t_start
+    timings = {"total_s": time.perf_counter() - t_start, **timings}
     n, k = len(cells), int(cells["leukemic"].sum())
     summary = {
         "image": name,
@@ -137,15 +194,15 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
         "classes": list(clf.info.classes),
         "leukemic_classes": list(clf.info.leukemic),
         "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
-        "segmenter": segmenter_name,
+        "segmenter": segmenter,
         "red_cell_diameter": crops.red_cell_px,
         "classifier": model_name(clf.path),
         "device": str(device),
         "timings": {key: round(v, 3) for key, v in timings.items()},
         "message": f"no leukocytes found in {name}" if n == 0 else "",
         "note": DISCLAIMER,
+        **(extra or {}),
     }
-    yield Progress(total, total, summary["message"] or f"{n} leukocytes, {k} leukaemic")
     return SmearResult(labels=labels, cells=cells, probability=prob_image, gradcam=cam_image, summary=summary)
 
 
@@ -302,6 +359,36 @@ def paint_maps_in_cells(labels: np.ndarray, crops, maps: np.ndarray) -> np.ndarr
         inside = labels[rows, cols] == cell
         canvas[rows, cols][inside] = part[inside]
     return canvas
+
+
+def explain_cells(image: np.ndarray, labels: np.ndarray, classifier, ids, targets, *,
+                  red_cell_px: float | None = None) -> np.ndarray:
+    """Grad-CAM of some cells, on demand (e.g. the one under review), painted inside their masks.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int
+    classifier : Classifier
+    ids : sequence of int
+        The cells to explain.
+    targets : sequence of int
+        The class index explained for each of ``ids`` (usually its predicted class).
+    red_cell_px : float, optional
+        As for :func:`classify_cells`.
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+        Each cell's map (0-1) inside its mask, 0 elsewhere.
+    """
+    from .explain import gradcam
+    from .preprocess import crop_cells
+
+    crops = crop_cells(as_rgb8(image), labels, classifier.info.crop, ids=ids, red_cell_px=red_cell_px)
+    target = dict(zip((int(i) for i in ids), (int(t) for t in targets)))
+    maps = gradcam(classifier, crops.images, [target[int(i)] for i in crops.labels]) if len(crops.labels) else []
+    return paint_maps_in_cells(labels, crops, maps)
 
 
 def _window_view(shape, window, m: np.ndarray):
