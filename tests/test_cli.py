@@ -21,7 +21,7 @@ from napari_leukemia.samples import sample_path
 
 COLUMNS = ["image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction", "blast_pct", "blast_pct_low",
            "blast_pct_high", "too_few_cells",
-           "segmenter", "classifier", "seconds", "error"]
+           "segmenter", "found_by", "classifier", "seconds", "error"]
 FILES = ["labels.tif", "cells.csv", "summary.json", "overlay.png"]
 DISCLAIMER = "Research use only: not a diagnostic device."
 

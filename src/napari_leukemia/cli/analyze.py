@@ -52,6 +52,11 @@ def add_commands(sub) -> None:
     a.add_argument("--red-cell-diameter", type=positive_float, metavar="PX",
                    help="red-cell diameter in pixels, the scale of a cell-type classifier's crops (default: "
                         "measured on each image)")
+    a.add_argument("--single-cell", action="store_true",
+                   help="each image is one cell at its centre (CellaVision exports, single-cell sets; any magnification, "
+                        "a removed black or white background too): only that cell is classified, found by segmentation "
+                        "or else taken as a centred crop (cells.csv and summary.csv say which: found_by); images are "
+                        "classified in batches")
     a.add_argument("--overwrite", action="store_true", help="replace existing results in DIR")
     a.add_argument("--resume", action="store_true",
                    help="continue a run in DIR: images that summary.csv lists as done (with complete results) are "
@@ -112,7 +117,8 @@ def cmd_analyze(args) -> int:
 
     try:
         config = AnalysisConfig(device=args.device, gradcam=args.gradcam, red_cell_diameter=args.red_cell_diameter,
-                                segment=SegmentConfig(method=args.method, diameter=args.diameter))
+                                segment=SegmentConfig(method=args.method, diameter=args.diameter),
+                                single_cell=args.single_cell)
     except ValueError as err:
         raise UsageError(str(err)) from err
     classifier, segmenter = _load_models(args)

@@ -2,10 +2,11 @@
 
 Research use only: not a diagnostic device.
 
-:func:`analyze_images` analyses images one by one into ``out/<stem>/`` (:func:`~.results.save_result`) and rewrites
-``out/summary.csv`` after every image, so a killed run leaves the summary of every image it finished; run again
-with ``resume`` and the images already done are skipped. Nothing is written outside ``out``: result folders are
-named from the images' names made safe (:func:`result_folders`).
+:func:`analyze_images` analyses images one by one (single-cell images in batches whose crops are classified
+together) into ``out/<stem>/`` (:func:`~.results.save_result`) and rewrites ``out/summary.csv`` after every image, so
+a killed run leaves the summary of every image it finished; run again with ``resume`` and the images already done are
+skipped. Nothing is written outside ``out``: result folders are named from the images' names made safe
+(:func:`result_folders`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .results import OUTPUT_FILES, is_complete, remove_partial_files, remove_res
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = ("image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction", "blast_pct",
-                   "blast_pct_low", "blast_pct_high", "too_few_cells", "segmenter", "classifier", "seconds", "error")
+                   "blast_pct_low", "blast_pct_high", "too_few_cells", "segmenter", "found_by", "classifier", "seconds",
+                   "error")
 #: Folder names a result folder must not take (the run's own files).
 RESERVED = {SUMMARY_CSV.lower(), "summary"}
 
@@ -97,6 +99,7 @@ def summary_row(path, stem: str, summary: dict | None, seconds: float, error: st
         row.update(leukocytes=summary["leukocytes"], leukemic=summary["leukemic"],
                    leukemic_fraction=round(float(summary["leukemic_fraction"]), 6),
                    too_few_cells=int(summary["too_few_cells"]), segmenter=summary["segmenter"],
+                   found_by=summary.get("found_by", ""),
                    classifier=summary["classifier"],
                    **{key: "" if summary[key] is None else round(summary[key], 2)
                       for key in ("blast_pct", "blast_pct_low", "blast_pct_high")})
@@ -142,8 +145,6 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
         ``out`` cannot be written (checked before any image is analysed).
     """
     from .config import AnalysisConfig
-    from .io import read_image
-    from .pipeline import analyze_smear
 
     config = AnalysisConfig() if config is None else config
     out = Path(out)
@@ -157,27 +158,31 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     for name in folders:
         remove_partial_files(out / name, OUTPUT_FILES)
     earlier = {(r["image"], r["stem"]): r for r in read_summary(summary_csv)} if resume else {}
+    done_before = []
+    for path, name in zip(images, folders):
+        before = earlier.get((str(path), name))
+        done_before.append(before if before is not None and before["status"] == "ok" and is_complete(out / name)
+                           else None)
+    todo = [path for path, before in zip(images, done_before) if before is None]
+    analyses = iter_analyses(todo, classifier=classifier, segmenter=segmenter, config=config)
     rows: list[dict] = []
-    for i, (path, name) in enumerate(zip(images, folders)):
+    for i, (path, name, before) in enumerate(zip(images, folders, done_before)):
         if should_stop():
             return {"rows": rows, "stopped": True}
         folder = out / name
-        before = earlier.get((str(path), name))
-        if before is not None and before["status"] == "ok" and is_complete(folder):
+        if before is not None:
             rows.append(before)
             yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": before,
                    "skipped": True}
             continue
+        image, result, seconds = next(analyses)
         t0 = time.perf_counter()
         try:
-            if Path(path).is_dir():
-                raise ValueError(f"{path} is a folder holding no images")
-            image = read_image(path)
-            result = analyze_smear(image, segmenter=segmenter, classifier=classifier, config=config,
-                                   name=Path(path).name)
+            if isinstance(result, Exception):
+                raise result
             extra = {"image_path": str(Path(path).resolve()), "config": config.to_dict()}
             save_result(result, folder, image, overwrite=overwrite or resume, extra=extra)
-            row = summary_row(path, name, result.summary, time.perf_counter() - t0)
+            row = summary_row(path, name, result.summary, seconds + time.perf_counter() - t0)
             message = result.summary.get("message", "")
         except Exception as err:  # noqa: BLE001 -- one bad image must not stop the others; reported in its row
             message = str(err)
@@ -187,7 +192,7 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
                 message = f"{message} ({type(err).__name__})"
             if (overwrite or resume) and not isinstance(err, FileExistsError):
                 remove_result(folder)  # results of an earlier run of this image would be stale
-            row = summary_row(path, name, None, time.perf_counter() - t0, error=message)
+            row = summary_row(path, name, None, seconds + time.perf_counter() - t0, error=message)
             message = ""
         rows.append(row)
         write_summary(summary_csv, rows)
@@ -195,6 +200,46 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
                "message": message}
     write_summary(summary_csv, rows)
     return {"rows": rows, "stopped": False}
+
+
+def iter_analyses(paths, *, classifier, segmenter, config) -> Generator[tuple, None, None]:
+    """Read and analyse each image, lazily: yields ``(image, result or exception, seconds)`` per path, in order.
+
+    Smears are analysed one at a time (:func:`~.pipeline.analyze_smear`); single-cell images
+    (``config.single_cell``) ``config.batch_size`` at a time, their crops classified together
+    (:func:`~.single_cell.analyze_single_cells`), each image's seconds its share of the batch's.
+    """
+    from .io import read_image
+    from .pipeline import analyze_smear
+    from .single_cell import analyze_single_cells
+
+    step = config.batch_size if config.single_cell else 1
+    for start in range(0, len(paths), step):
+        t0 = time.perf_counter()
+        chunk, images = paths[start : start + step], []
+        for path in chunk:
+            try:
+                if Path(path).is_dir():
+                    raise ValueError(f"{path} is a folder holding no images")
+                images.append(read_image(path))
+            except Exception as err:  # noqa: BLE001 -- reported in the image's row
+                images.append(err)
+        readable = [k for k, image in enumerate(images) if not isinstance(image, Exception)]
+        results = list(images)
+        try:
+            if config.single_cell:
+                analysed = analyze_single_cells([images[k] for k in readable], [Path(chunk[k]).name for k in readable],
+                                                classifier=classifier, segmenter=segmenter, config=config)
+            else:
+                analysed = [analyze_smear(images[k], segmenter=segmenter, classifier=classifier, config=config,
+                                          name=Path(chunk[k]).name) for k in readable]
+        except Exception as err:  # noqa: BLE001 -- reported in the rows of the images it stopped
+            analysed = [err] * len(readable)
+        for k, result in zip(readable, analysed):
+            results[k] = result
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for image, result in zip(images, results):
+            yield (None if isinstance(image, Exception) else image), result, seconds
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

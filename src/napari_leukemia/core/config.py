@@ -138,6 +138,10 @@ class AnalysisConfig(_Serializable):
     red_cell_diameter : float or None
         Red-cell diameter in pixels, the scale of a classifier whose crops are a fixed window
         (:attr:`CropConfig.window`); ``None`` measures it on the image. Unused by cell-fitted crops.
+    single_cell : bool
+        Each image is one cell at its centre (CellaVision exports, single-cell sets), at any magnification: only
+        that cell is reported, found by segmentation or else taken as a centred crop (the cell table's
+        ``found_by``); see :mod:`~.single_cell`. Batches of images are classified together, ``batch_size`` at once.
     """
 
     device: str = "auto"
@@ -145,6 +149,7 @@ class AnalysisConfig(_Serializable):
     batch_size: int = 32
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     red_cell_diameter: float | None = None
+    single_cell: bool = False
 
     def __post_init__(self):
         if self.red_cell_diameter is not None and not self.red_cell_diameter > 0:

@@ -170,8 +170,16 @@ def _window(array: np.ndarray, window, fill) -> np.ndarray:
     return out
 
 
-def centre_cell(labels: np.ndarray) -> int:
-    """Label of the cell at the centre of a single-cell field (or nearest to it); 0 if there is none."""
+def centre_cell(labels: np.ndarray, max_distance: float | None = None) -> int:
+    """Label of the cell at the centre of a single-cell field (or nearest to it); 0 if there is none.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+    max_distance : float, optional
+        A cell that does not cover the centre counts only when one of its pixels lies within this many pixels
+        of it (default: any distance).
+    """
     h, w = labels.shape
     at_centre = int(labels[h // 2, w // 2])
     if at_centre:
@@ -179,7 +187,10 @@ def centre_cell(labels: np.ndarray) -> int:
     rows, cols = np.nonzero(labels)
     if len(rows) == 0:
         return 0
-    k = np.argmin((rows - h / 2) ** 2 + (cols - w / 2) ** 2)
+    d2 = (rows - h / 2) ** 2 + (cols - w / 2) ** 2
+    k = np.argmin(d2)
+    if max_distance is not None and d2[k] > max_distance**2:
+        return 0
     return int(labels[rows[k], cols[k]])
 
 
