@@ -24,7 +24,11 @@ def test_analyze_adds_result_layers_with_features_and_summary(viewer_with_sample
     widget = AnalyzeWidget(viewer)
     assert not widget._gradcam.value  # on demand by default (Review cells), for every cell when ticked
     widget._device.value, widget._gradcam.value = "cpu", True
-    _run(widget, qtbot)
+    worker, steps = widget.run(), []
+    assert not widget._bar.native.isHidden()  # progress in the dock too, not only in napari's activity dock
+    worker.yielded.connect(lambda _step: steps.append((widget._bar.value, widget._bar.max)))
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=180_000)
+    assert steps[-1] == (4, 4) and widget._bar.native.isHidden()  # four steps with Grad-CAM, all done
     names = [layer.name for layer in viewer.layers]
     assert names == ["smear", "smear p(leukemic)", "smear Grad-CAM", "smear cells"], widget._status.value
     cells, cam = viewer.layers["smear cells"], viewer.layers["smear Grad-CAM"]

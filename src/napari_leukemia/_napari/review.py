@@ -102,7 +102,7 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
             self._calls, self._advance, self._more, self._annotator,
             self._classifier, self._device, self._update,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
-            self._dataset, self._group, self._confirmed, self._export, self._status,
+            self._dataset, self._group, self._confirmed, self._export, self._bar, self._status,
         ])
         self._fit_dock()
         viewer.layers.events.inserted.connect(self._cells.reset_choices)

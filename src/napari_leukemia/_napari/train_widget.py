@@ -38,7 +38,6 @@ class TrainWidget(WorkerWidget):
         super().__init__(viewer, labels=True)
         d = TrainConfig()
         self._stop = threading.Event()
-        self._pbar = None
         self._history: list[dict] = []
         self.result: dict | None = None
         self._kind = ComboBox(choices=list(DATASET_KINDS), value="class folders", label="dataset is")
@@ -86,7 +85,7 @@ class TrainWidget(WorkerWidget):
             self._kind, self._dataset, self._single, self._mix, self._mix_single, self._held_out, self._epochs,
             self._size, self._init, self._new_head, self._imagenet, self._leukemic, self._out, self._overwrite,
             self._more, self._batch, self._lr, self._tune, self._device, self._start_button, self._stop_button,
-            self._resume_button, self._status,
+            self._resume_button, self._bar, self._status,
         ])
         self._canvas, self._axes = _curves_canvas()
         self._draw()
@@ -161,8 +160,6 @@ class TrainWidget(WorkerWidget):
     # --- run ----------------------------------------------------------------------------------------
     def start(self, resume: bool = False):
         """Start (or with ``resume``, continue) training in a worker; returns the worker, or None."""
-        from napari.utils import progress
-
         if self._worker is not None:
             return self._worker
         try:
@@ -175,8 +172,8 @@ class TrainWidget(WorkerWidget):
         self.result = None
         self._draw()
         gen = train(**settings, should_stop=self._stop.is_set)
-        self._pbar = progress(total=0, desc="Training: preparing")
-        return self._start(gen, "resuming" if resume else "starting", yielded=self._on_event, returned=self._on_done)
+        return self._start(gen, "resuming" if resume else "starting", yielded=self._on_event, returned=self._on_done,
+                           progress="Training: preparing")
 
     def stop(self):
         """End training at the next step; ``last.safetensors`` is kept and Resume continues it."""
@@ -230,9 +227,6 @@ class TrainWidget(WorkerWidget):
         show_error(f"napari-leukemia: {err}{hint}")
 
     def _on_finished(self):
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
         super()._on_finished()
         _release_memory()
 
@@ -240,15 +234,6 @@ class TrainWidget(WorkerWidget):
     def _set_running(self, running: bool):
         self._start_button.enabled = self._resume_button.enabled = not running
         self._stop_button.enabled = running
-
-    def _progress(self, desc: str, done: int, total: int):
-        if self._pbar is None:
-            return
-        if self._pbar.desc != desc:
-            self._pbar.set_description(desc)
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.update(done - self._pbar.n)
 
     def _draw(self):
         from ..core.evaluate import draw_curves

@@ -64,11 +64,10 @@ class AnalyzeWidget(WorkerWidget):
         self._cancel_button.changed.connect(self.cancel)
         self._save_button.changed.connect(self.save)
         self._last = None  # (result, image, name) of the last analysis shown
-        self._pbar = None
         self._body.extend([
             self._image, self._shipped, self._more, self._method, self._segmenter, self._classifier, self._diameter,
             self._red_cell, self._device, self._gradcam, self._use_cells, self._run_button, self._cancel_button,
-            self._save_folder, self._save_button, self._status, self._legend, self._summary, self._disclaimer,
+            self._save_folder, self._save_button, self._bar, self._status, self._legend, self._summary, self._disclaimer,
         ])
         self._fit_dock()
         viewer.layers.events.inserted.connect(self._image.reset_choices)
@@ -121,10 +120,7 @@ class AnalyzeWidget(WorkerWidget):
             data = np.asarray(layer.data[0])
         gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self.classifier,
                                  config=self._config(), labels=labels, name=layer.name)
-        from napari.utils import progress
-
-        self._pbar = progress(total=0, desc=f"Analyzing {layer.name}")
-        return self._start(gen, "starting", yielded=self._on_progress,
+        return self._start(gen, "starting", yielded=self._on_progress, progress=f"Analyzing {layer.name}",
                            returned=lambda result: self._show(result, layer, calls, data))
 
     def cancel(self):
@@ -182,20 +178,11 @@ class AnalyzeWidget(WorkerWidget):
     def _on_progress(self, p):
         """A pipeline step (the totals come from the pipeline: 3 or 4 steps, and tiles within segmentation)."""
         self._status.value = p.message
-        bar = self._pbar  # napari's progress may process events (and finish the run) while it is updated
-        if bar is None:
-            return
-        if bar.total != p.total:
-            bar.total = p.total
-        bar.update(p.done - bar.n)
-        bar.set_description(p.message)
+        self._progress(p.message, p.done, p.total)
 
     def _on_finished(self):
         if self._worker is not None and self._worker.abort_requested:
             self._status.value = "cancelled: nothing was changed"
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
         super()._on_finished()
 
 

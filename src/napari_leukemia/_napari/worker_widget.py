@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import sys
 
-from magicgui.widgets import CheckBox, Container, Label
+from magicgui.widgets import CheckBox, Container, Label, ProgressBar
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
@@ -38,14 +38,17 @@ class WorkerWidget(Container):
 
     Its widgets go in ``self._body`` (a Container made with ``**kwargs``), which scrolls, so that several docks
     fit a laptop screen; subclasses call :meth:`_fit_dock` once their widgets are in. Subclasses make their own
-    ``_status`` label, start their work with :meth:`_start`, and may override :meth:`_set_running` (which buttons
-    to disable while it runs), :meth:`_on_error` and :meth:`_on_finished`.
+    ``_status`` label and place ``self._bar`` (the progress bar in the dock, shown while a worker runs), start their
+    work with :meth:`_start`, report its steps with :meth:`_progress`, and may override :meth:`_set_running` (which
+    buttons to disable while it runs), :meth:`_on_error` and :meth:`_on_finished`.
     """
 
     def __init__(self, viewer, **kwargs):
         super().__init__(labels=False)
         self._viewer = viewer
         self._worker = None
+        self._pbar = None  # napari's progress bar (its activity dock) of the running worker
+        self._bar = ProgressBar(value=0, min=0, max=0, label="progress", visible=False)
         self._body = Container(**kwargs)
         self._scroll = _VerticalScroll(self._body.native)
         self.native.layout().addWidget(self._scroll)
@@ -85,7 +88,7 @@ class WorkerWidget(Container):
         """Whether a worker is running."""
         return self._worker is not None
 
-    def _start(self, work, what: str, *, yielded=None, returned=None):
+    def _start(self, work, what: str, *, yielded=None, returned=None, progress: str | None = None):
         """Run ``work`` in a worker thread, behind :func:`avoid_llvm_clash`; returns the worker.
 
         Parameters
@@ -96,6 +99,8 @@ class WorkerWidget(Container):
             Shown in the status label while it starts.
         yielded, returned : callable, optional
             Called on the main thread with each yielded value and with the returned value.
+        progress : str, optional
+            Also show napari's progress bar (in its activity dock) with this description.
         """
         from napari.qt.threading import create_worker
 
@@ -108,11 +113,29 @@ class WorkerWidget(Container):
         if returned is not None:
             worker.returned.connect(returned)
         worker.finished.connect(self._on_finished)
+        if progress is not None:
+            from napari.utils import progress as napari_progress
+
+            self._pbar = napari_progress(total=0, desc=progress)
+        self._bar.max, self._bar.value = 0, 0  # busy until the first step is known
+        self._bar.visible = True
         self._worker = worker
         self._set_running(True)
         self._status.value = what
         worker.start()
         return worker
+
+    def _progress(self, desc: str, done: int, total: int) -> None:
+        """Show a step of the running work: ``done`` of ``total`` (in the dock and in napari's activity dock)."""
+        self._bar.max, self._bar.value = total, min(done, total)
+        bar = self._pbar  # napari's progress may process events (and finish the run) while it is updated
+        if bar is None:
+            return
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+        if bar.desc != desc:
+            bar.set_description(desc)
 
     def _set_running(self, running: bool) -> None:
         """Enable or disable the widget's buttons while a worker runs."""
@@ -124,6 +147,10 @@ class WorkerWidget(Container):
         show_error(f"napari-leukemia: {err}")
 
     def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self._bar.visible = False
         self._worker = None
         self._set_running(False)
 
