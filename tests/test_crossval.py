@@ -109,9 +109,14 @@ def test_cv_trains_every_fold_on_extra_cells_and_scores_other_data_with_every_fo
     code, stdout, stderr = run("train", patient_table, "--cv", 3, "--out", out, "--epochs", 1, "--extra-train", extra,
                                "--score-also", other, *FAST)
     assert code == 0, stderr
+    plain = tmp_path / "plain"
+    assert run("train", patient_table, "--cv", 3, "--out", plain, "--epochs", 1, *FAST)[0] == 0
     for i in range(3):  # each fold trains on its 8 patients' cells plus the 6 extra ones, and scores lab3 once
         run_json = json.loads((out / f"fold_{i}" / "run.json").read_text())
         assert sum(run_json["cells"]["train"].values()) + sum(run_json["cells"]["val"].values()) == 8 + 6
+        without = json.loads((plain / f"fold_{i}" / "run.json").read_text())
+        assert run_json["cells"]["val"] == without["cells"]["val"]  # the extra cells only train; val is the same
+        assert sum(run_json["cells"]["train"].values()) == sum(without["cells"]["train"].values()) + 6
         with open(out / f"fold_{i}" / "other_lab3.csv", newline="") as fh:
             assert sorted(r["path"] for r in csv.DictReader(fh)) == sorted(str(p) for p in (tmp_path / "lab3").glob("*.png"))
     report = json.loads((out / "cv.json").read_text())

@@ -24,7 +24,7 @@ import numpy as np
 from .blast_count import blast_percentage, wilson_interval
 from .config import SegmentConfig, TrainConfig
 from .cropstore import iter_crops
-from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples
+from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples, split_by_group
 from .events import Event
 from .fit import FINAL_NAME, fit_classifier
 from .io import finite, write_json
@@ -105,8 +105,9 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
         Start every fold from this checkpoint. Its figures are honest only when it never saw the patients of
         the folds (the report records it).
     extra_train : dataset, optional
-        Cells of other sources (e.g. another lab's normal cells) added to the training (train / val) of every
-        fold and never scored; they are part of the fold plan.
+        Cells of other sources (e.g. another lab's normal cells) added to the training of every fold (never to
+        its validation, which stays the fold's own patients, drawn as without them) and never scored; they are
+        part of the fold plan.
     score_also : dict of name to dataset, optional
         Data no fold trains on (e.g. other labs' cells, disjoint from ``extra_train``), scored by every fold's
         classifier into ``fold_<i>/other_<name>.csv``; the report's ``other_data`` gives each one's call rate
@@ -174,7 +175,11 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
             yield {"stage": "fold", "fold": i, "folds": k, "done": done, "total": k, "status": "done"}
             continue
         held = set(fold)
-        fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared] + extra
+        fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared]
+        if extra:  # the fold's own patients are split as without them; the extra cells only train
+            drawn = {s.group: name for name, part in split_by_group(fold_samples, seed=config.seed).items() for s in part}
+            fold_samples = ([dataclasses.replace(s, split=drawn[s.group]) for s in fold_samples]
+                            + [dataclasses.replace(s, split="train") for s in extra])
         trained = (run_dir / FINAL_NAME).is_file()
         resume = not trained and (run_dir / "last_state.pt").is_file()
         status = "scoring" if trained else "resuming" if resume else "training"
