@@ -146,3 +146,21 @@ def test_large_images_report_each_tile_and_stop_between_tiles(bccd_image, classi
     t = time.perf_counter()
     run.close()  # what a stopped worker does at its next yield: no further tile is segmented
     assert time.perf_counter() - t < 2
+
+
+def test_cells_are_classified_and_explained_batch_by_batch(bccd_image, classifier_path):
+    """Classification and Grad-CAM report each batch, so a stop acts between batches; batches change no call."""
+    labels = np.zeros(bccd_image.shape[:2], np.int32)
+    for k in range(5):
+        labels[40 + 80 * k : 100 + 80 * k, 60:120] = k + 1
+    config = AnalysisConfig(device="cpu", gradcam=True, batch_size=2)
+    events = []
+    small = drain(iter_analyze_smear(bccd_image, labels=labels, classifier=classifier_path, config=config),
+                  events.append)
+    messages = [e.message for e in events]
+    assert [m for m in messages if m.startswith("classifying cells:")] == [f"classifying cells: {k} of 5" for k in (2, 4, 5)]
+    assert [m for m in messages if m.startswith("Grad-CAM:")] == [f"Grad-CAM: {k} of 5" for k in (2, 4, 5)]
+    whole = analyze_smear(bccd_image, labels=labels, classifier=classifier_path,
+                          config=AnalysisConfig(device="cpu", gradcam=True, batch_size=32))
+    assert np.allclose(small.cells["p_leukemic"], whole.cells["p_leukemic"], atol=1e-3)
+    assert np.allclose(small.gradcam, whole.gradcam, atol=1e-2)

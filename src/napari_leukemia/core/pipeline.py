@@ -113,8 +113,15 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     yield Progress(2, total, "classifying cells")
     t = time.perf_counter()
     try:
-        cells, crops = classify_cells(image, labels, clf, batch_size=config.batch_size,
-                                      red_cell_px=config.red_cell_diameter)
+        steps = iter_classify_cells(image, labels, clf, batch_size=config.batch_size,
+                                    red_cell_px=config.red_cell_diameter)
+        while True:  # batch by batch: progress, and a stop between batches
+            try:
+                done, n = next(steps)
+            except StopIteration as finished:
+                cells, crops = finished.value
+                break
+            yield Progress(2, total, f"classifying cells: {done} of {n}")
     except ValueError as err:  # no red cells to scale a fixed window by
         raise ImageError(f"{name}: {err}") from err
     timings["classify_s"] = time.perf_counter() - t
@@ -122,7 +129,13 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     if config.gradcam:
         yield Progress(3, total, "Grad-CAM")
         t = time.perf_counter()
-        cams = explain_crops(clf, crops, cells)
+        targets = cells["predicted_class"].cat.codes.to_numpy()
+        cams = np.zeros((0,) + crops.images.shape[1:3], np.float32) if not len(crops.labels) else None
+        for start in range(0, len(crops.labels), config.batch_size):
+            part = explain_crops(clf, crops.images[start : start + config.batch_size],
+                                 targets[start : start + config.batch_size])
+            cams = part if cams is None else np.concatenate([cams, part])
+            yield Progress(3, total, f"Grad-CAM: {len(cams)} of {len(crops.labels)}")
         timings["gradcam_s"] = time.perf_counter() - t
     result = build_result(image, labels, cells, crops, cams, clf, name=name, segmenter=segmenter_name,
                           device=device, timings=timings, t_start=t_start)
@@ -150,13 +163,13 @@ def segmenter_label(seg_model) -> str:
     return model_name(getattr(seg_model, "path", None)) if seg_model is not None else "stain-based"
 
 
-def explain_crops(clf, crops, cells) -> np.ndarray:
-    """Grad-CAM of each crop for its cell's predicted class: ``(N, S, S)`` float32."""
+def explain_crops(clf, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Grad-CAM of each crop ``(N, S, S, 3)`` for its target class (e.g. the predicted one): ``(N, S, S)`` float32."""
     from .explain import gradcam
 
-    if not len(crops.labels):
-        return np.zeros((0,) + crops.images.shape[1:3], np.float32)
-    return gradcam(clf, crops.images, cells["predicted_class"].cat.codes.to_numpy())
+    if not len(images):
+        return np.zeros((0,) + images.shape[1:3], np.float32)
+    return gradcam(clf, images, targets)
 
 
 def build_result(image, labels, cells, crops, cams, clf, *, name: str, segmenter: str, device, timings: dict,
@@ -268,14 +281,28 @@ def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=Non
         :func:`cell_table` of the classified cells, in the order of ``ids``.
     crops : CellCrops
     """
+    steps = iter_classify_cells(image, labels, classifier, ids=ids, batch_size=batch_size, red_cell_px=red_cell_px)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            return finished.value
+
+
+def iter_classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=None, batch_size: int = 32,
+                        red_cell_px: float | None = None) -> Generator[tuple[int, int], None, tuple]:
+    """:func:`classify_cells` batch by batch: yields ``(cells done, cells)`` after each batch, returns its result."""
     from .predict import p_leukemic, predict_logits, probabilities
     from .preprocess import crop_cells
 
     crops = crop_cells(image, labels, classifier.info.crop, ids=ids, red_cell_px=red_cell_px)
-    if len(crops.labels):
-        proba = probabilities(classifier, predict_logits(classifier, crops.images, batch_size=batch_size))
-    else:
-        proba = np.zeros((0, len(classifier.info.classes)))
+    n = len(crops.labels)
+    logits = np.zeros((0, len(classifier.info.classes)), np.float32)
+    for start in range(0, n, batch_size):
+        part = predict_logits(classifier, crops.images[start : start + batch_size], batch_size=batch_size)
+        logits = np.concatenate([logits, part])
+        yield len(logits), n
+    proba = probabilities(classifier, logits) if n else np.zeros((0, len(classifier.info.classes)))
     cells = cell_table(labels, crops.labels, proba, p_leukemic(classifier, proba), classifier.info.classes,
                        classifier.info.leukemic)
     return cells, crops
