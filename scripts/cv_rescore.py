@@ -2,7 +2,8 @@
 
 Test-time recipes (nothing is trained again): ``bn_adapt`` moves every batch-norm layer's statistics to each
 patient's own cells before scoring them (:func:`~napari_leukemia.core.predict.adapt_batchnorm`, ``--prior`` cells
-of weight for the trained statistics); ``flips`` averages the logits over the 8 flips and quarter turns. Writes
+of weight for the trained statistics); ``flips`` averages the logits over the 8 flips and quarter turns. Folds not
+finished yet are left out (both headlines then cover the same finished folds). Writes
 ``<CVDIR>/rescored_<mode>.json`` (the :func:`~napari_leukemia.core.crossval.cv_report` of the new calls) and prints
 its headline beside the original's.
 
@@ -58,12 +59,16 @@ def main(argv=None) -> int:
     parser.add_argument("--crops-cache", required=True)
     args = parser.parse_args(argv)
     by_path = {str(s.path): s for s in read_samples(args.dataset)}
-    rows = []
+    rows, originals = [], []
     k = json.loads((args.cv_dir / "folds.json").read_text())["k"]
     for i in range(k):
         run = args.cv_dir / f"fold_{i}"
+        if not (run / FOLD_PREDICTIONS).is_file():
+            print(f"fold {i + 1}/{k} not finished: left out", flush=True)
+            continue
         with open(run / FOLD_PREDICTIONS, newline="") as fh:
             fold_rows = {r["path"]: r for r in csv.DictReader(fh)}
+        originals += fold_rows.values()
         clf = load_classifier(run / FINAL_NAME, "cpu")
         crops = drain(iter_crops([by_path[p] for p in fold_rows], clf.info.crop, cache=args.crops_cache, device="cpu"))
         groups = np.array([s.group for s in crops.samples])
@@ -80,8 +85,7 @@ def main(argv=None) -> int:
     report = cv_report(rows)
     name = f"rescored_{args.mode}" + (f"_prior{args.prior:g}" if args.mode == "bn_adapt" and args.prior else "")
     write_json(args.cv_dir / f"{name}.json", finite({"mode": args.mode, "prior": args.prior, **report}))
-    original = json.loads((args.cv_dir / "cv.json").read_text())
-    print(f"original: {headline(original)}\n{name}: {headline(report)}")
+    print(f"original: {headline(cv_report(originals))}\n{name}: {headline(report)}")
     return 0
 
 
