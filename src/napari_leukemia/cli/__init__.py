@@ -1,5 +1,6 @@
 """Command line: ``napari-leukemia analyze`` runs the whole analysis on smear images, without napari;
-``train`` and ``evaluate`` make and score classifiers from a dataset (``train --cv K``: cross-validation by patient).
+``train`` and ``evaluate`` make and score classifiers from a dataset (``train --cv K``: cross-validation by patient);
+``export`` writes a classifier as an ONNX model.
 
 Research use only: not a diagnostic device.
 
@@ -15,7 +16,7 @@ import sys
 
 from .. import __version__
 from ..core.config import DISCLAIMER
-from . import analyze, training
+from . import analyze, export, training
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 __all__ = ["build_parser", "main", "DISCLAIMER"]
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     analyze.add_commands(sub)
     training.add_commands(sub)
+    export.add_commands(sub)
     return parser
 
 

@@ -29,6 +29,8 @@ def gradcam(classifier: Classifier, crops: np.ndarray, targets, *, batch_size: i
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     net = classifier.net
+    if not hasattr(net, "parameters"):
+        raise TypeError(f"Grad-CAM needs the torch network, and {classifier.name} is run by ONNX Runtime")
     if net.training:  # GradCAM puts what it is given in eval mode: never hand it a model being trained
         net = copy.deepcopy(net)
     net.float().to(memory_format=torch.contiguous_format)

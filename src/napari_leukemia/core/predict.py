@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -21,10 +22,13 @@ def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int
 
     Parameters
     ----------
+    classifier : Classifier or OnnxClassifier
+        A torch classifier, or one run by ONNX Runtime (:mod:`~.onnx_backend`); both get the same preprocessing.
     batch_size : int
         Crops per forward pass, at least 1.
     fast : bool
-        channels_last memory and fp16 autocast on CUDA, bf16 on CPUs with native bf16; predictions match fp32 (see tests).
+        Torch only: channels_last memory and fp16 autocast on CUDA, bf16 on CPUs with native bf16; predictions match
+        fp32 (see tests). ONNX Runtime always computes in fp32.
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
 
@@ -35,23 +39,40 @@ def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int
     """
     import torch
 
+    from .onnx_backend import INPUT, OUTPUT, OnnxClassifier
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
 
-    net = classifier.net
-    device = _device_of(net)
-    net.eval()
-    if fast:
-        net.to(memory_format=torch.channels_last)
-    out = np.empty((len(crops), len(classifier.info.classes)), np.float32)
-    with torch.inference_mode(), autocast_for(device, fast):
-        for start in range(0, len(crops), batch_size):
-            x = to_tensor(crops[start : start + batch_size], classifier.info.crop).to(device)
+    cfg = classifier.info.crop
+    if isinstance(classifier, OnnxClassifier):
+        context = contextlib.nullcontext()
+
+        def forward(batch):
+            return classifier.net.run([OUTPUT], {INPUT: to_tensor(batch, cfg).numpy()})[0]
+    else:
+        net = classifier.net
+        device = _device_of(net)
+        net.eval()
+        if fast:
+            net.to(memory_format=torch.channels_last)
+        context = contextlib.ExitStack()
+        context.enter_context(torch.inference_mode())
+        context.enter_context(autocast_for(device, fast))
+
+        def forward(batch):
+            x = to_tensor(batch, cfg).to(device)
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out[start : start + len(x)] = net(x).float().cpu().numpy()
+            return net(x).float().cpu().numpy()
+
+    out = np.empty((len(crops), len(classifier.info.classes)), np.float32)
+    with context:
+        for start in range(0, len(crops), batch_size):
+            done = min(start + batch_size, len(crops))
+            out[start:done] = forward(crops[start:done])
             if progress:
-                progress(start + len(x), len(crops))
+                progress(done, len(crops))
     return out
 
 

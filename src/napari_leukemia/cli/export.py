@@ -1,0 +1,51 @@
+"""``napari-leukemia export``: a classifier checkpoint as a model that runs outside napari (ONNX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.config import DISCLAIMER
+from .common import EXIT_OK, UsageError
+
+#: What ``export --format`` can write.
+EXPORT_FORMATS = ("onnx",)
+
+
+def add_commands(sub) -> None:
+    """The ``export`` sub-command (thin over :mod:`.core.onnx_backend`)."""
+    x = sub.add_parser(
+        "export",
+        help="write a classifier checkpoint as an ONNX model",
+        description="Write the classifier CHECKPOINT as an ONNX model (fp32, any batch size): input 'crops' "
+                    "(N, 3, S, S) float32, the normalised crops; output 'logits' (N, C). Its metadata hold the "
+                    "classes, the leukaemic classes, the temperature, the crop settings and the architecture as "
+                    "JSON strings, so that it runs with ONNX Runtime without napari. " + DISCLAIMER,
+    )
+    x.add_argument("checkpoint", metavar="CHECKPOINT", help="classifier checkpoint (.safetensors), or a shipped one "
+                   "by name (leukemic, cell_type)")
+    x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default onnx")
+    x.add_argument("--out", required=True, type=Path, metavar="FILE", help="the file to write (FILE.onnx)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    x.set_defaults(func=cmd_export, subparser=x)
+
+
+def cmd_export(args) -> int:
+    """``napari-leukemia export``: see :func:`add_commands`."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the file to write, e.g. {out / 'classifier.onnx'}")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    from ..core.checkpoint import CheckpointError
+    from ..core.model import load_classifier
+    from ..core.onnx_backend import export_onnx, load_onnx_classifier
+
+    try:
+        classifier = load_classifier(args.checkpoint, "cpu")
+    except CheckpointError as err:
+        raise UsageError(f"cannot load the classifier: {err}") from err
+    export_onnx(classifier, out, overwrite=args.overwrite)
+    info = load_onnx_classifier(out).info  # read back: the file opens and its metadata pass the schema
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {info.architecture}, classes {list(info.classes)}, "
+          f"input crops (N, 3, {info.crop.size}, {info.crop.size}) float32, output logits (N, {len(info.classes)})")
+    return EXIT_OK
