@@ -63,6 +63,8 @@ def test_export_carries_the_checkpoint_metadata(shipped_onnx, classifier):
     model = onnx.load(str(shipped_onnx), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["format"] == ONNX_FORMAT and meta["architecture"] == "densenet201"
+    decoded = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "architecture")}  # the rest is JSON
+    assert set(decoded) >= {"classes", "leukemic", "temperature", "crop", "provenance", "input", "output"}
     assert json.loads(meta["classes"]) == list(classifier.info.classes)
     assert json.loads(meta["leukemic"]) == list(classifier.info.leukemic)
     assert json.loads(meta["temperature"]) == classifier.info.temperature

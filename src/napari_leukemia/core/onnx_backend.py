@@ -4,8 +4,8 @@ The ONNX model takes the normalised crops of :func:`~.preprocess.to_tensor`, ``c
 (any N), and returns the ``logits`` ``(N, C)``. Its ``metadata_props`` are the checkpoint's metadata
 (:meth:`~.model.ClassifierInfo.to_metadata`: ``classes``, ``leukemic``, ``temperature``, ``crop`` (CropConfig),
 ``hidden``, ``dropout``, ``provenance`` as JSON strings; ``architecture`` a plain name), under the format tag
-:data:`ONNX_FORMAT`, plus ``input``, ``output`` (JSON: how to feed it and read it) and ``weights_sha256``, so that
-the file runs without napari-leukemia. :func:`~.predict.predict_logits` accepts an :class:`OnnxClassifier`
+:data:`ONNX_FORMAT`, plus ``input``, ``output`` (how to feed it and read it) and ``weights_sha256``, also JSON, so
+that the file runs without napari-leukemia. :func:`~.predict.predict_logits` accepts an :class:`OnnxClassifier`
 wherever it accepts a torch :class:`~.model.Classifier`.
 """
 
@@ -86,7 +86,7 @@ def export_onnx(classifier: Classifier, path, *, overwrite: bool = False) -> Pat
                           input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     model = onnx.load_from_string(buf.getvalue())
-    meta = {**classifier.info.to_metadata(), "format": ONNX_FORMAT, "weights_sha256": weights_sha256(classifier),
+    meta = {**classifier.info.to_metadata(), "format": ONNX_FORMAT, "weights_sha256": json.dumps(weights_sha256(classifier)),
             "input": json.dumps({"name": INPUT, "shape": ["N", 3, size, size], "dtype": "float32",
                                  "preprocessing": "RGB crop (crop settings in 'crop') scaled to [0, 1], minus "
                                                   "crop.mean, divided by crop.std, per channel"}),
