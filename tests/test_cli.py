@@ -17,6 +17,7 @@ from skimage.morphology import dilation
 from skimage.segmentation import find_boundaries
 
 from napari_leukemia import cli
+from napari_leukemia.core.render import LEUKEMIC_RGBA, NORMAL_RGBA
 from napari_leukemia.samples import sample_path
 
 COLUMNS = ["image", "stem", "status", "leukocytes", "leukemic", "leukemic_fraction", "blast_pct", "blast_pct_low",
@@ -110,8 +111,9 @@ def test_analyze_bundled_samples(tmp_path, capsys, classifier_path):
         assert changed.any() == (summary["leukocytes"] > 0)
         outlines = dilation(find_boundaries(labels, mode="inner"), np.ones((3, 3), bool))
         assert not (changed & ~outlines).any()
-        red, green = np.array([230, 26, 26]), np.array([26, 204, 51])
-        assert (np.all(picture[changed] == red, axis=-1) | np.all(picture[changed] == green, axis=-1)).all()
+        leukemic, normal = (np.array(rgba[:3]) * 255 for rgba in (LEUKEMIC_RGBA, NORMAL_RGBA))
+        colours = [np.asarray(c, np.uint8) for c in (np.rint(leukemic), np.rint(normal))]
+        assert (np.all(picture[changed] == colours[0], axis=-1) | np.all(picture[changed] == colours[1], axis=-1)).all()
     assert stdout.count(DISCLAIMER) == 1
     assert "bccd_smear" in stdout and "deepapl_blast" in stdout
     assert "total:" in stdout
