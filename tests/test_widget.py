@@ -243,3 +243,16 @@ def test_a_grayscale_image_is_refused_with_a_word_on_stain_colour(make_napari_vi
         qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
         assert "grayscale" in widget._status.value and "colour" in widget._status.value, widget._status.value
         assert len(viewer.layers) == 2 and widget._legend.value == ""  # no empty result layers
+
+
+def test_single_cell_mode_reports_the_centre_cell_only(make_napari_viewer, qtbot, deepapl_image):
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(deepapl_image, name="cell", rgb=True)
+    widget = AnalyzeWidget(viewer)
+    widget._device.value, widget._single.value = "cpu", True
+    assert widget._config().single_cell
+    _run(widget, qtbot)
+    cells = viewer.layers["cell cells"]
+    assert len(cells.features) == 1 and cells.features["found_by"].iloc[0] in ("segmentation", "centre crop")

@@ -44,6 +44,9 @@ class AnalyzeWidget(WorkerWidget):
         self._gradcam = CheckBox(value=False, text="Grad-CAM heat map of every cell (slower)",
                                  tooltip="where the classifier looked; Review cells makes it for one cell on demand")
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
+        self._single = CheckBox(value=False, text="one cell at the centre (single-cell image, any magnification)",
+                                tooltip="CellaVision exports and single-cell sets: only the centre cell is reported, "
+                                        "found by segmentation or else taken as a centred crop (found_by)")
         self._more = self._more_settings("segmenter, model files, cell sizes, device", [
             self._method, self._segmenter, self._classifier, self._diameter, self._red_cell, self._device])
         self._run_button = PushButton(text="Analyze")
@@ -66,7 +69,8 @@ class AnalyzeWidget(WorkerWidget):
         self._last = None  # (result, image, name) of the last analysis shown
         self._body.extend([
             self._image, self._shipped, self._more, self._method, self._segmenter, self._classifier, self._diameter,
-            self._red_cell, self._device, self._gradcam, self._use_cells, self._run_button, self._cancel_button,
+            self._red_cell, self._device, self._gradcam, self._single, self._use_cells, self._run_button,
+            self._cancel_button,
             self._save_folder, self._save_button, self._bar, self._status, self._legend, self._summary, self._disclaimer,
         ])
         self._fit_dock()
@@ -91,7 +95,7 @@ class AnalyzeWidget(WorkerWidget):
 
         seg = SegmentConfig(method=self._method.value, diameter=self._diameter.value or None)
         return AnalysisConfig(device=self._device.value, gradcam=self._gradcam.value, segment=seg,
-                              red_cell_diameter=self._red_cell.value or None)
+                              red_cell_diameter=self._red_cell.value or None, single_cell=self._single.value)
 
     @staticmethod
     def _path(edit: FileEdit):
