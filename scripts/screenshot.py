@@ -14,14 +14,13 @@ from qtpy.QtWidgets import QApplication
 from napari_leukemia._napari.review import ReviewWidget
 from napari_leukemia._napari.train_widget import TrainWidget
 from napari_leukemia._napari.widgets import AnalyzeWidget
-from napari_leukemia.samples import load_sample
 
 
 def main(path, sample="deepapl", classifier="leukemic"):
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1366, 768)
     viewer.open_sample("napari-leukemia", sample)
-    name = viewer.layers[-1].name
+
     widget = AnalyzeWidget(viewer)
     widget._shipped.value = classifier
     for dock, title in ((widget, "Analyze smear"), (ReviewWidget(viewer), "Review cells"),
