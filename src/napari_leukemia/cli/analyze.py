@@ -166,7 +166,6 @@ def cmd_analyze(args) -> int:
 
 def cmd_evaluate_segmentation(args) -> int:
     """``napari-leukemia evaluate-segmentation``: see :func:`build_parser`."""
-    import functools
 
     images = expand_images(args.images)
     target = Path(args.out) / "segmentation_metrics.json"
@@ -179,25 +178,16 @@ def cmd_evaluate_segmentation(args) -> int:
     from tqdm import tqdm
 
     from ..core.boxes import check_voc_label, score_segmentation
-    from ..core.checkpoint import CheckpointError
-    from ..core.config import SegmentConfig
     from ..core.io import write_json
-    from ..core.segment import load_segmenter, segment_leukocytes
 
     try:
         check_voc_label(images, args.boxes, args.label)  # before the segmenter loads
     except ValueError as err:
         raise UsageError(f"--label {args.label}: {err}") from err
-    cfg = SegmentConfig(method=args.method, diameter=args.diameter)
-    model = None
-    if args.method == "cellpose":
-        try:
-            model = load_segmenter(args.segmenter, args.device)
-        except (CheckpointError, RuntimeError, ValueError) as err:
-            raise UsageError(f"cannot load the segmenter: {err}") from err
+    segment, model = _segmenter(args)
     bar = tqdm(total=len(images), desc="evaluate", unit="image", file=sys.stderr, disable=args.quiet)
-    report = score_segmentation(images, args.boxes, functools.partial(segment_leukocytes, cfg=cfg, model=model),
-                                iou_threshold=args.iou, name=args.label, progress=lambda _: bar.update())
+    report = score_segmentation(images, args.boxes, segment, iou_threshold=args.iou, name=args.label,
+                                progress=lambda _: bar.update())
     bar.close()
     report["segmenter"] = "stain-based" if model is None else Path(model.path).name
     write_json(target, report)
@@ -208,17 +198,31 @@ def cmd_evaluate_segmentation(args) -> int:
     return EXIT_FAILED if report["errors"] else EXIT_OK
 
 
-def _evaluate_masks(args, images, target: Path) -> int:
-    """``evaluate-segmentation --masks``: the centre cell of each image against its expert mask."""
+def _segmenter(args):
+    """``(segment, model)`` of ``evaluate-segmentation``'s settings: ``labels = segment(rgb)``; model None for stain."""
     import functools
-
-    from tqdm import tqdm
 
     from ..core.checkpoint import CheckpointError
     from ..core.config import SegmentConfig
+    from ..core.segment import load_segmenter, segment_leukocytes
+
+    model = None
+    if args.method == "cellpose":
+        try:
+            model = load_segmenter(args.segmenter, args.device)
+        except (CheckpointError, RuntimeError, ValueError) as err:
+            raise UsageError(f"cannot load the segmenter: {err}") from err
+    cfg = SegmentConfig(method=args.method, diameter=args.diameter)
+    return functools.partial(segment_leukocytes, cfg=cfg, model=model), model
+
+
+def _evaluate_masks(args, images, target: Path) -> int:
+    """``evaluate-segmentation --masks``: the centre cell of each image against its expert mask."""
+
+    from tqdm import tqdm
+
     from ..core.io import write_json
     from ..core.mask_eval import mask_pairs, plot_worst, score_masks
-    from ..core.segment import load_segmenter, segment_leukocytes
 
     if args.masks and not Path(args.masks).is_dir():
         raise UsageError(f"--masks {args.masks} is not a folder")
@@ -226,14 +230,7 @@ def _evaluate_masks(args, images, target: Path) -> int:
         pairs = mask_pairs(images, Path(args.masks) if args.masks else None)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from err
-    model = None
-    if args.method == "cellpose":
-        try:
-            model = load_segmenter(args.segmenter, args.device)
-        except (CheckpointError, RuntimeError, ValueError) as err:
-            raise UsageError(f"cannot load the segmenter: {err}") from err
-    segment = functools.partial(segment_leukocytes, cfg=SegmentConfig(method=args.method, diameter=args.diameter),
-                                model=model)
+    segment, model = _segmenter(args)
     bar = tqdm(total=len(pairs), desc="evaluate", unit="image", file=sys.stderr, disable=args.quiet)
     report = score_masks(pairs, segment, progress=lambda *_: bar.update())
     bar.close()
