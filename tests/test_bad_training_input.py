@@ -7,8 +7,6 @@ its first epoch.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -17,8 +15,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_run import run
 
-from napari_leukemia import cli
 from napari_leukemia.core import drain
 from napari_leukemia.core.config import CropConfig, TrainConfig
 from napari_leukemia.core.cropstore import iter_crops, load_crops, save_crops
@@ -26,13 +24,6 @@ from napari_leukemia.core.datasets import read_dataset
 from napari_leukemia.core.fit import FINAL_NAME, fit_classifier
 
 FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
-
-
-def run(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def refused(result, path, *words):

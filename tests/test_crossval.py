@@ -5,9 +5,7 @@ Tiny real runs: 32 px crops of real cells, one epoch, random initialisation.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 from collections import Counter
@@ -15,21 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run
 from PIL import Image
 
-from napari_leukemia import cli
 from napari_leukemia.core.blast_count import wilson_interval
 from napari_leukemia.core.crossval import cv_report, patient_folds
 from napari_leukemia.core.datasets import Sample, read_dataset
 
 FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
-
-
-def run(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ Tiny real runs: 32 px crops of real cells, two epochs, random initialisation.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import signal
@@ -14,9 +12,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from cli_run import run
 from PIL import Image
 
-from napari_leukemia import cli
 from napari_leukemia.core.classes import default_leukemic
 from napari_leukemia.core.datasets import read_dataset, split_by_group
 from napari_leukemia.core.fit import FINAL_NAME, fit_classifier
@@ -27,13 +25,6 @@ RUN_FILES = ["best.safetensors", "classifier.safetensors", "curves.png", "histor
              "last_state.pt", "run.json"]
 METRICS = ["accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
            "sensitivity_at_95_specificity", "ece", "confusion_matrix"]
-
-
-def run(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def copy_dataset(src, dst):

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
 import numpy as np
 import pytest
+from cli_run import run
 from PIL import Image
 
-from napari_leukemia import cli
 from napari_leukemia.core.mask_eval import mask_pairs, score_cell
-
-
-def run(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_score_cell_counts_iou_and_the_nucleus_and_cytoplasm_kept():
