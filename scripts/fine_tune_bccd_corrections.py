@@ -33,8 +33,9 @@ from napari_leukemia.core.training_set import DATASET_CSV, export_training_set
 
 
 def print_epoch(event):
-    if event.get("stage") == "epoch":
-        print(f"epoch {event['epoch']}: val loss {event['val_loss']:.4f} acc {event['val_accuracy']:.3f}", flush=True)
+    report = event.payload
+    if event.stage == "epoch" and not report.get("stopped"):
+        print(f"epoch {report['epoch']}: val loss {report['val_loss']:.4f} acc {report['val_accuracy']:.3f}", flush=True)
 
 
 def export_corrections(shared: Path, folder: Path) -> Path:

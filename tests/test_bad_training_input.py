@@ -43,7 +43,7 @@ def stopped_run(cell_dataset, tmp_path_factory):
     epochs = []
     config = TrainConfig(epochs=3, batch_size=4, imagenet="", device="cpu", max_steps_per_epoch=2)
     run = fit_classifier(cell_dataset, out, config=config, size=32, single_cells=True, should_stop=lambda: bool(epochs))
-    result = drain(run, lambda event: event["stage"] == "epoch" and epochs.append(event))
+    result = drain(run, lambda event: event.stage == "epoch" and epochs.append(event))
     assert result["stopped"] and [h["epoch"] for h in result["history"]] == [1]
     assert (out / "last_state.pt").is_file() and not (out / FINAL_NAME).exists()
     return out

@@ -117,7 +117,8 @@ def test_summary_is_written_after_every_image(tmp_path, classifier_path):
     run_ = analyze_images(images, tmp_path / "out", classifier=load_classifier(classifier_path, "cpu"), config=config)
     for i in range(3):
         event = next(run_)
-        assert event["done"] == i + 1 and len(summary(tmp_path / "out")) == i + 1  # on disk before the next image
+        assert event.done == i + 1 and len(summary(tmp_path / "out")) == i + 1  # on disk before the next image
+        assert event.stage == "image" and event.total == 3 and event.payload["row"]["image"] == str(images[i])
     run_.close()
 
 

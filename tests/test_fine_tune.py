@@ -65,7 +65,7 @@ def test_fine_tune_on_one_slide_holds_out_cells_and_reports_before_and_after(bas
     events, result = run(fine_tune(table, out, init=base_model, held_out=0.2, config=CONFIG))
     assert not result["stopped"] and result["checkpoint"] == str(out / FINAL_NAME)
     assert result["held_out_by"] == "cell" and result["held_out"] == 2  # one cell of each class of 6
-    data = next(e for e in events if e["stage"] == "data")
+    data = next(e for e in events if e.stage == "data").payload
     assert sum(data["cells"]["train"].values()) + sum(data["cells"]["val"].values()) == 10
     for name in ("before", "after"):
         assert 0 <= result[name]["accuracy"] <= 1 and result[name]["class_accuracy"] is not None
@@ -82,7 +82,7 @@ def test_fine_tune_holds_out_whole_slides_and_mixes_in_the_original_data(base_mo
     events, result = run(fine_tune(table, tmp_path / "tuned", init=base_model, mix=cell_dataset,
                                    mix_single_cells=True, held_out=0.25, config=CONFIG))
     assert result["held_out_by"] == "slide" and result["held_out"] == 4  # one slide of three per class
-    data = next(e for e in events if e["stage"] == "data")
+    data = next(e for e in events if e.stage == "data").payload
     assert sum(data["cells"]["train"].values()) + sum(data["cells"]["val"].values()) == 8 + 12
 
 

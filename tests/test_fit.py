@@ -227,7 +227,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(cell_dataset, tmp_path, monkey
 
     def interrupt_after_first_epoch(event):
         printed(event)
-        if event["stage"] == "epoch" and event["epoch"] == 1 and not event["stopped"]:
+        if event.stage == "epoch" and event.done == 1 and not event.payload["stopped"]:
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C sends; the run ends at its next step
 
     monkeypatch.setattr(training, "print_training_event", interrupt_after_first_epoch)
@@ -261,9 +261,9 @@ def test_csv_groups_are_split_by_group_and_evaluate_uses_the_held_out_ones(train
     assert sum(len(p) for p in splits.values()) == len(files)
     # training sees only train + val: its data report counts them, and the test groups stay aside
     run_gen = fit_classifier(table, tmp_path / "run", single_cells=True, size=32)
-    event = next(e for e in run_gen if e["stage"] == "data")
+    data = next(e for e in run_gen if e.stage == "data").payload
     run_gen.close()
-    assert sum(event["cells"]["test"].values()) == len(splits["test"]) and event["groups"]["test"] == len(groups["test"])
+    assert sum(data["cells"]["test"].values()) == len(splits["test"]) and data["groups"]["test"] == len(groups["test"])
     # evaluate --split test scores exactly the held-out groups
     code, _, stderr = run("evaluate", table, "--classifier", out / FINAL_NAME, "--out", tmp_path / "eval",
                           "--single-cells", "--device", "cpu", "--quiet")
@@ -288,17 +288,17 @@ def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
 
     samples = read_dataset(cell_dataset)
     events, first = crop(samples[:5], 32)
-    assert events[0]["cached"] == 0 and events[-1]["done"] == 5 and (tmp_path / "crops.npz").is_file()
+    assert events[0].payload["cached"] == 0 and events[-1].done == 5 and (tmp_path / "crops.npz").is_file()
     events, again = crop(samples, 32)  # the first five are read back, the others cropped and added
-    assert events[0]["cached"] == 5 and len(again.samples) == len(samples)
+    assert events[0].payload["cached"] == 5 and len(again.samples) == len(samples)
     assert np.abs(again.images[:5].astype(float) - first.images).mean() < 4  # stored as JPEG, quality 95
-    assert crop(samples, 32)[0][0]["cached"] == len(samples)
+    assert crop(samples, 32)[0][0].payload["cached"] == len(samples)
     from napari_leukemia.core.cropstore import load_crops, save_crops
 
     images, table = load_crops(tmp_path / "crops.npz")
     del table["settings"]["crop"]["window"]  # made before fixed windows existed: the default, still valid
     save_crops(tmp_path / "crops.npz", images, table)
-    assert crop(samples, 32)[0][0]["cached"] == len(samples)
+    assert crop(samples, 32)[0][0].payload["cached"] == len(samples)
     with pytest.raises(ValueError, match="crops.npz: these crops were made with other settings"):
         crop(samples, 48)
 

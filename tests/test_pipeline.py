@@ -41,6 +41,7 @@ def test_progress_is_reported_as_plain_events(bccd_image):
     events = []
     final = drain(gen, events.append)
     assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total
+    assert list(dict.fromkeys(e.stage for e in events)) == ["load", "segment", "classify", "finished"]
     assert final.gradcam is None and final.summary["segmenter"] == "stain-based"
 
 
@@ -139,6 +140,7 @@ def test_large_images_report_each_tile_and_stop_between_tiles(bccd_image, classi
     result = drain(iter_analyze_smear(bccd_image, classifier=classifier_path, config=config), events.append)
     tiles = [e.message for e in events if "tile" in e.message]
     assert tiles == [f"segmenting leukocytes: tile {i} of 6" for i in range(1, 7)]  # 480 x 640 in 256 px tiles
+    assert [e.payload for e in events if "tile" in e.message] == [{"tile": i, "tiles": 6} for i in range(1, 7)]
     assert all(e.total == 3 for e in events) and result.summary["leukocytes"] >= 1
     run = iter_analyze_smear(bccd_image, classifier=classifier_path, config=config)
     while "tile 1 " not in next(run).message:

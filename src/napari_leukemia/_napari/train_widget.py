@@ -182,25 +182,26 @@ class TrainWidget(WorkerWidget):
             self._status.value = "stopping at the next step..."
 
     # --- worker callbacks (main thread) ---------------------------------------------------------
-    def _on_event(self, event: dict):
-        stage = event["stage"]
+    def _on_event(self, event):
+        """A :func:`~..core.fit.fit_classifier` :class:`~..core.events.Event`; the totals come from it."""
+        stage, e = event.stage, event.payload
         if stage == "crop":
-            self._progress(f"Training: cropping cells ({event['cached']} cached)", event["done"], event["total"])
-            self._status.value = f"cropping cells: {event['done']} of {event['total']} files"
+            self._progress(f"Training: cropping cells ({e['cached']} cached)", event.done, event.total)
+            self._status.value = event.message
         elif stage == "data":
-            n = {k: sum(v.values()) for k, v in event["cells"].items()}
-            skipped = f", {len(event['skipped'])} files skipped" if event["skipped"] else ""
+            n = {k: sum(v.values()) for k, v in e["cells"].items()}
+            skipped = f", {len(e['skipped'])} files skipped" if e["skipped"] else ""
             self._status.value = (f"{n['train']} training / {n['val']} validation cells, {n['test']} test cells kept "
-                                  f"aside{skipped}; {event['start']}")
-            self._progress("Training: epochs", 0, self._epochs.value)
-        elif stage == "epoch" and not event.get("stopped"):
-            self._history.append(event)
+                                  f"aside{skipped}; {e['start']}")
+            self._progress("Training: epochs", event.done, event.total)
+        elif stage == "epoch" and not e.get("stopped"):
+            self._history.append(e)
             self._draw()
-            self._progress("Training: epochs", event["epoch"], event["epochs"])
-            self._status.value = (f"epoch {event['epoch']}/{event['epochs']}: val loss {event['val_loss']:.4f}, "
-                                  f"val accuracy {event['val_accuracy']:.3f}")
+            self._progress("Training: epochs", event.done, event.total)
+            self._status.value = (f"epoch {event.done}/{event.total}: val loss {e['val_loss']:.4f}, "
+                                  f"val accuracy {e['val_accuracy']:.3f}")
         elif stage == "calibrate":
-            self._status.value = "calibrating on the validation split"
+            self._status.value = event.message
 
     def _on_done(self, result: dict):
         self.result = result

@@ -179,10 +179,11 @@ class AnalyzeWidget(WorkerWidget):
         self._run_button.enabled = not running
         self._cancel_button.enabled = running
 
-    def _on_progress(self, p):
-        """A pipeline step (the totals come from the pipeline: 3 or 4 steps, and tiles within segmentation)."""
-        self._status.value = p.message
-        self._progress(p.message, p.done, p.total)
+    def _on_progress(self, event):
+        """A pipeline :class:`~..core.events.Event` (the totals come from it: 3 or 4 steps, with tiles and
+        batches within them in its message)."""
+        self._status.value = event.message
+        self._progress(event.message, event.done, event.total)
 
     def _on_finished(self):
         if self._worker is not None and self._worker.abort_requested:

@@ -139,15 +139,15 @@ def cmd_analyze(args) -> int:
                 except StopIteration as done:
                     rows, stopped = done.value["rows"], done.value["stopped"]
                     break
-                row = event["row"]
+                row = event.payload["row"]
                 rows.append(row)
-                if event.get("message"):
-                    notes.append(event["message"])
+                if event.message:
+                    notes.append(event.message)
                 if row["error"]:
                     tqdm.write(f"error: {row['error']}", file=sys.stderr)
-                elif event.get("skipped"):
+                elif event.payload["skipped"]:
                     tqdm.write(f"done before: {row['image']}", file=sys.stderr)
-                bar.update(1)
+                bar.update(event.done - bar.n)
     except (FileExistsError, PermissionError, ValueError) as err:  # refused before any image was analysed
         raise UsageError(str(err)) from err
     except KeyboardInterrupt:

@@ -95,7 +95,8 @@ class StopOnInterrupt:
 
 
 def drive(run, args, on_event=None):
-    """Run a core generator to its result, with a crop progress bar; refusals become usage errors (exit 2)."""
+    """Run a core generator to its result, with a progress bar of its ``"crop"`` events; the other events go to
+    ``on_event``; refusals become usage errors (exit 2)."""
     from tqdm import tqdm
 
     from ..core.checkpoint import CheckpointError
@@ -107,11 +108,11 @@ def drive(run, args, on_event=None):
                 event = next(run)
             except StopIteration as done:
                 return done.value
-            if event["stage"] == "crop":
+            if event.stage == "crop":
                 if bar is None:
-                    bar = tqdm(total=event["total"], desc="cropping cells", unit="file", file=sys.stderr,
+                    bar = tqdm(total=event.total, desc="cropping cells", unit="file", file=sys.stderr,
                                disable=args.quiet)
-                bar.update(event["done"] - bar.n)
+                bar.update(event.done - bar.n)
                 continue
             if bar is not None:
                 bar.close()

@@ -212,12 +212,8 @@ def _cross_validate(args, config) -> int:
     from ..core.crossval import cross_validate
 
     def on_event(event):
-        if event["stage"] == "fold":
-            print(f"fold {event['fold'] + 1}/{event['folds']}: {event['status']}", flush=True)
-        elif event["stage"] == "report":
-            print("writing the cross-validation report", flush=True)
-        elif event["stage"] == "other":
-            print(f"fold {event['fold'] + 1}: scoring {event['name']}", flush=True)
+        if event.stage in ("fold", "report", "other"):
+            print(event.message, flush=True)
         else:
             print_training_event(event)
 
@@ -306,18 +302,19 @@ def cmd_evaluate(args) -> int:
     return EXIT_FAILED if report["skipped"] else EXIT_OK
 
 
-def print_training_event(event: dict) -> None:
-    if event["stage"] == "data":
-        cells = event["cells"]
-        print(f"classes {event['classes']} (leukaemic: {event['leukemic']}), {event['crop_size']} px crops, "
-              f"{event['start']}")
+def print_training_event(event) -> None:
+    """Print a :func:`~..core.fit.fit_classifier` event (:class:`~..core.events.Event`) as a line of the log."""
+    e = event.payload
+    if event.stage == "data":
+        cells = e["cells"]
+        print(f"classes {e['classes']} (leukaemic: {e['leukemic']}), {e['crop_size']} px crops, {e['start']}")
         for name in ("train", "val", "test"):
-            print(f"  {name:<5} {sum(cells[name].values()):>6} cells  {event['groups'][name]:>5} groups  {cells[name]}")
-        if event["skipped"]:
-            print(f"  {len(event['skipped'])} files skipped (listed at the end)")
-    elif event["stage"] == "epoch" and not event.get("stopped"):
-        print(f"epoch {event['epoch']:>3}/{event['epochs']}  train loss {event['train_loss']:.4f} acc "
-              f"{event['train_accuracy']:.3f}  val loss {event['val_loss']:.4f} acc {event['val_accuracy']:.3f}  "
-              f"lr {event['lr']:.2g}  {event['seconds']:.0f} s{'  best' if event['improved'] else ''}", flush=True)
-    elif event["stage"] == "calibrate":
-        print("calibrating on the validation split", flush=True)
+            print(f"  {name:<5} {sum(cells[name].values()):>6} cells  {e['groups'][name]:>5} groups  {cells[name]}")
+        if e["skipped"]:
+            print(f"  {len(e['skipped'])} files skipped (listed at the end)")
+    elif event.stage == "epoch" and not e.get("stopped"):
+        print(f"epoch {e['epoch']:>3}/{event.total}  train loss {e['train_loss']:.4f} acc "
+              f"{e['train_accuracy']:.3f}  val loss {e['val_loss']:.4f} acc {e['val_accuracy']:.3f}  "
+              f"lr {e['lr']:.2g}  {e['seconds']:.0f} s{'  best' if e['improved'] else ''}", flush=True)
+    elif event.stage == "calibrate":
+        print(event.message, flush=True)

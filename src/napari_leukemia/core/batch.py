@@ -127,10 +127,10 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
 
     Yields
     ------
-    dict
-        ``{"stage": "image", "done", "total", "image", "row", "message"}`` after each image (``row`` is its summary
-        row, ``message`` the analysis' own note such as "no leukocytes found"; ``"skipped": True`` for one done
-        before).
+    Event
+        ``"image"`` after each image, images done of total; ``message`` is the analysis' own note such as "no
+        leukocytes found"; payload ``image`` (its path), ``row`` (its summary row) and ``skipped`` (True for one
+        done before).
 
     Returns
     -------
@@ -172,8 +172,7 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
         folder = out / name
         if before is not None:
             rows.append(before)
-            yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": before,
-                   "skipped": True}
+            yield Event("image", i + 1, len(images), payload={"image": str(path), "row": before, "skipped": True})
             continue
         image, result, seconds = next(analyses)
         t0 = time.perf_counter()
@@ -196,8 +195,7 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
             message = ""
         rows.append(row)
         write_summary(summary_csv, rows)
-        yield {"stage": "image", "done": i + 1, "total": len(images), "image": str(path), "row": row,
-               "message": message}
+        yield Event("image", i + 1, len(images), message, {"image": str(path), "row": row, "skipped": False})
     write_summary(summary_csv, rows)
     return {"rows": rows, "stopped": False}
 

@@ -90,7 +90,8 @@ class Crops:
 def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = False,
                segment: SegmentConfig = SegmentConfig(), segmenter=None, cache=None, device: str = "auto",
                should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, Crops | None]:
-    """Crop each sample's cell (:func:`~.datasets.crops_for`), yielding ``{"stage": "crop", "done", "total"}``.
+    """Crop each sample's cell (:func:`~.datasets.crops_for`), yielding :class:`~.events.Event` ``"crop"`` (files
+    done of total; payload ``cached``: how many were read from the cache).
 
     Parameters
     ----------
@@ -113,7 +114,7 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
         keys = [f"{k}|red={s.red_cell_px}" for k, s in zip(keys, samples)]
     todo = [i for i, key in enumerate(keys) if key not in done]
     n_cached = len(samples) - len(todo)
-    yield {"stage": "crop", "done": n_cached, "total": len(samples), "cached": n_cached}
+    yield _crop_event(n_cached, len(samples), n_cached)
     model = None
     if segment.method == "cellpose" and any(not (single_cells or samples[i].single_cell) for i in todo):
         from .segment import load_segmenter
@@ -143,7 +144,7 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
                 done[keys[i]] = ("ok", images[0]) if kept else ("skipped", skipped[0])
             if cache and len(done) - saved >= CACHE_SAVE_EVERY:
                 save()
-            yield {"stage": "crop", "done": n_cached + start + len(chunk), "total": len(samples), "cached": n_cached}
+            yield _crop_event(n_cached + start + len(chunk), len(samples), n_cached)
     finally:
         if cache and len(done) > saved:
             save()
@@ -159,6 +160,10 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
             skipped.append(value)
     images = np.stack(out) if out else np.zeros((0, crop.size, crop.size, 3), np.uint8)
     return Crops(images, kept, skipped)
+
+
+def _crop_event(done: int, total: int, cached: int) -> Event:
+    return Event("crop", done, total, f"cropping cells: {done} of {total} files", {"cached": cached})
 
 
 def _read_cache(cache, settings: dict, size: int) -> dict[str, tuple]:

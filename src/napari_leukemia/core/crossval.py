@@ -117,9 +117,10 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
 
     Yields
     ------
-    dict
-        ``{"stage": "fold", "fold", "folds", "done", "total", "status"}`` before each fold, then the fold's own
-        events (``"fold"`` added), then ``{"stage": "report"}``.
+    Event
+        ``"fold"`` before each fold (folds done of K; payload ``fold``, ``status``), then the fold's own events
+        (payload ``fold`` added), ``"other"`` before scoring ``score_also`` data (payload ``fold``, ``name``),
+        then ``"report"``.
 
     Returns
     -------
@@ -172,7 +173,7 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
         run_dir = out / f"fold_{i}"
         if (run_dir / FOLD_PREDICTIONS).is_file():
             done += 1
-            yield {"stage": "fold", "fold": i, "folds": k, "done": done, "total": k, "status": "done"}
+            yield _fold_event(i, k, done, "done")
             continue
         held = set(fold)
         fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared]
@@ -183,7 +184,7 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
         trained = (run_dir / FINAL_NAME).is_file()
         resume = not trained and (run_dir / "last_state.pt").is_file()
         status = "scoring" if trained else "resuming" if resume else "training"
-        yield {"stage": "fold", "fold": i, "folds": k, "done": done, "total": k, "status": status}
+        yield _fold_event(i, k, done, status)
         if not trained:
             run = fit_classifier(fold_samples, run_dir, config=config, size=size, window=window,
                                  single_cells=single_cells, leukemic=leukemic, init=None if resume else init,
@@ -214,12 +215,12 @@ def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainCo
     for i in range(k):
         for name, data in other.items():
             if not (out / f"fold_{i}" / f"other_{name}.csv").is_file():
-                yield {"stage": "other", "fold": i, "name": name}
+                yield Event("other", message=f"fold {i + 1}: scoring {name}", payload={"fold": i, "name": name})
                 scored = yield from _score_other(out / f"fold_{i}", i, name, data, config.device, single_cells,
                                                  segment, segmenter, crops_cache, should_stop)
                 if not scored:
                     return {"stopped": True, "out_dir": str(out), "folds_done": done}
-    yield {"stage": "report"}
+    yield Event("report", message="writing the cross-validation report")
     rows = [row for i in range(k) for row in _read_rows(out / f"fold_{i}" / FOLD_PREDICTIONS)]
     _write_rows(out / "predictions.csv", rows)
     metrics = [json.loads((out / f"fold_{i}" / "fold_metrics.json").read_text()) for i in range(k)]
@@ -286,13 +287,17 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _tag(gen, fold: int):
-    """Re-yield a generator's events with ``"fold"`` added; return its value."""
+    """Re-yield a generator's events with ``fold`` added to their payload; return its value."""
     while True:
         try:
             event = next(gen)
         except StopIteration as stop:
             return stop.value
-        yield {**event, "fold": fold}
+        yield event.with_payload(fold=fold)
+
+
+def _fold_event(fold: int, k: int, done: int, status: str) -> Event:
+    return Event("fold", done, k, f"fold {fold + 1}/{k}: {status}", {"fold": fold, "status": status})
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

@@ -1,8 +1,45 @@
-"""Progress events of core's long operations (cropping, training, evaluation, cross-validation).
+"""The progress event that every long operation of core yields (analysis, cropping, training, evaluation,
+cross-validation, batches of images); :func:`~napari_leukemia.core.drain` runs such a generator to its end."""
 
-An event is a plain dict with a ``"stage"`` key (``"crop"``, ``"data"``, ``"epoch"``, ``"calibrate"``, ``"fold"`` ...)
-and, where the stage counts something, ``"done"`` and ``"total"``. Generators yield them and return their result;
-:func:`~napari_leukemia.core.drain` runs one to its end.
-"""
+from __future__ import annotations
 
-Event = dict
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a long operation: ``done`` of ``total`` in its ``stage``, with a message and stage extras.
+
+    Generators yield events and return their result; widgets and the command line take their progress totals
+    from ``done`` and ``total`` and may stop the work between two events.
+
+    Attributes
+    ----------
+    stage : str
+        What is running. :func:`~.pipeline.iter_analyze_smear`: ``"load"``, ``"single_cell"``, ``"segment"``
+        (payload ``tile``, ``tiles``), ``"classify"`` and ``"gradcam"`` (payload ``cells_done``, ``cells``),
+        ``"finished"``, counting its 3 or 4 steps. :func:`~.segment.iter_segment_tiled`: ``"segment"`` per tile.
+        :func:`~.batch.analyze_images`: ``"image"`` per image (payload ``image``, ``row``, ``skipped``).
+        :func:`~.cropstore.iter_crops`: ``"crop"`` per chunk of files (payload ``cached``).
+        :func:`~.fit.fit_classifier`: ``"crop"``, ``"data"`` (payload: cells per split and class, skipped files,
+        ``epochs``), ``"epoch"`` (payload: the epoch's report, see :func:`~.train.train_epochs`),
+        ``"calibrate"``. :func:`~.crossval.cross_validate`: ``"fold"`` (payload ``fold``, ``status``), each
+        fold's own events (payload ``fold`` added), ``"other"`` (payload ``fold``, ``name``), ``"report"``.
+    done, total : int
+        Steps done of ``total`` (0 of 0 where the stage counts nothing).
+    message : str
+        A line for a status bar or log ("" where the stage has none).
+    payload : dict
+        Stage-specific extras, as listed under ``stage``.
+    """
+
+    stage: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    payload: dict = field(default_factory=dict)
+
+    def with_payload(self, **extra) -> Event:
+        """This event with ``extra`` added to its payload."""
+        return dataclasses.replace(self, payload={**self.payload, **extra})

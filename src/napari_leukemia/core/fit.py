@@ -88,10 +88,10 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
 
     Yields
     ------
-    dict
-        ``{"stage": "crop", "done", "total"}``, then ``{"stage": "data", ...}`` (cells per split and class,
-        skipped files), then ``{"stage": "epoch", **report}`` per epoch (see :func:`~.train.train_epochs`),
-        then ``{"stage": "calibrate"}``.
+    Event
+        ``"crop"`` (files), then ``"data"`` (payload: cells per split and class, skipped files, ``epochs``), then
+        ``"epoch"`` per epoch (epochs done of ``config.epochs``; payload: the report of
+        :func:`~.train.train_epochs`), then ``"calibrate"``.
 
     Returns
     -------
@@ -177,7 +177,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     summary = {"classes": list(classes), "leukemic": list(leuk), "cells": counts, "groups": groups,
                "files": len(samples), "skipped": crops.skipped, "crop_size": crop.size,
                "split": digest, "start": _start_description(config, init, earlier.get("start", "") if resume else None, new_head)}
-    yield {"stage": "data", **summary}
+    yield Event("data", 0, config.epochs, payload={**summary, "epochs": config.epochs})
 
     if not resume:
         for name in RUN_FILES:  # only with overwrite (check_out_dir); a resumed run keeps its files
@@ -203,7 +203,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
             report = next(epochs)
         except StopIteration:
             break
-        yield {"stage": "epoch", "epochs": config.epochs, **report}
+        yield Event("epoch", report["epoch"], config.epochs, payload=report)
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else []
     if history:
         from .evaluate import plot_curves
@@ -213,7 +213,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
               "skipped": crops.skipped, "checkpoint": str(out / "last.safetensors")}
     if result["stopped"]:
         return result
-    yield {"stage": "calibrate"}
+    yield Event("calibrate", message="calibrating on the validation split")
     seconds = time.perf_counter() - t_start
     provenance = {
         "data": {"source": str(source) if not isinstance(source, (list, tuple)) else "samples", **summary,

@@ -13,6 +13,7 @@ import numpy as np
 
 from .blast_count import blast_percentage
 from .config import DISCLAIMER, LEUKEMIC_THRESHOLD, AnalysisConfig
+from .events import Event
 from .io import ImageError, as_rgb8
 
 
@@ -41,15 +42,6 @@ class SmearResult:
     summary: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Progress:
-    """A progress event: ``done`` of ``total`` steps, with a message."""
-
-    done: int
-    total: int
-    message: str
-
-
 CELL_COLUMNS = [
     "label", "centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area",
     "predicted_class", "p_leukemic", "uncertainty", "leukemic",
@@ -57,8 +49,9 @@ CELL_COLUMNS = [
 
 
 def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: AnalysisConfig = AnalysisConfig(),
-                       labels=None, name: str = "image") -> Generator[Progress, None, SmearResult]:
-    """Analyse a smear step by step: yields :class:`Progress`, returns a :class:`SmearResult`.
+                       labels=None, name: str = "image") -> Generator[Event, None, SmearResult]:
+    """Analyse a smear step by step: yields :class:`~.events.Event` (3 steps, 4 with Grad-CAM; one per tile and
+    per batch within them), returns a :class:`SmearResult`.
 
     Parameters
     ----------
@@ -80,19 +73,19 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     image = as_rgb8(image, name)
     timings = {}
     total = 4 if config.gradcam else 3
-    yield Progress(0, total, "loading models")
+    yield Event("load", 0, total, "loading models")
     clf, seg_model, device = load_models(segmenter, classifier, config, labels is None)
     if config.single_cell and labels is None:
         from .single_cell import analyze_single_cells
 
-        yield Progress(1, total, "finding the cell at the centre")
+        yield Event("single_cell", 1, total, "finding the cell at the centre")
         result = analyze_single_cells([image], [name], classifier=clf, segmenter=seg_model, config=config)[0]
         if isinstance(result, Exception):
             raise result
-        yield Progress(total, total, result.summary["message"] or f"one cell, {result.summary['leukemic']} leukaemic")
+        yield Event("finished", total, total, result.summary["message"] or f"one cell, {result.summary['leukemic']} leukaemic")
         return result
     if labels is None:
-        yield Progress(1, total, "segmenting leukocytes")
+        yield Event("segment", 1, total, "segmenting leukocytes")
         t = time.perf_counter()
         if max(image.shape[:2]) > config.segment.tile_size:  # tile by tile: progress, and a stop between tiles
             tiles = iter_segment_tiled(image, config.segment, model=seg_model, device=str(device))
@@ -102,7 +95,8 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
                 except StopIteration as done:
                     labels = done.value
                     break
-                yield Progress(1, total, f"segmenting leukocytes: tile {event['done']} of {event['total']}")
+                yield Event("segment", 1, total, f"segmenting leukocytes: {event.message}",
+                            {"tile": event.done, "tiles": event.total})
         else:
             labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
         timings["segment_s"] = time.perf_counter() - t
@@ -110,7 +104,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     else:
         labels = check_labels(labels, image.shape[:2], name)
         segmenter_name = "user labels"
-    yield Progress(2, total, "classifying cells")
+    yield Event("classify", 2, total, "classifying cells")
     t = time.perf_counter()
     try:
         steps = iter_classify_cells(image, labels, clf, batch_size=config.batch_size,
@@ -121,13 +115,13 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
             except StopIteration as finished:
                 cells, crops = finished.value
                 break
-            yield Progress(2, total, f"classifying cells: {done} of {n}")
+            yield Event("classify", 2, total, f"classifying cells: {done} of {n}", {"cells_done": done, "cells": n})
     except ValueError as err:  # no red cells to scale a fixed window by
         raise ImageError(f"{name}: {err}") from err
     timings["classify_s"] = time.perf_counter() - t
     cams = None
     if config.gradcam:
-        yield Progress(3, total, "Grad-CAM")
+        yield Event("gradcam", 3, total, "Grad-CAM")
         t = time.perf_counter()
         targets = cells["predicted_class"].cat.codes.to_numpy()
         cams = np.zeros((0,) + crops.images.shape[1:3], np.float32) if not len(crops.labels) else None
@@ -135,12 +129,13 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
             part = explain_crops(clf, crops.images[start : start + config.batch_size],
                                  targets[start : start + config.batch_size])
             cams = part if cams is None else np.concatenate([cams, part])
-            yield Progress(3, total, f"Grad-CAM: {len(cams)} of {len(crops.labels)}")
+            yield Event("gradcam", 3, total, f"Grad-CAM: {len(cams)} of {len(crops.labels)}",
+                        {"cells_done": len(cams), "cells": len(crops.labels)})
         timings["gradcam_s"] = time.perf_counter() - t
     result = build_result(image, labels, cells, crops, cams, clf, name=name, segmenter=segmenter_name,
                           device=device, timings=timings, t_start=t_start)
     n, k = result.summary["leukocytes"], result.summary["leukemic"]
-    yield Progress(total, total, result.summary["message"] or f"{n} leukocytes, {k} leukaemic")
+    yield Event("finished", total, total, result.summary["message"] or f"{n} leukocytes, {k} leukaemic")
     return result
 
 

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import warnings
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from .checkpoint import SEGMENTER_ARCHITECTURE, CheckpointError, check_weights, read_safetensors, segmenter_metadata
 from .config import SegmentConfig
 from .device import resolve_device
+from .events import Event
 
 SEGMENTER_FORMAT = "napari-leukemia-segmenter"
 #: Smallest leukocyte diameter (pixels) either segmenter accepts, given or estimated. Cellpose sees each field
@@ -260,18 +262,19 @@ def segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, mo
     each tile."""
     from . import drain
 
-    on_event = None if progress is None else (lambda e: progress(e["done"], e["total"]))
+    on_event = None if progress is None else (lambda e: progress(e.done, e.total))
     return drain(iter_segment_tiled(image, cfg, model=model, device=device), on_event)
 
 
-def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto"):
+def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto"
+                       ) -> Generator[Event, None, np.ndarray]:
     """Segment a large image in tiles of ``cfg.tile_size`` with bounded memory, step by step.
 
     Each tile is segmented with a margin of ``cfg.tile_margin`` leukocyte diameters and keeps the
     cells whose centre lies inside it, so a cell crossing a seam is found whole, once. The diameter,
     unless given, is the median of the stain estimates of up to ``DIAMETER_TILES`` tiles spread over the image
-    (at half resolution). Yields ``{"stage": "segment", "done", "total"}`` after each tile (a caller may stop
-    between tiles) and returns the ``(H, W)`` int32 labels.
+    (at half resolution). Yields an :class:`~.events.Event` ``"segment"`` (tiles done of total) after each tile
+    (a caller may stop between tiles) and returns the ``(H, W)`` int32 labels.
     """
     import cv2
     from skimage import color
@@ -304,7 +307,7 @@ def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
         tile = image[R0:R1, C0:C1]
         labels = _segment_at(tile, color.rgb2lab(tile), diameter, cfg, model)
         n = _paste_centred(out, labels, (R0, C0), (r0, r1, c0, c1), n)
-        yield {"stage": "segment", "done": i + 1, "total": len(cores)}
+        yield Event("segment", i + 1, len(cores), f"tile {i + 1} of {len(cores)}")
     return out
 
 
