@@ -187,6 +187,8 @@ def _open_tiff(path: Path, name: str) -> Slide:
     except Exception as exc:
         raise SlideError(f"{name}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
     try:
+        if not tif.series:
+            raise SlideError(f"{name}: no image found in the TIFF (a corrupt or truncated file?)")
         series = tif.series[0]
         axes = series.axes
         store = series.aszarr()
