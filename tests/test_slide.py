@@ -145,6 +145,17 @@ def test_reader_opens_a_multiscale_layer(pyramid_file):
     assert layer.multiscale and layer.rgb and layer.level_shapes.tolist() == [[960, 1280], [480, 640], [240, 320]]
 
 
+def test_manifest_claims_slide_names_only():
+    """napari matches readers by name: plain TIFFs (most smear fields) must stay unambiguous for napari's reader."""
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    ours = lambda name: "napari-leukemia" in [r.plugin_name for r in pm.iter_compatible_readers([f"/data/{name}"])]
+    assert all(map(ours, ["a.ome.tif", "a.ome.tiff", "a.svs", "a.ndpi", "a.ptif", "a.ome.zarr"]))
+    assert not any(map(ours, ["a.tif", "a.tiff", "a.jpg", "a.png", "a.zarr"]))
+
+
 def test_corrupt_grayscale_and_missing_files_are_refused_by_name(tmp_path, pyramid_file, field):
     gray = tmp_path / "gray.ome.tif"
     write_pyramid(gray, field[..., 1])

@@ -1,7 +1,12 @@
 """npe2 reader of whole slides: pyramidal TIFF / OME-TIFF / SVS / NDPI and OME-Zarr as one multiscale image layer.
 
-Conservative on purpose: it claims only pyramidal files and OME-Zarr images (:func:`~napari_leukemia.core.slide.is_pyramidal`);
-plain TIFFs are left to napari's own reader.
+Conservative on purpose. napari matches readers by file name alone, and its builtin reader claims every TIFF and
+Zarr name: a reader of ours on ``*.tif`` would make napari ask which reader to use for every smear dropped on it.
+So the manifest names only slide formats (``*.ome.tif``, ``*.ome.tiff``, ``*.ome.btf``, ``*.svs``, ``*.ndpi``,
+``*.ptif``, ``*.ptiff``, ``*.ome.zarr``), where napari asks, and the builtin reader would decode the whole full
+resolution level into memory; and of those, :func:`get_reader` takes only pyramidal files and OME-Zarr images
+(:func:`~napari_leukemia.core.slide.is_pyramidal`). A pyramidal file by another name opens from the console:
+``viewer.add_image(open_slide(path).levels, rgb=True, multiscale=True)``.
 """
 
 from __future__ import annotations
