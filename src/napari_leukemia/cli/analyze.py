@@ -20,6 +20,7 @@ from .common import (
     check_device,
     expand_images,
     positive_float,
+    positive_int,
 )
 
 
@@ -61,6 +62,13 @@ def add_commands(sub) -> None:
     a.add_argument("--resume", action="store_true",
                    help="continue a run in DIR: images that summary.csv lists as done (with complete results) are "
                         "skipped, the others analysed")
+    where = a.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, metavar="N",
+                       help="analyse N images at a time on a local dask.distributed cluster of N single-threaded "
+                            "worker processes (several cores for many small images; default: one process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="analyse on a running dask.distributed cluster (tcp://host:8786; dask-jobqueue, "
+                            "Kubernetes, Coiled ...) whose workers see the same files; models load on each worker")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_analyze, subparser=a)
     e = sub.add_parser(
@@ -127,12 +135,13 @@ def cmd_analyze(args) -> int:
 
     from ..core.batch import analyze_images
 
+    client = _start_client(args)
     bar = tqdm(total=len(images), desc="analyze", unit="image", file=sys.stderr, disable=args.quiet)
     rows, notes, stopped = [], [], False
     try:
         with StopOnInterrupt(what="after the image in progress; finished images are kept") as stop:
             run = analyze_images(images, out, classifier=classifier, segmenter=segmenter, config=config,
-                                 overwrite=args.overwrite, resume=args.resume, should_stop=stop)
+                                 overwrite=args.overwrite, resume=args.resume, should_stop=stop, client=client)
             while True:
                 try:
                     event = next(run)
@@ -154,6 +163,10 @@ def cmd_analyze(args) -> int:
         stopped = True
     finally:
         bar.close()
+        if client is not None:
+            from ..core.cluster import close_client
+
+            close_client(client)
     if stopped:
         print(f"interrupted: {len(rows)} of {len(images)} images done; {summary_csv} lists them (continue with "
               "--resume)", file=sys.stderr)
@@ -266,6 +279,19 @@ def iou_fraction(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1] (an intersection over union), got {text!r}")
     return value
+
+
+def _start_client(args):
+    """A dask.distributed client for ``--workers`` / ``--scheduler``, or None (one process); exit 2 if unreachable."""
+    if args.workers is None and args.scheduler is None:
+        return None
+    from ..core.cluster import start_client
+
+    try:
+        return start_client(workers=args.workers, scheduler=args.scheduler)
+    except (OSError, ValueError) as err:  # an address that answers nothing: OSError (TimeoutError included)
+        raise UsageError(f"cannot reach the dask scheduler {args.scheduler}: {err}" if args.scheduler
+                         else f"cannot start {args.workers} local dask workers: {err}") from err
 
 
 def _load_models(args):

@@ -107,7 +107,7 @@ def summary_row(path, stem: str, summary: dict | None, seconds: float, error: st
 
 
 def analyze_images(images, out, *, classifier, segmenter=None, config=None, overwrite: bool = False,
-                   resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
+                   resume: bool = False, should_stop: Callable[[], bool] = lambda: False, client=None,
                    ) -> Generator[Event, None, dict]:
     """Analyse each image into ``out/<folder>/`` and keep ``out/summary.csv`` up to date.
 
@@ -123,7 +123,10 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     resume : bool
         Keep the images that ``summary.csv`` lists as done and whose results are complete; analyse the rest.
     should_stop : callable
-        Polled between images.
+        Polled between images (every second on a cluster).
+    client : distributed.Client, optional
+        Analyse on this cluster's workers (:mod:`~.cluster`; models are loaded there from their files), several
+        images at once; the results are the same as here.
 
     Yields
     ------
@@ -135,7 +138,8 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     Returns
     -------
     dict
-        ``rows`` (in input order, the images not reached left out) and ``stopped``.
+        ``rows`` (in input order, the images not reached left out) and ``stopped``. Images done before come first
+        in the events; on a cluster the others come as they finish.
 
     Raises
     ------
@@ -163,41 +167,70 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
         before = earlier.get((str(path), name))
         done_before.append(before if before is not None and before["status"] == "ok" and is_complete(out / name)
                            else None)
-    todo = [path for path, before in zip(images, done_before) if before is None]
-    analyses = iter_analyses(todo, classifier=classifier, segmenter=segmenter, config=config)
-    rows: list[dict] = []
-    for i, (path, name, before) in enumerate(zip(images, folders, done_before)):
-        if should_stop():
-            return {"rows": rows, "stopped": True}
-        folder = out / name
-        if before is not None:
-            rows.append(before)
-            yield Event("image", i + 1, len(images), payload={"image": str(path), "row": before, "skipped": True})
-            continue
-        image, result, seconds = next(analyses)
-        t0 = time.perf_counter()
+    todo = [(i, path, out / name) for i, (path, name, before) in enumerate(zip(images, folders, done_before))
+            if before is None]
+    rows = {i: before for i, before in enumerate(done_before) if before is not None}
+    for n, i in enumerate(sorted(rows)):
+        yield Event("image", n + 1, len(images), payload={"image": str(images[i]), "row": rows[i], "skipped": True})
+    if client is None:
+        results = _iter_here(todo, classifier=classifier, segmenter=segmenter, config=config,
+                             overwrite=overwrite or resume, should_stop=should_stop)
+    else:
+        from .cluster import iter_on_cluster
+
+        results = iter_on_cluster(client, todo, classifier=classifier, segmenter=segmenter, config=config,
+                                  overwrite=overwrite or resume, should_stop=should_stop)
+    while True:
         try:
-            if isinstance(result, Exception):
-                raise result
-            extra = {"image_path": str(Path(path).resolve()), "config": config.to_dict()}
-            save_result(result, folder, image, overwrite=overwrite or resume, extra=extra)
-            row = summary_row(path, name, result.summary, seconds + time.perf_counter() - t0)
-            message = result.summary.get("message", "")
-        except Exception as err:  # noqa: BLE001 -- one bad image must not stop the others; reported in its row
-            message = str(err)
-            if str(path) not in message and Path(path).name not in message:
-                message = f"{path}: {message}"
-            if not isinstance(err, (ValueError, OSError)):  # ImageError, CheckpointError are ValueErrors
-                message = f"{message} ({type(err).__name__})"
-            if (overwrite or resume) and not isinstance(err, FileExistsError):
-                remove_result(folder)  # results of an earlier run of this image would be stale
-            row = summary_row(path, name, None, seconds + time.perf_counter() - t0, error=message)
-            message = ""
-        rows.append(row)
-        write_summary(summary_csv, rows)
-        yield Event("image", i + 1, len(images), message, {"image": str(path), "row": row, "skipped": False})
+            i, row, message = next(results)
+        except StopIteration as end:
+            stopped = bool(end.value)
+            break
+        rows[i] = row
+        write_summary(summary_csv, [rows[k] for k in sorted(rows)])
+        yield Event("image", len(rows), len(images), message, {"image": str(images[i]), "row": row, "skipped": False})
+    rows = [rows[k] for k in sorted(rows)]
     write_summary(summary_csv, rows)
-    return {"rows": rows, "stopped": False}
+    return {"rows": rows, "stopped": stopped}
+
+
+def _iter_here(todo, *, classifier, segmenter, config, overwrite: bool, should_stop) -> Generator[tuple, None, bool]:
+    """Analyse ``todo`` (``(index, path, folder)`` each) in this process, in order: yields ``(index, row, message)``
+    per image; returns True when ``should_stop`` (polled between images) stopped it."""
+    analyses = iter_analyses([path for _, path, _ in todo], classifier=classifier, segmenter=segmenter, config=config)
+    for index, path, folder in todo:
+        if should_stop():
+            return True
+        image, result, seconds = next(analyses)
+        yield (index, *finish_image(path, folder, image, result, seconds, config=config, overwrite=overwrite))
+    return False
+
+
+def finish_image(path, folder, image, result, seconds: float, *, config, overwrite: bool) -> tuple[dict, str]:
+    """Save one image's result in ``folder`` and make its ``summary.csv`` row: ``(row, message)``.
+
+    ``result`` is the image's :class:`~.pipeline.SmearResult`, or the exception that stopped its analysis; any error
+    (reading, analysing, saving) becomes the row's ``error``, naming the file, and the message is empty. With
+    ``overwrite``, a failed image's earlier results are removed (they would be stale).
+    """
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    try:
+        if isinstance(result, Exception):
+            raise result
+        extra = {"image_path": str(Path(path).resolve()), "config": config.to_dict()}
+        save_result(result, folder, image, overwrite=overwrite, extra=extra)
+        return summary_row(path, folder.name, result.summary, seconds + time.perf_counter() - t0), \
+            result.summary.get("message", "")
+    except Exception as err:  # noqa: BLE001 -- one bad image must not stop the others; reported in its row
+        message = str(err)
+        if str(path) not in message and Path(path).name not in message:
+            message = f"{path}: {message}"
+        if not isinstance(err, (ValueError, OSError)):  # ImageError, CheckpointError are ValueErrors
+            message = f"{message} ({type(err).__name__})"
+        if overwrite and not isinstance(err, FileExistsError):
+            remove_result(folder)  # results of an earlier run of this image would be stale
+        return summary_row(path, folder.name, None, seconds + time.perf_counter() - t0, error=message), ""
 
 
 def iter_analyses(paths, *, classifier, segmenter, config) -> Generator[tuple, None, None]:
