@@ -276,59 +276,109 @@ def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
     (at half resolution). Yields an :class:`~.events.Event` ``"segment"`` (tiles done of total) after each tile
     (a caller may stop between tiles) and returns the ``(H, W)`` int32 labels.
     """
-    import cv2
-    from skimage import color
-
-    from .stain import estimate_diameter
-
     h, w = image.shape[:2]
-    step = cfg.tile_size
-    cores = [(r, min(r + step, h), c, min(c + step, w)) for r in range(0, h, step) for c in range(0, w, step)]
+    cores = tile_cores((h, w), cfg.tile_size)
     diameter = cfg.diameter
     if diameter is None:
-        estimates = []
-        for r0, r1, c0, c1 in cores[:: -(-len(cores) // DIAMETER_TILES)]:
-            tile = image[r0:r1, c0:c1]
-            half = cv2.resize(tile, ((c1 - c0 + 1) // 2, (r1 - r0 + 1) // 2), interpolation=cv2.INTER_AREA)
-            d = estimate_diameter(half)
-            if d is not None:
-                estimates.append(2 * d)
-        if not estimates:
+        diameter = diameter_on_tiles(image[r0:r1, c0:c1] for r0, r1, c0, c1 in spread(cores, DIAMETER_TILES))
+        if diameter is None:
             return np.zeros((h, w), np.int32)
-        diameter = float(np.median(estimates))
     check_diameter(diameter, estimated=cfg.diameter is None)
     if cfg.method == "cellpose":
         model = model or load_segmenter(None, device)
-    margin = int(np.ceil(cfg.tile_margin * diameter))
+    margin = tile_margin_px(cfg, diameter)
     out = np.zeros((h, w), np.int32)
     n = 0
-    for i, (r0, r1, c0, c1) in enumerate(cores):
-        R0, R1, C0, C1 = max(r0 - margin, 0), min(r1 + margin, h), max(c0 - margin, 0), min(c1 + margin, w)
-        tile = image[R0:R1, C0:C1]
-        labels = _segment_at(tile, color.rgb2lab(tile), diameter, cfg, model)
-        n = _paste_centred(out, labels, (R0, C0), (r0, r1, c0, c1), n)
+    for i, core in enumerate(cores):
+        R0, R1, C0, C1 = tile_window(core, margin, (h, w))
+        n = segment_window(image[R0:R1, C0:C1], out[R0:R1, C0:C1], (R0, C0), core, diameter, cfg, model, n)
         yield Event("segment", i + 1, len(cores), f"tile {i + 1} of {len(cores)}")
     return out
 
 
-def _paste_centred(out: np.ndarray, labels: np.ndarray, origin, core, n: int) -> int:
-    """Copy into ``out`` the cells of a tile's ``labels`` whose box centre lies in ``core``; returns the last id."""
-    from scipy import ndimage as ndi
+def tile_cores(shape, step: int) -> list[tuple[int, int, int, int]]:
+    """The tiles of an image of ``shape`` (H, W), row by row: ``(r0, r1, c0, c1)`` cores of ``step`` px a side
+    (smaller at the bottom and right edges)."""
+    h, w = shape[:2]
+    return [(r, min(r + step, h), c, min(c + step, w)) for r in range(0, h, step) for c in range(0, w, step)]
+
+
+def tile_margin_px(cfg: SegmentConfig, diameter: float) -> int:
+    """The margin (pixels) read around each tile core: ``cfg.tile_margin`` leukocyte diameters."""
+    return int(np.ceil(cfg.tile_margin * diameter))
+
+
+def tile_window(core, margin: int, shape) -> tuple[int, int, int, int]:
+    """A tile core grown by ``margin`` on each side, clipped to the image: ``(R0, R1, C0, C1)``."""
+    (r0, r1, c0, c1), (h, w) = core, shape[:2]
+    return max(r0 - margin, 0), min(r1 + margin, h), max(c0 - margin, 0), min(c1 + margin, w)
+
+
+def spread(cores: list, n: int) -> list:
+    """Up to ``n`` of ``cores`` spread evenly over the list (every k-th)."""
+    return cores[:: -(-len(cores) // n)] if cores else []
+
+
+def diameter_on_tiles(tiles) -> float | None:
+    """The leukocyte diameter of an image too large to estimate whole: the median of the stain estimates
+    (:func:`~.stain.estimate_diameter`) of some full-resolution ``tiles``, each taken at half resolution.
+    ``None`` when no tile holds nuclear stain."""
+    import cv2
+
+    from .stain import estimate_diameter
+
+    estimates = []
+    for tile in tiles:
+        h, w = tile.shape[:2]
+        half = cv2.resize(tile, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+        d = estimate_diameter(half)
+        if d is not None:
+            estimates.append(2 * d)
+    return float(np.median(estimates)) if estimates else None
+
+
+def segment_window(tile: np.ndarray, out: np.ndarray, origin, core, diameter: float, cfg: SegmentConfig, model,
+                   n: int) -> int:
+    """Segment one tile read with its margin and paste its cells by the seam rule: the one step of every tiled
+    segmentation (an image in memory, a slide on disk).
+
+    Parameters
+    ----------
+    tile : (h, w, 3) ndarray of uint8
+        The pixels of the tile's window (:func:`tile_window`).
+    out : (h, w) ndarray of int32
+        The labels already found in that window (earlier tiles' cells reaching into it); modified in place.
+    origin : (int, int)
+        Where the window starts in the image, ``(R0, C0)``.
+    core : (r0, r1, c0, c1)
+        The tile's core in image coordinates: only cells whose box centre lies in it are kept, so a cell crossing
+        a seam is found once, whole; they take the free pixels of ``out`` with ids ``n + 1, n + 2, ...``.
+
+    Returns
+    -------
+    int
+        The last id used (``n`` when no cell was kept).
+    """
+    from skimage import color
 
     R0, C0 = origin
     r0, r1, c0, c1 = core
+    labels = _segment_at(tile, color.rgb2lab(tile), diameter, cfg, model)
+    return _paste_centred(out, labels, (r0 - R0, r1 - R0, c0 - C0, c1 - C0), n)
+
+
+def _paste_centred(out: np.ndarray, labels: np.ndarray, core, n: int) -> int:
+    """Copy into ``out`` the cells of ``labels`` (same frame) whose box centre lies in ``core``; returns the last id."""
+    from scipy import ndimage as ndi
+
+    r0, r1, c0, c1 = core
     for k, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
+        if sl is None or not (r0 <= (sl[0].start + sl[0].stop - 1) / 2 < r1 and c0 <= (sl[1].start + sl[1].stop - 1) / 2 < c1):
             continue
-        cy = R0 + (sl[0].start + sl[0].stop - 1) / 2
-        cx = C0 + (sl[1].start + sl[1].stop - 1) / 2
-        if not (r0 <= cy < r1 and c0 <= cx < c1):
-            continue
-        target = out[R0 + sl[0].start : R0 + sl[0].stop, C0 + sl[1].start : C0 + sl[1].stop]
-        free = (labels[sl] == k) & (target == 0)
+        free = (labels[sl] == k) & (out[sl] == 0)
         if free.any():
             n += 1
-            target[free] = n
+            out[sl][free] = n
     return n
 
 
