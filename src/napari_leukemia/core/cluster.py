@@ -12,6 +12,7 @@ worker dies is retried by the scheduler, and reported in its images' rows if it 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -34,7 +35,7 @@ def start_client(workers: int | None = None, scheduler: str | None = None):
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=0)
+                           memory_limit=0, silence_logs=logging.ERROR)
     client = Client(cluster)
     client._closes_cluster = cluster  # closed with the client (see close_client)
     return client
@@ -63,9 +64,13 @@ def _worker_models(classifier_path, segmenter_path, device):
     """The worker's models, loaded on its first task and kept for the next (one set at a time)."""
     key = (classifier_path, segmenter_path, device)
     if key not in _WORKER_MODELS:
+        import cv2
+        import torch
+
         from .model import load_classifier
         from .segment import load_segmenter
 
+        cv2.setNumThreads(torch.get_num_threads())  # OpenCV's own pool would otherwise take every core of the machine
         _WORKER_MODELS.clear()
         _WORKER_MODELS[key] = (load_classifier(classifier_path, device),
                                None if segmenter_path is None else load_segmenter(segmenter_path, device))
