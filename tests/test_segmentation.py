@@ -1,3 +1,4 @@
+import functools
 import re
 
 import numpy as np
@@ -325,3 +326,14 @@ def test_diameter_estimate_survives_cuts_that_leave_only_small_pieces(shared_dat
     # zheng1 034: the cut of its nuclear groups leaves no piece of 100 pixels (once a TypeError)
     d = estimate_diameter(read_image(shared_data / "zheng1" / "images" / "034.png"))
     assert d is None or d > 0
+
+
+def test_cellpose_kernels_are_cached_on_disk(segmenter_path):
+    """cellpose compiles its numba kernels on every import unless cached (5-15 s per process, per cluster worker)."""
+    load_segmenter(segmenter_path, "cpu")
+    from cellpose import dynamics
+
+    assert type(dynamics.steps2D._cache).__name__ == "FunctionCache"
+    import numba
+
+    assert not isinstance(numba.njit, functools.partial)  # numba itself is left as it was

@@ -135,11 +135,32 @@ def load_segmenter(path=None, device: str = "auto"):
     return model
 
 
+@contextlib.contextmanager
+def numba_kernels_cached():
+    """Import cellpose with its numba kernels cached on disk: ``cellpose.dynamics`` compiles them eagerly on every
+    import (``@njit(signature)``, no ``cache=True``), 5-15 s of CPU in each new process (CLI, napari, every cluster
+    worker); with the cache only the first import compiles. numba keeps the cache beside the module, or in the
+    user's cache folder when that is read-only, and recompiles when cellpose's source or the CPU changes."""
+    import sys
+
+    if "cellpose.dynamics" in sys.modules:
+        yield
+        return
+    import numba
+
+    njit = numba.njit
+    numba.njit = functools.partial(njit, cache=True)
+    try:
+        yield
+    finally:
+        numba.njit = njit
+
+
 def new_cellpose(diam_mean: float, nbase, device):
     """An untrained cellpose 3 model whose U-Net has channel widths ``nbase`` (``[2, ...]``)."""
     import torch
 
-    with quiet_third_party():
+    with quiet_third_party(), numba_kernels_cached():
         from cellpose import models
         from cellpose.resnet_torch import CPnet
 
