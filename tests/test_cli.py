@@ -74,6 +74,25 @@ def test_disclaimer_matches_the_pipeline():
     assert cli.DISCLAIMER == PIPELINE_DISCLAIMER == DISCLAIMER
 
 
+def test_command_line_defaults_and_choices_come_from_config():
+    """config.py is the one home of defaults: the parsed defaults of ``train`` and ``evaluate`` are its values."""
+    from napari_leukemia.core import config
+
+    parser = cli.build_parser()
+    t = parser.parse_args(["train", "--out", "x", "DATA"])
+    d = config.TrainConfig()
+    assert (t.epochs, t.batch_size, t.lr, t.patience, t.seed, t.device, t.imagenet, t.tune, t.sampling) == (
+        d.epochs, d.batch_size, d.lr, d.patience, d.seed, d.device, d.imagenet, d.tune, d.sampling)
+    assert (t.stain_jitter, t.stain_vector_jitter, t.lowres_p, t.steps_per_epoch) == (
+        d.stain_jitter, d.stain_vector_jitter, d.lowres_p, d.max_steps_per_epoch)
+    assert (t.method, t.labels, t.diameter) == (config.SegmentConfig().method, config.DEEPAPL_LABELS[0], None)
+    assert parser.parse_args(["train", "--out", "x", "DATA", "--cv"]).cv == config.CV_FOLDS
+    e = parser.parse_args(["evaluate", "--out", "x", "DATA"])
+    assert (e.batch_size, e.device, e.method) == (config.EVAL_BATCH_SIZE, d.device, config.SegmentConfig().method)
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "device")
+    assert tuple(train.choices) == config.DEVICE_CHOICES
+
+
 def test_no_images_is_a_usage_error(tmp_path, capsys):
     code, _, err = run(capsys, "analyze", "--out", tmp_path / "out")
     assert code == 2

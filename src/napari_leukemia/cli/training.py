@@ -5,8 +5,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.config import CLASSIFIER_ARCHITECTURES, DEVICE_CHOICES, DISCLAIMER, EVAL_BATCH_SIZE, SEGMENTER_CHOICES
-from ..core.datasets import DEEPAPL_LABELS
+from ..core.config import (
+    CLASSIFIER_ARCHITECTURES,
+    CV_FOLDS,
+    DEEPAPL_LABELS,
+    DEVICE_CHOICES,
+    DISCLAIMER,
+    EVAL_BATCH_SIZE,
+    SAMPLING_CHOICES,
+    SEGMENTER_CHOICES,
+    SPLITS,
+    TUNE_CHOICES,
+    CropConfig,
+    SegmentConfig,
+    TrainConfig,
+)
 from ..core.fit import RUN_FILES
 from .common import (
     EXIT_FAILED,
@@ -28,8 +41,6 @@ DATASET_HELP = ("a folder of class sub-folders, a CSV with columns path,label[,g
 
 def add_commands(sub) -> None:
     """The ``train`` and ``evaluate`` sub-commands (thin over :mod:`.core.fit` and :mod:`.core.scoring`)."""
-    from ..core.config import SAMPLING_CHOICES, TUNE_CHOICES, CropConfig, TrainConfig
-
     d = TrainConfig()
     t = sub.add_parser(
         "train",
@@ -73,9 +84,9 @@ def add_commands(sub) -> None:
     t.add_argument("--imagenet", default=d.imagenet, metavar="auto|PATH|none",
                    help="ImageNet weights of the backbone: auto (torchvision's cache, if there), a .pth file, or none; "
                         "nothing is downloaded")
-    t.add_argument("--cv", type=positive_int, nargs="?", const=5, metavar="K",
-                   help="cross-validate by patient instead: K folds of groups (default 5, at least 3), balanced by "
-                        "diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
+    t.add_argument("--cv", type=positive_int, nargs="?", const=CV_FOLDS, metavar="K",
+                   help=f"cross-validate by patient instead: K folds of groups (default {CV_FOLDS}, at least 3), "
+                        "balanced by diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
                         "scored on its own patients; writes DIR/{cv.json,predictions.csv,patients.csv,patients.png}. "
                         "Rerun the same command to resume fold by fold")
     t.add_argument("--extra-train", metavar="DATASET",
@@ -88,7 +99,7 @@ def add_commands(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in DIR")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or earlier run in DIR")
     t.add_argument("--seed", type=int, default=d.seed, help=f"split and training seed (default {d.seed})")
-    t.add_argument("--steps-per-epoch", type=int, default=0, metavar="N",
+    t.add_argument("--steps-per-epoch", type=int, default=d.max_steps_per_epoch, metavar="N",
                    help="cap the training steps per epoch (default 0: the whole training set)")
     t.add_argument("--stain-jitter", type=non_negative_float, default=d.stain_jitter, metavar="SIGMA",
                    help="stain-aware augmentation: per-image scale N(1, SIGMA) and shift N(0, SIGMA) of each "
@@ -115,7 +126,7 @@ def add_commands(sub) -> None:
     v.add_argument("--classifier", metavar="PATH|NAME", help="classifier checkpoint, or a shipped one by name "
                    "(leukemic: leukaemic vs normal, the default; cell_type: DeepAPL cell types)")
     v.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    v.add_argument("--split", choices=("test", "val", "train", "all"), default="test", help="default test")
+    v.add_argument("--split", choices=(*SPLITS, "all"), default="test", help="default test")
     v.add_argument("--seed", type=int, help="split seed (default: the one the checkpoint was trained with, else 0)")
     v.add_argument("--leukemic-classes", nargs="+", metavar="LABEL",
                    help="dataset labels that are leukaemic, when they are not the checkpoint's classes")
@@ -128,24 +139,22 @@ def add_commands(sub) -> None:
 def _dataset_options(p) -> None:
     p.add_argument("--single-cells", action="store_true",
                    help="the images are single-cell crops already (no segmentation)")
-    p.add_argument("--labels", choices=DEEPAPL_LABELS, default="binary",
+    p.add_argument("--labels", choices=DEEPAPL_LABELS, default=DEEPAPL_LABELS[0],
                    help="DeepAPL manifest: leukemic/normal (default), the pathologist's cell classes, or those "
                         "classes grouped into cell types (small classes joined)")
-    p.add_argument("--method", choices=SEGMENTER_CHOICES, default="cellpose",
+    p.add_argument("--method", choices=SEGMENTER_CHOICES, default=SegmentConfig().method,
                    help="how whole fields are segmented before their centre cell is cropped")
     p.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
     p.add_argument("--diameter", type=positive_float, metavar="PX", help="expected leukocyte diameter in pixels")
     p.add_argument("--crops-cache", type=Path, metavar="NPZ",
                    help="read crops made before from this file and add new ones to it (segmenting is slow)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=TrainConfig().device)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_train(args) -> int:
     """``napari-leukemia train``: see :func:`build_parser`."""
     import shlex
-
-    from ..core.config import TrainConfig
 
     imagenet = "" if args.imagenet == "none" else args.imagenet
     if imagenet not in ("", "auto") and not Path(imagenet).is_file():

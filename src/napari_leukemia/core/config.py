@@ -9,16 +9,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DISCLAIMER = "Research use only: not a diagnostic device."
-#: Where the networks run: ``auto`` takes CUDA when there is a GPU.
+#: Where the networks run: ``auto`` (the default) takes CUDA when there is a GPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-#: How leukocytes are found: the trained cellpose model, or the stain-based baseline.
+#: How leukocytes are found: the trained cellpose model (the default), or the stain-based baseline.
 SEGMENTER_CHOICES = ("cellpose", "stain")
 #: A cell is called blast equivalent (``leukemic``) when ``p_leukemic`` reaches this.
 LEUKEMIC_THRESHOLD = 0.5
 #: Cells per batch when scoring a dataset.
 EVAL_BATCH_SIZE = 64
+#: The splits of a dataset, by group (patient); ``test`` is what training keeps aside.
+SPLITS = ("train", "val", "test")
 #: Train / val / test fractions of the groups (patients) when a dataset gives no split.
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+#: Which labels of DeepAPL's manifest a run learns: leukemic/normal (the default), the pathologist's cell classes,
+#: or those classes grouped into cell types.
+DEEPAPL_LABELS = ("binary", "cell_class", "cell_type")
+#: Folds of patients in a cross-validation.
+CV_FOLDS = 5
+#: Fraction of the corrected slides (or cells, with fewer than 3 slides) that fine-tuning keeps aside to score the
+#: model before and after.
+HELD_OUT_FRACTION = 0.2
 #: Adam learning rate for fine-tuning on corrections: 1e-3 (training from scratch) made the BCCD run forget
 #: (DeepAPL test balanced accuracy 0.965 -> 0.875; docs/figures/fine_tune_bccd.json), 1e-4 did not.
 FINE_TUNE_LR = 1e-4
@@ -105,7 +115,7 @@ class SegmentConfig(_Serializable):
         centre, so it is never split or counted twice while it is narrower than twice the margin.
     """
 
-    method: str = "cellpose"
+    method: str = SEGMENTER_CHOICES[0]
     diameter: float | None = None
     min_area_fraction: float = 0.15
     cellprob_threshold: float = 0.0
@@ -144,7 +154,7 @@ class AnalysisConfig(_Serializable):
         ``found_by``); see :mod:`~.single_cell`. Batches of images are classified together, ``batch_size`` at once.
     """
 
-    device: str = "auto"
+    device: str = DEVICE_CHOICES[0]
     gradcam: bool = True
     batch_size: int = 32
     segment: SegmentConfig = field(default_factory=SegmentConfig)
@@ -243,7 +253,7 @@ class TrainConfig(_Serializable):
     blur_p: float = 0.1
     lowres_p: float = 0.0
     seed: int = 0
-    device: str = "auto"
+    device: str = DEVICE_CHOICES[0]
     imagenet: str = "auto"
     fast: bool = True
     max_steps_per_epoch: int = 0

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .blast_count import blast_percentage, wilson_interval
-from .config import SegmentConfig, TrainConfig
+from .config import CV_FOLDS, SegmentConfig, TrainConfig
 from .cropstore import iter_crops
 from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples, split_by_group
 from .events import Event
@@ -40,7 +40,7 @@ TARGETS = {"roc_auc": (">=", 0.97), "sensitivity_at_95_specificity": (">=", 0.85
 MIN_FOLDS = 3
 
 
-def patient_folds(samples: list[Sample], k: int = 5, seed: int = 0) -> list[list[str]]:
+def patient_folds(samples: list[Sample], k: int = CV_FOLDS, seed: int = 0) -> list[list[str]]:
     """Deal the groups (patients) into ``k`` folds, balanced by stratum and by cell count.
 
     Within each stratum (a group's :attr:`~.datasets.Sample.stratum`, else its most frequent label), groups are
@@ -81,7 +81,7 @@ def patient_folds(samples: list[Sample], k: int = 5, seed: int = 0) -> list[list
     return [sorted(f) for f in folds]
 
 
-def cross_validate(source, out_dir, *, k: int = 5, config: TrainConfig = TrainConfig(), size: int | None = None,
+def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = TrainConfig(), size: int | None = None,
                    window: float | None = None, single_cells: bool = False, deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SPLIT_FRACTIONS, CropConfig, SegmentConfig
+from .config import DEEPAPL_LABELS, SPLIT_FRACTIONS, SPLITS, CropConfig, SegmentConfig
 
 #: DeepAPL cell classes grouped into the cell types of the cell-type classifier: classes with fewer than about
 #: 100 training cells join their nearest relatives (band with segmented neutrophils, promonocytes with
@@ -40,9 +40,7 @@ IMMATURE_GRANULOCYTES = ("myelocyte", "metamyelocyte", "immature_granulocyte")
 #: :func:`~.preprocess.measure_red_cells` over 120 random fields (quartiles 66 and 74; single fields hold
 #: too few red cells to measure each alone). One scanner, so one scale for fixed-window crops.
 DEEPAPL_RED_CELL_PX = 70.0
-DEEPAPL_LABELS = ("binary", "cell_class", "cell_type")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 from .config import DEVICE_CHOICES
 
 
-def resolve_device(device: str = "auto"):
+def resolve_device(device: str = DEVICE_CHOICES[0]):
     """``"auto"`` -> CUDA when available, else CPU; refuses ``"cuda"`` without a GPU."""
     import torch
 

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable, Generator
 from pathlib import Path
 
-from .config import FINE_TUNE_LR, SegmentConfig, TrainConfig
+from .config import FINE_TUNE_LR, HELD_OUT_FRACTION, SegmentConfig, TrainConfig
 from .datasets import crops_for, hold_out, read_samples
 from .events import Event
 from .fit import fit_classifier
@@ -22,7 +22,7 @@ MIN_SLIDES = 3
 FINE_TUNE_REPORT = "fine_tune.json"
 
 
-def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = False, held_out: float = 0.2,
+def fine_tune(corrections, out_dir, *, init, mix=None, mix_single_cells: bool = False, held_out: float = HELD_OUT_FRACTION,
               config: TrainConfig = TrainConfig(lr=FINE_TUNE_LR), deepapl_labels: str = "binary", resume: bool = False,
               overwrite: bool = False, segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None,
               command: str = "", should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
