@@ -24,18 +24,23 @@ _WORKER_MODELS: dict = {}
 def start_client(workers: int | None = None, scheduler: str | None = None):
     """A :class:`distributed.Client`: on ``scheduler`` (an address) or on a new local cluster of ``workers`` processes.
 
-    Local workers have one thread each (dask's nanny sets ``OMP_NUM_THREADS=1`` in them), no dashboard, and no
-    memory limit of their own (the machine's is the limit). Close the client (and its cluster) when done:
+    Local workers have one thread each (dask's nanny sets ``OMP_NUM_THREADS=1`` in them), no dashboard, no memory
+    limit of their own (the machine's is the limit) and glibc's own memory trimming. Close the client (and its cluster) when done:
     ``with start_client(2) as client: ...``.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler)
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=0, silence_logs=logging.ERROR)
+    # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, so that glibc hands freed memory back at once:
+    # with the large arrays an analysis allocates and frees per image, that made each image 1.5x slower in a worker
+    # than in one process (measured: 13.5 against 9.4 CPU s for 10 BCCD fields); glibc's default is kept instead
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               memory_limit=0, silence_logs=logging.ERROR)
     client = Client(cluster)
     client._closes_cluster = cluster  # closed with the client (see close_client)
     return client
