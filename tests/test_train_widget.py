@@ -33,6 +33,8 @@ def test_training_from_the_widget_hands_the_checkpoint_to_analyze(make_napari_vi
 
     viewer, elsewhere = make_napari_viewer(), make_napari_viewer()
     analyze, other = AnalyzeWidget(viewer), AnalyzeWidget(elsewhere)
+    viewer.window.add_dock_widget(analyze, name="Analyze smear")  # docks find each other through their viewer
+    elsewhere.window.add_dock_widget(other, name="Analyze smear")
     widget = _widget(viewer, cell_dataset, tmp_path / "run", epochs=2)
     assert widget.start() is not None
     assert not widget._start_button.enabled and widget._stop_button.enabled
@@ -90,8 +92,33 @@ def test_train_widget_opens_through_the_manifest_and_finds_the_docked_analyze_wi
     _, analyze = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
     _, train = viewer.window.add_plugin_dock_widget("napari-leukemia", "Train classifier")
     elsewhere.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
-    # napari gives each plugin widget its own proxy of the viewer: the registry compares the viewers behind them
+    # napari gives each plugin widget its own proxy of the viewer: the viewer behind it holds the docks
     assert analyze_widgets(train._viewer) == [analyze]
+
+
+def test_widgets_find_only_the_docks_of_their_own_viewer(make_napari_viewer):
+    """The hand-off between docks is the viewer's state, not a global registry: a widget made for another viewer,
+    one never docked, or a dock the user closed takes no part (a closed Analyze dock once chose the classifier that
+    Train fine-tuned)."""
+    from napari_leukemia._napari import docked
+    from napari_leukemia._napari.train_widget import TrainWidget
+    from napari_leukemia._napari.widgets import AnalyzeWidget, analyze_widgets
+
+    viewer, elsewhere = make_napari_viewer(), make_napari_viewer()
+    analyze = AnalyzeWidget(viewer)
+    assert analyze_widgets(viewer) == []  # made, never docked
+    viewer.window.add_dock_widget(analyze, name="Analyze smear")
+    other = AnalyzeWidget(elsewhere)
+    elsewhere.window.add_dock_widget(other, name="Analyze smear")
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Train classifier")
+    assert analyze_widgets(viewer) == [analyze] and analyze_widgets(elsewhere) == [other]
+    assert docked(viewer, TrainWidget) == [train] and docked(elsewhere, TrainWidget) == []
+    analyze.use_classifier(__file__)  # any existing file stands for a checkpoint here
+    assert train._current_classifier() == __file__
+    viewer.window.remove_dock_widget(analyze.native)  # the user closes the Analyze dock
+    assert analyze_widgets(viewer) == [] and analyze_widgets(elsewhere) == [other]
+    assert train._current_classifier() != __file__
 
 
 def test_new_head_and_frozen_weights_reach_the_core(make_napari_viewer, tmp_path):

@@ -8,8 +8,15 @@ from pathlib import Path
 import napari
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
-from ..core.config import DEVICE_CHOICES, DISCLAIMER, FINE_TUNE_LR, TrainConfig
-from . import register
+from ..core.config import (
+    DEVICE_CHOICES,
+    DISCLAIMER,
+    FINE_TUNE_LR,
+    HELD_OUT_FRACTION,
+    TUNE_CHOICES,
+    CropConfig,
+    TrainConfig,
+)
 from .widgets import analyze_widgets
 from .worker_widget import WorkerWidget
 
@@ -17,6 +24,8 @@ from .worker_widget import WorkerWidget
 CORRECTIONS = "cells corrected in the viewer (dataset.csv)"
 #: Where a training set comes from: name -> FileEdit mode.
 DATASET_KINDS = {"class folders": "d", "CSV table / DeepAPL manifest": "r", CORRECTIONS: "r"}
+#: The words of the weights that train (:data:`~napari_leukemia.core.config.TUNE_CHOICES`).
+TUNE_LABELS = {"all": "every weight", "last_block": "last dense block + head", "head": "head only"}
 #: Recorded as the command in the checkpoint's provenance.
 COMMAND = "napari-leukemia Train classifier widget"
 
@@ -47,14 +56,13 @@ class TrainWidget(WorkerWidget):
         self._batch = SpinBox(value=d.batch_size, min=1, max=4096, label="batch size")
         self._lr = FloatSpinBox(value=d.lr, min=1e-6, max=1.0, step=1e-5, label="learning rate")
         self._size = SpinBox(value=0, min=0, max=1024, step=16, label="crop size (px)",
-                             tooltip="0: the fine-tuned checkpoint's crop size, else 224")
+                             tooltip=f"0: the fine-tuned checkpoint's crop size, else {CropConfig().size}")
         self._init = FileEdit(mode="r", filter="*.safetensors", value="", label="fine-tune from")
         self._new_head = CheckBox(value=False, text="new head: another class list on its features")
-        self._tune = ComboBox(choices=[("every weight", "all"), ("last dense block + head", "last_block"),
-                                       ("head only", "head")], value=d.tune, label="train",
+        self._tune = ComboBox(choices=[(TUNE_LABELS[c], c) for c in TUNE_CHOICES], value=d.tune, label="train",
                               tooltip="which weights train; freezing the rest trains faster and keeps what the "
                                       "starting checkpoint learnt")
-        self._imagenet = CheckBox(value=True, text="start from ImageNet weights when found (no download)")
+        self._imagenet = CheckBox(value=bool(d.imagenet), text="start from ImageNet weights when found (no download)")
         self._leukemic = LineEdit(value="", label="leukaemic classes",
                                   tooltip="comma-separated; empty: 'leukemic' for leukemic/normal data, else class "
                                           "names with leukem/leukaem/blast/promyelocyte/promonocyte")
@@ -62,12 +70,12 @@ class TrainWidget(WorkerWidget):
                              tooltip="optional: the model's training data (CSV / DeepAPL manifest), so that it "
                                      "does not forget what it knew")
         self._mix_single = CheckBox(value=False, text="mixed-in images are single-cell crops")
-        self._held_out = FloatSpinBox(value=0.2, min=0.0, max=0.6, step=0.05, label="held-out corrections",
+        self._held_out = FloatSpinBox(value=HELD_OUT_FRACTION, min=0.0, max=0.6, step=0.05, label="held-out corrections",
                                       tooltip="fraction of the corrected slides (or cells, with fewer than 3 "
                                               "slides) kept aside to score the model before and after")
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._overwrite = CheckBox(value=False, text="replace an earlier run in the output folder")
-        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
+        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=d.device, label="device")
         self._more = self._more_settings("batch size, learning rate, weights trained, device",
                                          [self._batch, self._lr, self._tune, self._device])
         self._start_button = PushButton(text="Start")
@@ -94,7 +102,6 @@ class TrainWidget(WorkerWidget):
         self._body.append(self._disclaimer)
         self._fit_dock()
         self._kind_changed(self._kind.value)
-        register(self)
 
     # --- settings -> core -------------------------------------------------------------------------
     def _kind_changed(self, kind: str):
@@ -146,7 +153,7 @@ class TrainWidget(WorkerWidget):
         if out is None:
             raise ValueError("choose an output folder")
         config = TrainConfig(epochs=self._epochs.value, batch_size=self._batch.value, lr=self._lr.value,
-                             device=self._device.value, imagenet="auto" if self._imagenet.value else "",
+                             device=self._device.value, imagenet=TrainConfig().imagenet if self._imagenet.value else "",
                              tune=self._tune.value)
         common = dict(out_dir=out, config=config, resume=resume, overwrite=self._overwrite.value, command=COMMAND)
         if self._kind.value == CORRECTIONS:
@@ -221,11 +228,8 @@ class TrainWidget(WorkerWidget):
                               f"{m['balanced_accuracy']:.3f}; selected in Analyze smear" + _before_after(result))
 
     def _on_error(self, err):
-        from napari.utils.notifications import show_error
-
         hint = " (tick 'replace an earlier run', or press Resume)" if isinstance(err, FileExistsError) else ""
-        self._status.value = f"Error: {err}{hint}"
-        show_error(f"napari-leukemia: {err}{hint}")
+        super()._on_error(f"{err}{hint}")
 
     def _on_finished(self):
         super()._on_finished()

@@ -7,14 +7,18 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, create_widget
 from qtpy.QtCore import Qt
 
-from ..core.config import DEVICE_CHOICES, DISCLAIMER, SEGMENTER_CHOICES
-from . import docked, register
+from ..core.config import DEVICE_CHOICES, DISCLAIMER, LEUKEMIC_THRESHOLD, SEGMENTER_CHOICES, AnalysisConfig
+from . import docked
 from .layers import META_KEY, our_layers, show_result
 from .worker_widget import WorkerWidget
 
+#: The Analyze widget's settings at start: the core's defaults, with Grad-CAM off (slow on a CPU; Review cells makes
+#: the heat map of one cell on demand).
+WIDGET_DEFAULTS = AnalysisConfig(gradcam=False)
+
 
 def analyze_widgets(viewer) -> list["AnalyzeWidget"]:
-    """The live Analyze widgets of ``viewer``."""
+    """The Analyze widgets docked in ``viewer`` (:func:`~napari_leukemia._napari.docked`)."""
     return docked(viewer, AnalyzeWidget)
 
 
@@ -26,8 +30,9 @@ class AnalyzeWidget(WorkerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
+        d = WIDGET_DEFAULTS
         self._image = create_widget(annotation=napari.layers.Image, label="image")
-        self._method = ComboBox(choices=list(SEGMENTER_CHOICES), value=SEGMENTER_CHOICES[0], label="segmenter")
+        self._method = ComboBox(choices=list(SEGMENTER_CHOICES), value=d.segment.method, label="segmenter")
         self._segmenter = FileEdit(mode="r", filter="*.safetensors", label="cellpose model", value="")
         from ..core.model import SHIPPED_CLASSIFIERS
 
@@ -35,16 +40,16 @@ class AnalyzeWidget(WorkerWidget):
                                  tooltip="leukemic: leukaemic vs normal; cell_type: the DeepAPL cell types "
                                          "(cells coloured by type). A checkpoint file below replaces it.")
         self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier file", value="")
-        self._diameter = FloatSpinBox(value=0, min=0, max=2000, step=5, label="cell diameter (px)",
+        self._diameter = FloatSpinBox(value=d.segment.diameter or 0, min=0, max=2000, step=5, label="cell diameter (px)",
                                       tooltip="Expected leukocyte diameter in pixels; 0 estimates it from the stain")
-        self._red_cell = FloatSpinBox(value=0, min=0, max=500, step=1, label="red-cell diameter (px)",
+        self._red_cell = FloatSpinBox(value=d.red_cell_diameter or 0, min=0, max=500, step=1, label="red-cell diameter (px)",
                                       tooltip="Scale of cell-type crops (a fixed window of red cells); 0 measures it "
                                               "on the image. Unused by the leukaemic-vs-normal classifier")
-        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=DEVICE_CHOICES[0], label="device")
-        self._gradcam = CheckBox(value=False, text="Grad-CAM heat map of every cell (slower)",
+        self._device = ComboBox(choices=list(DEVICE_CHOICES), value=d.device, label="device")
+        self._gradcam = CheckBox(value=d.gradcam, text="Grad-CAM heat map of every cell (slower)",
                                  tooltip="where the classifier looked; Review cells makes it for one cell on demand")
         self._use_cells = CheckBox(value=False, text="re-classify my edited cells (no re-segmentation)")
-        self._single = CheckBox(value=False, text="one cell at the centre (single-cell image, any magnification)",
+        self._single = CheckBox(value=d.single_cell, text="one cell at the centre (single-cell image, any magnification)",
                                 tooltip="CellaVision exports and single-cell sets: only the centre cell is reported, "
                                         "found by segmentation or else taken as a centred crop (found_by)")
         self._more = self._more_settings("segmenter, model files, cell sizes, device", [
@@ -76,7 +81,6 @@ class AnalyzeWidget(WorkerWidget):
         self._fit_dock()
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
-        register(self)
 
     @property
     def classifier(self) -> str:
@@ -91,7 +95,7 @@ class AnalyzeWidget(WorkerWidget):
 
     # --- settings -> core -------------------------------------------------------------------------
     def _config(self):
-        from ..core.config import AnalysisConfig, SegmentConfig
+        from ..core.config import SegmentConfig
 
         seg = SegmentConfig(method=self._method.value, diameter=self._diameter.value or None)
         return AnalysisConfig(device=self._device.value, gradcam=self._gradcam.value, segment=seg,
@@ -197,7 +201,7 @@ def format_summary(summary: dict) -> str:
     t = summary.get("timings", {})
     from ..core.blast_count import describe
 
-    lines = [f"Leukocytes: {n}", f"Blast equivalents (p_leukemic ≥ 0.5): {k}"]
+    lines = [f"Leukocytes: {n}", f"Blast equivalents (p_leukemic ≥ {LEUKEMIC_THRESHOLD:g}): {k}"]
     if "blast_pct" in summary:
         lines.append(describe(summary))
     lines += [f"Segmenter: {summary['segmenter']}", f"Classifier: {summary['classifier']}",
