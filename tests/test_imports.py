@@ -33,6 +33,9 @@ def test_public_api_resolves_lazily():
     assert callable(napari_leukemia.analyze_smear)
     assert callable(napari_leukemia.crop_cells)
     assert "analyze_smear" in dir(napari_leukemia)
+    from napari_leukemia.core.results import save_result
+
+    assert napari_leukemia.save_result is save_result  # the console saves what the CLI and the widget save
 
 
 def test_manifest_validates():

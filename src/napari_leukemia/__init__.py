@@ -4,9 +4,11 @@ Research use only: not a diagnostic device.
 
 The public API is imported lazily, so ``import napari_leukemia`` loads neither torch, cellpose nor Qt::
 
-    from napari_leukemia import analyze_smear, read_image, load_sample
-    result = analyze_smear(read_image("smear.jpg"))
+    from napari_leukemia import analyze_smear, read_image, save_result
+    image = read_image("smear.jpg")
+    result = analyze_smear(image)
     result.summary, result.cells
+    save_result(result, "results/smear", image)  # the bundle the CLI and the Analyze widget write
 """
 
 from importlib import import_module
@@ -19,6 +21,7 @@ _API = {
     "analyze_smear": "core.pipeline",
     "iter_analyze_smear": "core.pipeline",
     "SmearResult": "core.pipeline",
+    "save_result": "core.results",
     "AnalysisConfig": "core.config",
     "SegmentConfig": "core.config",
     "CropConfig": "core.config",
