@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.batch import SUMMARY_CSV
 from ..core.config import DEVICE_CHOICES, DISCLAIMER, SEGMENTER_CHOICES
 from ..core.results import OUTPUT_FILES
+from ..core.slide_analysis import SLIDE_FILES
 from ..samples import SAMPLES
 from .common import (
     EXIT_FAILED,
@@ -31,7 +32,10 @@ def add_commands(sub) -> None:
         help="segment and classify every leukocyte of smear images",
         description=(
             "Segment and classify every leukocyte of each IMAGE. Writes DIR/<stem>/{"
-            + ",".join(OUTPUT_FILES) + "} per image and DIR/summary.csv. " + DISCLAIMER
+            + ",".join(OUTPUT_FILES) + "} per image and DIR/summary.csv. Whole slides (pyramidal TIFF, OME-TIFF, SVS, "
+            "NDPI, or over 8,000 px a side) are analysed tile by tile in bounded memory into DIR/<stem>/{"
+            + ",".join(SLIDE_FILES) + "} (OME-Zarr labels, no Grad-CAM; --resume continues a killed slide). "
+            + DISCLAIMER
         ),
     )
     a.add_argument("images", nargs="*", metavar="IMAGE",

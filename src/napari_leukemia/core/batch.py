@@ -7,6 +7,8 @@ together) into ``out/<stem>/`` (:func:`~.results.save_result`) and rewrites ``ou
 a killed run leaves the summary of every image it finished; run again with ``resume`` and the images already done are
 skipped. Nothing is written outside ``out``: result folders are named from the images' names made safe
 (:func:`result_folders`).
+Whole slides (:func:`~.slide.is_slide`) are analysed blockwise into their folders
+(:func:`~.slide_analysis.analyze_slide_file`), each resumable tile by tile, before the other images.
 """
 
 from __future__ import annotations
@@ -172,14 +174,20 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     rows = {i: before for i, before in enumerate(done_before) if before is not None}
     for n, i in enumerate(sorted(rows)):
         yield Event("image", n + 1, len(images), payload={"image": str(images[i]), "row": rows[i], "skipped": True})
+    from .slide import is_slide
+
+    slides = [t for t in todo if is_slide(t[1])]  # whole slides: blockwise, here, each resumable on its own
+    todo = [t for t in todo if t not in slides]
     if client is None:
-        results = _iter_here(todo, classifier=classifier, segmenter=segmenter, config=config,
-                             overwrite=overwrite or resume, should_stop=should_stop)
+        rest = _iter_here(todo, classifier=classifier, segmenter=segmenter, config=config,
+                          overwrite=overwrite or resume, should_stop=should_stop)
     else:
         from .cluster import iter_on_cluster
 
-        results = iter_on_cluster(client, todo, classifier=classifier, segmenter=segmenter, config=config,
-                                  overwrite=overwrite or resume, should_stop=should_stop)
+        rest = iter_on_cluster(client, todo, classifier=classifier, segmenter=segmenter, config=config,
+                               overwrite=overwrite or resume, should_stop=should_stop)
+    results = _iter_slides(slides, rest, classifier=classifier, segmenter=segmenter, config=config,
+                           overwrite=overwrite, resume=resume, should_stop=should_stop)
     while True:
         try:
             i, row, message = next(results)
@@ -192,6 +200,23 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     rows = [rows[k] for k in sorted(rows)]
     write_summary(summary_csv, rows)
     return {"rows": rows, "stopped": stopped}
+
+
+def _iter_slides(slides, rest, *, classifier, segmenter, config, overwrite: bool, resume: bool, should_stop):
+    """Analyse the whole slides of ``slides`` (``(index, path, folder)`` each) blockwise
+    (:func:`~.slide_analysis.analyze_slide_file`), then yield from ``rest``; like :func:`_iter_here`."""
+    from .slide_analysis import analyze_slide_file
+
+    for index, path, folder in slides:
+        if should_stop():
+            return True
+        row, message, stopped = analyze_slide_file(path, folder, classifier=classifier, segmenter=segmenter,
+                                                   config=config, resume=resume, overwrite=overwrite,
+                                                   should_stop=should_stop)
+        if stopped:
+            return True
+        yield index, row, message
+    return (yield from rest)
 
 
 def _iter_here(todo, *, classifier, segmenter, config, overwrite: bool, should_stop) -> Generator[tuple, None, bool]:

@@ -349,9 +349,13 @@ def cell_geometry(labels: np.ndarray, ids):
 def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
     """The per-cell table (pandas): geometry (:func:`cell_geometry`), class probabilities, p_leukemic,
     uncertainty, call. Each class ``c`` gets a column :func:`probability_column`."""
+    return with_calls(cell_geometry(labels, ids), proba, p_leuk, classes, leukemic)
+
+
+def with_calls(table, proba, p_leuk, classes, leukemic=("leukemic",)):
+    """:func:`cell_table` of cells whose geometry is measured already: ``table`` with the calls added."""
     import pandas as pd
 
-    table = cell_geometry(labels, ids)
     n = len(table)
     p_leuk = np.asarray(p_leuk, float)
     table["predicted_class"] = pd.Categorical(

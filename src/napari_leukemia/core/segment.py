@@ -301,7 +301,7 @@ def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
     cores = tile_cores((h, w), cfg.tile_size)
     diameter = cfg.diameter
     if diameter is None:
-        diameter = diameter_on_tiles(image[r0:r1, c0:c1] for r0, r1, c0, c1 in spread(cores, DIAMETER_TILES))
+        diameter = diameter_on_tiles(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], cores)
         if diameter is None:
             return np.zeros((h, w), np.int32)
     check_diameter(diameter, estimated=cfg.diameter is None)
@@ -318,8 +318,7 @@ def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
 
 
 def tile_cores(shape, step: int) -> list[tuple[int, int, int, int]]:
-    """The tiles of an image of ``shape`` (H, W), row by row: ``(r0, r1, c0, c1)`` cores of ``step`` px a side
-    (smaller at the bottom and right edges)."""
+    """The tiles of an image of ``shape``, row by row: ``(r0, r1, c0, c1)`` cores of ``step`` px (less at the edges)."""
     h, w = shape[:2]
     return [(r, min(r + step, h), c, min(c + step, w)) for r in range(0, h, step) for c in range(0, w, step)]
 
@@ -335,21 +334,17 @@ def tile_window(core, margin: int, shape) -> tuple[int, int, int, int]:
     return max(r0 - margin, 0), min(r1 + margin, h), max(c0 - margin, 0), min(c1 + margin, w)
 
 
-def spread(cores: list, n: int) -> list:
-    """Up to ``n`` of ``cores`` spread evenly over the list (every k-th)."""
-    return cores[:: -(-len(cores) // n)] if cores else []
-
-
-def diameter_on_tiles(tiles) -> float | None:
-    """The leukocyte diameter of an image too large to estimate whole: the median of the stain estimates
-    (:func:`~.stain.estimate_diameter`) of some full-resolution ``tiles``, each taken at half resolution.
-    ``None`` when no tile holds nuclear stain."""
+def diameter_on_tiles(read, cores) -> float | None:
+    """The leukocyte diameter of an image too large to estimate whole: the median of the stain estimates of up to
+    ``DIAMETER_TILES`` of ``cores`` spread over the list, each read by ``read(r0, r1, c0, c1)`` at full resolution
+    and estimated at half; ``None`` when no tile holds nuclear stain."""
     import cv2
 
     from .stain import estimate_diameter
 
     estimates = []
-    for tile in tiles:
+    for core in cores[:: -(-len(cores) // DIAMETER_TILES)] if cores else []:
+        tile = read(*core)
         h, w = tile.shape[:2]
         half = cv2.resize(tile, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
         d = estimate_diameter(half)
@@ -360,26 +355,10 @@ def diameter_on_tiles(tiles) -> float | None:
 
 def segment_window(tile: np.ndarray, out: np.ndarray, origin, core, diameter: float, cfg: SegmentConfig, model,
                    n: int) -> int:
-    """Segment one tile read with its margin and paste its cells by the seam rule: the one step of every tiled
-    segmentation (an image in memory, a slide on disk).
-
-    Parameters
-    ----------
-    tile : (h, w, 3) ndarray of uint8
-        The pixels of the tile's window (:func:`tile_window`).
-    out : (h, w) ndarray of int32
-        The labels already found in that window (earlier tiles' cells reaching into it); modified in place.
-    origin : (int, int)
-        Where the window starts in the image, ``(R0, C0)``.
-    core : (r0, r1, c0, c1)
-        The tile's core in image coordinates: only cells whose box centre lies in it are kept, so a cell crossing
-        a seam is found once, whole; they take the free pixels of ``out`` with ids ``n + 1, n + 2, ...``.
-
-    Returns
-    -------
-    int
-        The last id used (``n`` when no cell was kept).
-    """
+    """Segment one tile read with its margin (``tile``: the pixels of :func:`tile_window`, origin ``(R0, C0)``) and
+    paste into ``out`` (the window's labels so far, (h, w) int32, changed in place) its cells whose box centre lies in
+    ``core`` (image coordinates): the seam rule, so a cell crossing a seam is found once, whole. New cells take the
+    free pixels with ids ``n + 1, n + 2, ...``; returns the last id. The step of every tiled segmentation."""
     from skimage import color
 
     R0, C0 = origin
