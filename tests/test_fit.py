@@ -337,3 +337,21 @@ def test_default_leukemic_classes():
     assert default_leukemic(["normal", "leukemic"]) == ("leukemic",)
     assert default_leukemic(["ALL", "hem"]) == ("ALL",)
     assert default_leukemic(["non_leukaemic", "leukaemic"]) == ("leukaemic",)
+
+
+def test_sampling_by_cell_class_trains_from_the_datasets_detail_and_refuses_a_dataset_without_one(cell_dataset,
+                                                                                                  tmp_path):
+    files = sorted(cell_dataset.rglob("*.png"))
+    details = {"leukemic": "blast", "normal": "neutrophil"}
+    rows = ["path,label,detail"] + [f"{f},{f.parent.name},{'myelocyte' if k % 3 == 0 else details[f.parent.name]}"
+                                    for k, f in enumerate(files)]
+    table = tmp_path / "cells.csv"
+    table.write_text("\n".join(rows) + "\n")
+    code, _, stderr = run("train", table, "--out", tmp_path / "run", "--epochs", 1, "--sampling", "cell_class", *FAST)
+    assert code == 0, stderr
+    clf = load_classifier(tmp_path / "run" / FINAL_NAME, "cpu")
+    assert clf.info.provenance["train_config"]["sampling"] == "cell_class"
+    # class folders give no finer class: refused by name before any cropping (no run files written)
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "refused", "--sampling", "cell_class", *FAST)
+    assert code == 2 and "sampling 'cell_class'" in stderr and "12 of 12 cells lack it" in stderr
+    assert not (tmp_path / "refused").exists()

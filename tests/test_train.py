@@ -158,3 +158,46 @@ def test_sampling_by_patient_gives_every_patient_equal_chances_and_weights_class
     assert len(order) == 100 and 35 < (order >= 90).sum() < 65  # about half from the 10 cells of B
     assert np.allclose(class_weights(targets, 2, chances), [1, 1])  # the drawn mix is balanced already
     assert class_weights(targets, 2)[1] > 5 * class_weights(targets, 2)[0]
+
+
+def test_sampling_by_cell_class_draws_each_class_by_the_square_root_of_its_cells():
+    from napari_leukemia.core.train import draw_chances, epoch_order
+
+    details = np.array(["neutrophil"] * 100 + ["myelocyte"] * 25 + ["basophil"] * 4)
+    targets = np.array([0] * 100 + [0] * 25 + [1] * 4)
+    chances = draw_chances(np.arange(129).astype(str), "cell_class", details)
+    assert chances.sum() == pytest.approx(1)
+    per_class = {d: chances[details == d].sum() for d in ("neutrophil", "myelocyte", "basophil")}
+    assert per_class == pytest.approx({"neutrophil": 10 / 17, "myelocyte": 5 / 17, "basophil": 2 / 17})  # sqrt(n)
+    assert chances[0] / chances[-1] == pytest.approx(np.sqrt(4 / 100))  # each cell 1/sqrt(n)
+    rng = np.random.default_rng(0)
+    drawn = np.concatenate([epoch_order(129, chances, rng) for _ in range(20)])
+    assert 0.09 < (drawn >= 125).mean() < 0.15  # about 2/17 basophils drawn, against 4/129 once each
+    # the class weights follow the drawn mix (15/17 class 0, 2/17 class 1), not the cell counts (125 / 4)
+    w = class_weights(targets, 2, chances)
+    assert w[1] / w[0] == pytest.approx(15 / 2)
+    assert class_weights(targets, 2)[1] / class_weights(targets, 2)[0] == pytest.approx(125 / 4)
+
+
+@pytest.mark.parametrize("details, message", [(None, "no cell has one"),
+                                              (np.array(["myelocyte", "", "blast"]), "1 of 3 cells lack it")])
+def test_sampling_by_cell_class_refuses_cells_without_a_finer_class(details, message):
+    from napari_leukemia.core.train import draw_chances
+
+    with pytest.raises(ValueError, match=f"sampling 'cell_class' .*{message}.*detail column"):
+        draw_chances(np.array(["a", "b", "c"]), "cell_class", details)
+    assert draw_chances(np.array(["a", "b", "c"]), "patients", details) == pytest.approx([1 / 3] * 3)
+
+
+def test_a_crop_set_keeps_its_finer_classes_in_subsets_and_trains_by_them(tiny_set, tmp_path):
+    details = np.where(np.arange(len(tiny_set)) % 3 == 0, "rare", "common")
+    data = CropSet(tiny_set.images, tiny_set.targets, tiny_set.groups, details)
+    part = data.subset(np.arange(len(data)) < 10)
+    assert part.details.tolist() == details[:10].tolist()
+    assert tiny_set.subset(np.arange(len(tiny_set)) < 10).details is None
+    reports = list(train_epochs(data, data, ClassifierInfo(crop=CropConfig(size=32)),
+                                _cfg(epochs=1, sampling="cell_class"), tmp_path))
+    assert [r["epoch"] for r in reports] == [1]
+    with pytest.raises(ValueError, match="sampling 'cell_class'"):
+        next(train_epochs(tiny_set, tiny_set, ClassifierInfo(crop=CropConfig(size=32)),
+                          _cfg(epochs=1, sampling="cell_class"), tmp_path / "refused"))

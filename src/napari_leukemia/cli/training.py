@@ -13,6 +13,7 @@ from ..core.config import (
     DISCLAIMER,
     EVAL_BATCH_SIZE,
     SAMPLING_CHOICES,
+    SAMPLING_HELP,
     SEGMENTER_CHOICES,
     SPLITS,
     TUNE_CHOICES,
@@ -35,8 +36,8 @@ from .common import (
     segment_config,
 )
 
-DATASET_HELP = ("a folder of class sub-folders, a CSV with columns path,label[,group][,split][,stratum] (paths relative "
-                "to it), or DeepAPL's manifest.csv")
+DATASET_HELP = ("a folder of class sub-folders, a CSV with columns path,label[,group][,split][,stratum][,detail] (paths "
+                "relative to it), or DeepAPL's manifest.csv")
 
 
 def add_commands(sub) -> None:
@@ -69,8 +70,7 @@ def add_commands(sub) -> None:
                         "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
     t.add_argument("--init", metavar="CKPT", help="fine-tune this classifier checkpoint (same class list)")
     t.add_argument("--sampling", choices=SAMPLING_CHOICES, default=d.sampling,
-                   help="cells: every training cell once an epoch (default); patients: draw with equal chances per "
-                        "group (patient, slide), so that patients with many cells do not dominate")
+                   help="; ".join(f"{k}: {v}" for k, v in SAMPLING_HELP.items()) + f" (default {d.sampling})")
     t.add_argument("--arch", choices=CLASSIFIER_ARCHITECTURES, default=None,
                    help="the backbone of a new classifier (default densenet201, the design's; resnet18 is a light "
                         "proxy to screen recipes by cross-validation on a CPU); --init and --resume keep the "

@@ -15,6 +15,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SEGMENTER_CHOICES = ("cellpose", "stain")
 #: A cell is called blast equivalent (``leukemic``) when ``p_leukemic`` reaches this.
 LEUKEMIC_THRESHOLD = 0.5
+#: A found cell matches a ground-truth box or mask at this IoU or more (``evaluate-segmentation --iou``).
+MATCH_IOU = 0.5
+#: The object name of leukocyte boxes in Pascal VOC files (BCCD's ``WBC``; ``evaluate-segmentation --label``).
+BOX_LABEL = "WBC"
 #: Cells per batch when scoring a dataset.
 EVAL_BATCH_SIZE = 64
 #: The splits of a dataset, by group (patient); ``test`` is what training keeps aside.
@@ -179,8 +183,16 @@ class AnalysisConfig(_Serializable):
 
 #: Which weights :class:`TrainConfig` trains.
 TUNE_CHOICES = ("all", "last_block", "head")
-#: How an epoch draws its training cells: each once, or as many from every group (patient) on average.
-SAMPLING_CHOICES = ("cells", "patients")
+#: How an epoch draws its training cells (:attr:`TrainConfig.sampling`), each with what it does.
+SAMPLING_HELP = {
+    "cells": "every training cell once an epoch",
+    "patients": "draw with equal chances per group (patient, slide), so that patients with many cells do not "
+                "dominate",
+    "cell_class": "draw each cell with a chance proportional to 1/sqrt(cells of its finer class: the dataset's "
+                  "detail, DeepAPL's cell class), so that rare cell classes come up more often; refused when the "
+                  "dataset gives no finer class",
+}
+SAMPLING_CHOICES = tuple(SAMPLING_HELP)
 
 
 @dataclass(frozen=True)
@@ -224,10 +236,13 @@ class TrainConfig(_Serializable):
         with its final norm; ResNet: ``layer4``) and the head, or the head alone. The frozen layers keep their
         batch-norm statistics; a frozen start trains several times faster (on a CPU) and keeps what the starting
         checkpoint learnt.
-    sampling : {"cells", "patients"}
-        An epoch takes every training cell once, or draws as many cells (with replacement) with equal chances
-        for every group (patient, slide), so that patients with many cells do not dominate; the class weights
-        follow the drawn mix.
+    sampling : {"cells", "patients", "cell_class"}
+        An epoch takes every training cell once (``cells``), or draws as many cells (with replacement):
+        ``patients`` with equal chances for every group (patient, slide), so that patients with many cells do
+        not dominate; ``cell_class`` each cell with a chance proportional to ``1 / sqrt(n)``, n the training
+        cells of its finer class (:attr:`~.datasets.Sample.detail`: DeepAPL's cell class, a CSV's ``detail``
+        column), so that a class's share of the draws goes as ``sqrt(n)`` and rare classes come up more often
+        (a dataset without finer classes is refused). The class weights follow the drawn mix.
     arch : str
         The backbone of a new classifier (:data:`CLASSIFIER_ARCHITECTURES`); ``""``: DenseNet201, or the
         starting checkpoint's when fine-tuning or resuming (which keep their own).

@@ -84,7 +84,7 @@ class Crops:
     def cropset(self, classes) -> CropSet:
         index = {c: i for i, c in enumerate(classes)}
         return CropSet(self.images, np.array([index[s.label] for s in self.samples], np.int64),
-                       np.array([s.group for s in self.samples]))
+                       np.array([s.group for s in self.samples]), np.array([s.detail for s in self.samples], str))
 
 
 def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = False,

@@ -24,7 +24,7 @@ from .config import CropConfig, SegmentConfig, TrainConfig
 from .cropstore import iter_crops
 from .datasets import read_samples, split_by_group, split_digest
 from .events import Event
-from .train import CropSet, read_resume_state
+from .train import CropSet, check_details, read_resume_state
 
 #: The finished run's calibrated checkpoint, in the output folder.
 FINAL_NAME = "classifier.safetensors"
@@ -124,6 +124,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         read_resume_state(out)  # a damaged state or history is refused now, not after the cropping
     samples = read_samples(source, deepapl_labels)
     check_samples(samples)
+    check_details([s.detail for s in samples], config.sampling)  # before the cropping, not after it
     base, base_name, init_clf = None, "", None
     if resume:
         base_name = str(out / "last.safetensors")

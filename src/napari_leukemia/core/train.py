@@ -23,17 +23,21 @@ _START_AGAIN = ("start again with --overwrite, or keep the weights by training i
 
 @dataclass
 class CropSet:
-    """Preprocessed cells for training: uint8 crops ``(N, S, S, 3)``, class indices ``(N,)``, groups ``(N,)``."""
+    """Preprocessed cells for training: uint8 crops ``(N, S, S, 3)``, class indices ``(N,)``, groups ``(N,)``, and
+    optionally each cell's finer class ``(N,)`` of str (:attr:`~.datasets.Sample.detail`, e.g. DeepAPL's cell class
+    behind a binary label; ``""`` where unknown), which ``sampling="cell_class"`` draws by."""
 
     images: np.ndarray
     targets: np.ndarray
     groups: np.ndarray
+    details: np.ndarray | None = None
 
     def __len__(self):
         return len(self.targets)
 
     def subset(self, mask) -> "CropSet":
-        return CropSet(self.images[mask], self.targets[mask], self.groups[mask])
+        return CropSet(self.images[mask], self.targets[mask], self.groups[mask],
+                       None if self.details is None else self.details[mask])
 
 
 def class_weights(targets: np.ndarray, n_classes: int, chances: np.ndarray | None = None) -> np.ndarray:
@@ -48,12 +52,52 @@ def class_weights(targets: np.ndarray, n_classes: int, chances: np.ndarray | Non
     return w / w.mean()
 
 
-def draw_chances(groups: np.ndarray, sampling: str) -> np.ndarray | None:
-    """Each training cell's chance of being drawn: None for ``"cells"`` (each once per epoch), else equal per group."""
+def check_details(details, sampling: str) -> None:
+    """Refuse ``sampling="cell_class"`` when some cell has no finer class (``details`` None or with ``""``).
+
+    Raises
+    ------
+    ValueError
+        Naming the sampling, how many cells lack a finer class, and the other choices.
+    """
+    if sampling != "cell_class":
+        return
+    missing = None if details is None else sum(not d for d in details)
+    if missing is None or missing:
+        which = "no cell has one" if missing is None else f"{missing} of {len(details)} cells lack it"
+        raise ValueError(f"sampling 'cell_class' draws by each cell's finer class (a CSV's detail column, DeepAPL's "
+                         f"cell class), which this dataset does not give ({which}); add a detail column, or sample "
+                         "by 'cells' or 'patients'")
+
+
+def draw_chances(groups: np.ndarray, sampling: str, details: np.ndarray | None = None) -> np.ndarray | None:
+    """Each training cell's chance of being drawn (:attr:`~.config.TrainConfig.sampling`).
+
+    Parameters
+    ----------
+    groups : (N,) ndarray
+        Each cell's group (patient, slide).
+    sampling : {"cells", "patients", "cell_class"}
+        ``cells``: None (each once per epoch); ``patients``: equal total chances per group; ``cell_class``: each
+        cell ``1 / sqrt(n)``, n the cells of its finer class in ``details`` (a class's total goes as ``sqrt(n)``).
+    details : (N,) ndarray of str, optional
+        Each cell's finer class (:attr:`CropSet.details`); needed by ``cell_class``.
+
+    Returns
+    -------
+    (N,) ndarray of float summing to 1, or None
+
+    Raises
+    ------
+    ValueError
+        ``cell_class`` without a finer class for every cell (:func:`check_details`).
+    """
     if sampling == "cells":
         return None
-    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    chances = 1.0 / counts[inverse]
+    check_details(details, sampling)
+    _, inverse, counts = np.unique(details if sampling == "cell_class" else groups, return_inverse=True,
+                                   return_counts=True)
+    chances = 1.0 / (np.sqrt(counts) if sampling == "cell_class" else counts)[inverse]
     return chances / chances.sum()
 
 
@@ -87,7 +131,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     for name, part in (("training", train), ("validation", val)):
         if len(part) == 0:
             raise ValueError(f"the {name} set is empty")
-    chances = draw_chances(train.groups, cfg.sampling)
+    chances = draw_chances(train.groups, cfg.sampling, train.details)
     w = class_weights(train.targets, n_classes, chances) if cfg.balance == "weights" else np.ones(n_classes)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
     history, start_epoch, best_loss, bad_epochs = [], 0, float("inf"), 0
