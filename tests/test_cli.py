@@ -91,6 +91,11 @@ def test_command_line_defaults_and_choices_come_from_config():
     assert (e.batch_size, e.device, e.method) == (config.EVAL_BATCH_SIZE, d.device, config.SegmentConfig().method)
     train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "device")
     assert tuple(train.choices) == config.DEVICE_CHOICES
+    a = parser.parse_args(["analyze", "--out", "x", "IMAGE"])
+    c = config.AnalysisConfig()
+    assert (a.device, a.method, a.diameter, a.workers, a.scheduler) == (c.device, c.segment.method, None, None, None)
+    s = parser.parse_args(["evaluate-segmentation", "--out", "x", "IMAGE", "--masks"])
+    assert (s.iou, s.label, s.device, s.method) == (config.MATCH_IOU, config.BOX_LABEL, c.device, c.segment.method)
 
 
 def test_no_images_is_a_usage_error(tmp_path, capsys):

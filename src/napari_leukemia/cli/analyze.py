@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.batch import SUMMARY_CSV
-from ..core.config import DEVICE_CHOICES, DISCLAIMER, SEGMENTER_CHOICES
+from ..core.config import BOX_LABEL, DEVICE_CHOICES, DISCLAIMER, MATCH_IOU, SEGMENTER_CHOICES
 from ..core.results import OUTPUT_FILES
 from ..core.slide_analysis import SLIDE_FILES
 from ..samples import SAMPLES
@@ -43,14 +43,14 @@ def add_commands(sub) -> None:
     a.add_argument("--sample", action="append", choices=sorted(SAMPLES), default=[],
                    help="add a bundled sample smear (may be repeated)")
     a.add_argument("--out", required=True, metavar="DIR", type=Path, help="output folder")
-    a.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+    a.add_argument("--device", choices=DEVICE_CHOICES, default=DEVICE_CHOICES[0],
                    help="where the networks run (default: auto, CUDA when available)")
     a.add_argument("--no-gradcam", dest="gradcam", action="store_false",
                    help="skip the Grad-CAM explanation (faster)")
     a.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
     a.add_argument("--classifier", metavar="PATH|NAME", help="classifier checkpoint, or a shipped one by name "
                    "(leukemic: leukaemic vs normal, the default; cell_type: DeepAPL cell types)")
-    a.add_argument("--method", choices=SEGMENTER_CHOICES, default="cellpose",
+    a.add_argument("--method", choices=SEGMENTER_CHOICES, default=SEGMENTER_CHOICES[0],
                    help="segmentation: the trained cellpose model (default) or the stain-based baseline")
     a.add_argument("--diameter", type=diameter_px, metavar="PX",
                    help="expected leukocyte diameter in pixels (default: estimated from the stain)")
@@ -91,13 +91,13 @@ def add_commands(sub) -> None:
                             "<stem>[_mask].<ext> in MASK_DIR (any value above 0 is the cell; two levels: cytoplasm "
                             "and nucleus)")
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    e.add_argument("--method", choices=SEGMENTER_CHOICES, default="cellpose")
+    e.add_argument("--method", choices=SEGMENTER_CHOICES, default=SEGMENTER_CHOICES[0])
     e.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
     e.add_argument("--diameter", type=diameter_px, metavar="PX",
                    help="expected leukocyte diameter in pixels (at least 8; default: estimated from the stain)")
-    e.add_argument("--iou", type=iou_fraction, default=0.5, help="IoU for a match, in (0, 1] (default 0.5)")
-    e.add_argument("--label", default="WBC", help="object name of the boxes, in any letter case (default WBC)")
-    e.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    e.add_argument("--iou", type=iou_fraction, default=MATCH_IOU, help=f"IoU for a match, in (0, 1] (default {MATCH_IOU})")
+    e.add_argument("--label", default=BOX_LABEL, help=f"object name of the boxes, in any letter case (default {BOX_LABEL})")
+    e.add_argument("--device", choices=DEVICE_CHOICES, default=DEVICE_CHOICES[0])
     e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate_segmentation, subparser=e)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import BOX_LABEL, MATCH_IOU
+
 
 def _voc_objects(path) -> list:
     """The ``<object>`` elements of a Pascal VOC file; ``ValueError`` naming the file when it is not readable XML."""
@@ -21,7 +23,7 @@ def _object_name(obj) -> str:
     return (obj.findtext("name") or "").strip()
 
 
-def read_voc_boxes(path, name: str = "WBC") -> np.ndarray:
+def read_voc_boxes(path, name: str = BOX_LABEL) -> np.ndarray:
     """Boxes of class ``name`` (matched case-insensitively) in a Pascal VOC XML file.
 
     Returns
@@ -101,7 +103,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
-def match_boxes(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> dict:
+def match_boxes(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = MATCH_IOU) -> dict:
     """One-to-one matching of predicted to true boxes (Hungarian on IoU).
 
     Returns
@@ -145,7 +147,7 @@ def voc_path_for(image_path, voc_dir) -> Path:
     return Path(voc_dir) / (Path(image_path).stem + ".xml")
 
 
-def score_segmentation(image_paths, voc_dir, segment, *, iou_threshold: float = 0.5, name: str = "WBC",
+def score_segmentation(image_paths, voc_dir, segment, *, iou_threshold: float = MATCH_IOU, name: str = BOX_LABEL,
                        progress=None) -> dict:
     """Detection scores of a segmenter over annotated images.
 
