@@ -1,6 +1,6 @@
 """Screenshots of each step of the review loop, for docs/review_guide.md (run under Xvfb).
 
-    QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots_review.py docs/images
+    QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshots_review.py docs/images
 
 The smear is `napari_leukemia.samples.mosaic_sample` (a 2 x 3 mosaic of the two bundled real fields: six
 leukocytes, three blasts), as in tests/test_loop_widget.py. The fine-tuning step is a real, short run (one epoch)
@@ -30,6 +30,13 @@ def settle(widget=None, timeout=900):
         time.sleep(0.05)
 
 
+def to_bottom(widget):
+    """Scroll a dock's panel to its end (on a laptop screen the buttons below the cell list are out of view)."""
+    bar = widget._scroll.verticalScrollBar()
+    bar.setValue(bar.maximum())
+    settle()
+
+
 def shot(viewer, folder: Path, name: str):
     path = folder / f"review_{name}.jpg"
     Image.fromarray(viewer.screenshot(canvas_only=False)[..., :3]).save(path, quality=85)
@@ -41,7 +48,7 @@ def main(folder):
     work = Path(tempfile.mkdtemp())
     image, truth = mosaic_sample()
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window._qt_window.resize(1366, 768)
     viewer.add_image(image, name="smear", rgb=True)
     _, analyze = viewer.window.add_plugin_dock_widget("napari-leukemia", "Analyze smear")
     _, review = viewer.window.add_plugin_dock_widget("napari-leukemia", "Review cells")
@@ -61,6 +68,8 @@ def main(folder):
     settle(analyze)
     layer = viewer.layers["smear cells"]
     viewer.layers.selection.active = layer
+    viewer.reset_view()
+    settle()
     shot(viewer, folder, "1_analyze")
 
     # 2. review: the most uncertain cell first, called with Alt+1 / Alt+2 or the buttons
@@ -84,8 +93,10 @@ def main(folder):
     layer.selected_label = first
     review.update()
     settle(review)
-    for name in ("smear Grad-CAM", "smear p(leukemic)"):
-        viewer.layers[name].visible = False
+    for name in ("smear Grad-CAM", "smear p(leukemic)"):  # Grad-CAM is off by default: no such layer then
+        if name in viewer.layers:
+            viewer.layers[name].visible = False
+    to_bottom(review)
     shot(viewer, folder, "3_mask_update")
 
     # 4. save the review, then export the called cells to a training set
@@ -93,6 +104,7 @@ def main(folder):
     review._dataset.value = work / "corrections"
     review.export()
     settle(review)
+    to_bottom(review)
     shot(viewer, folder, "4_save_export")
 
     # 5. fine-tune: the Train widget was handed the corrections and the model they were made on
