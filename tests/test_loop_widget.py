@@ -45,7 +45,7 @@ def test_analyze_correct_save_reload_export_fine_tune_and_analyze_again(make_nap
         if k < 3:
             viewer.window._qt_viewer._key_map_handler.press_key(keys[calls[label]])
         else:
-            next(b for b in review._calls if b.text.startswith(calls[label])).native.click()
+            next(b for b in review._call_buttons if b.text.startswith(calls[label])).native.click()
     assert sorted(calls.values()) == ["leukemic"] * 3 + ["normal"] * 3
     assert (layer.features.set_index("label")["annotation"].to_dict() == calls)
 

@@ -70,7 +70,7 @@ def test_calls_by_button_and_shortcut_are_recorded_and_shown(reviewing):
     viewer, widget, layer = reviewing
     classes = widget.classes
     widget.go_to(2)
-    next(b for b in widget._calls if b.text.startswith("leukemic")).native.click()
+    next(b for b in widget._call_buttons if b.text.startswith("leukemic")).native.click()
     widget._annotator.value = "dr who"
     widget.go_to(3)
     viewer.window._qt_viewer._key_map_handler.press_key("Alt-1")  # the first class
@@ -262,6 +262,20 @@ def test_heat_map_of_the_selected_cell_on_demand(make_napari_viewer, bccd_image,
 def test_panel_opens_through_the_manifest(reviewing):
     viewer, _, layer = reviewing
     _, widget = viewer.window.add_plugin_dock_widget("napari-leukemia", "Review cells")
-    assert widget._layer is layer and len(widget._calls) == len(widget.classes) + 2
+    assert widget._layer is layer and len(widget._call_buttons) == len(widget.classes) + 2
     assert sorted(widget._cell_list.choices) == [1, 2, 3, 4]
     assert widget._filter.choices == ("all", *widget.classes, "exclude")
+
+
+def test_the_panel_with_its_call_buttons_fits_a_laptop_dock(reviewing, qtbot):
+    """At 1366 x 768 the Review dock is about 490 px wide: its call buttons in one row, and the heat-map button
+    beside "show only this cell", once cut off "Next", "exclude" and "clear" with no way to scroll sideways."""
+    _, widget, _ = reviewing
+    widget.native.show()
+    qtbot.wait(1)
+    assert widget.native.minimumSizeHint().width() <= 440, widget.native.minimumSizeHint().width()
+    for more in (False, True):  # with the settings most runs leave alone shown, too
+        widget._more.value = more
+        qtbot.wait(1)
+        assert widget._body.native.minimumSizeHint().width() <= 440, more
+    assert widget._info.value.count("p(leukemic)") == 1  # once, not a second line repeating it

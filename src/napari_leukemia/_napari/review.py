@@ -70,7 +70,8 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
         self._explain = PushButton(text="Heat map of this cell", tooltip="Grad-CAM: where the classifier looked for "
                                    "this cell's call, shown inside the cell in the Grad-CAM layer")
         self._advance = CheckBox(value=True, text="go to the next cell after a call")
-        self._calls = Container(layout="horizontal", labels=False, label="call")
+        self._calls = Container(layout="vertical", labels=False, label="call")  # rows of two: fits a laptop's dock
+        self._call_buttons: list[PushButton] = []
         self._annotator = LineEdit(value=getpass.getuser(), label="annotator")
         self._classifier = FileEdit(mode="r", filter="*.safetensors", label="classifier", value="")
         self._classifier.native.setToolTip("the checkpoint that classified these cells; empty: the shipped DenseNet201")
@@ -98,7 +99,7 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
         self._body.extend([
             self._cells, self._slide, self._filter, self._unreviewed, self._cell_list,
             Container(widgets=[self._previous, self._next], layout="horizontal", labels=False),
-            self._info, Container(widgets=[self._explain, self._only_selected], layout="horizontal", labels=False),
+            self._info, self._explain, self._only_selected,
             self._calls, self._advance, self._more, self._annotator,
             self._classifier, self._device, self._update,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
@@ -144,6 +145,7 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
         self._layer = layer
         self._picked = False  # napari's initial selected label is no cell the user chose: Next starts at the top
         self._calls.clear()
+        self._call_buttons = []
         self._set_running(self._worker is not None)
         if layer is None:
             self._filter.reset_choices()
@@ -153,12 +155,14 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
         for value, key in actions:
             button = PushButton(text=f"{value} ({key.replace('-', '+')})" if key else value)
             button.changed.connect(lambda _=None, v=value: self.set_call(v))
-            self._calls.append(button)
+            self._call_buttons.append(button)
             if key:
                 layer.bind_key(key, lambda _layer, v=value: self.set_call(v), overwrite=True)
         clear = PushButton(text="clear")
         clear.changed.connect(lambda: self.set_call(""))
-        self._calls.append(clear)
+        self._call_buttons.append(clear)
+        for i in range(0, len(self._call_buttons), 2):
+            self._calls.append(Container(widgets=self._call_buttons[i : i + 2], layout="horizontal", labels=False))
         layer.bind_key(NEXT_KEY, lambda _layer: self.next(), overwrite=True)
         layer.bind_key(PREVIOUS_KEY, lambda _layer: self.previous(), overwrite=True)
         layer.events.selected_label.connect(self._on_selected)
@@ -297,9 +301,10 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
         manual = row.get("annotation", "") or "none"
         if manual != "none":
             manual += f" by {row['annotated_by']} at {row['annotated_at']}"
+        if "p_leukemic" not in {probability_column(c, self.leukemic) for c in self.classes}:
+            probs += f"\np(leukemic) {row['p_leukemic']:.3f}"  # the sum over the leukaemic classes (cell types)
         self._info.value = (f"cell {label}{where}: predicted {row['predicted_class']}\n{probs}\n"
-                            f"p(leukemic) {row['p_leukemic']:.3f}\n{HEAT_WORDS}: {self._heat_text(row)}\n"
-                            f"manual call: {manual}")
+                            f"{HEAT_WORDS}: {self._heat_text(row)}\nmanual call: {manual}")
 
     # --- calls ---------------------------------------------------------------------------------------
     def set_call(self, value: str):
