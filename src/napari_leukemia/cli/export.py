@@ -1,4 +1,4 @@
-"""``napari-leukemia export``: a classifier checkpoint as a model that runs outside napari (ONNX)."""
+"""``napari-leukemia export``: a classifier checkpoint as a model that runs outside napari (ONNX, bioimage.io)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,27 @@ from ..core.config import DISCLAIMER
 from .common import EXIT_OK, UsageError
 
 #: What ``export --format`` can write.
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "bioimageio")
 
 
 def add_commands(sub) -> None:
-    """The ``export`` sub-command (thin over :mod:`.core.onnx_backend`)."""
+    """The ``export`` sub-command (thin over :mod:`.core.onnx_backend` and :mod:`.core.bioimageio_export`)."""
     x = sub.add_parser(
         "export",
-        help="write a classifier checkpoint as an ONNX model",
+        help="write a classifier checkpoint as an ONNX model or a bioimage.io model package",
         description="Write the classifier CHECKPOINT as an ONNX model (fp32, any batch size): input 'crops' "
                     "(N, 3, S, S) float32, the normalised crops; output 'logits' (N, C). Its metadata hold the "
                     "classes, the leukaemic classes, the temperature, the crop settings and the architecture as "
-                    "JSON strings, so that it runs with ONNX Runtime without napari. " + DISCLAIMER,
+                    "JSON strings, so that it runs with ONNX Runtime without napari. --format bioimageio: a bioimage.io model "
+                    "package (.zip, bioimageio.spec 0.5) of the same ONNX model ending in softmax(logits / "
+                    "temperature), output 'probabilities' (N, C), with a test input made of the cells of the bundled "
+                    "DeepAPL sample (needs napari-leukemia[bioimageio]). " + DISCLAIMER,
     )
     x.add_argument("checkpoint", metavar="CHECKPOINT", help="classifier checkpoint (.safetensors), or a shipped one "
                    "by name (leukemic, cell_type)")
     x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default onnx")
-    x.add_argument("--out", required=True, type=Path, metavar="FILE", help="the file to write (FILE.onnx)")
+    x.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="the file to write (FILE.onnx; FILE.zip for bioimageio)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
     x.set_defaults(func=cmd_export, subparser=x)
 
@@ -44,6 +48,14 @@ def cmd_export(args) -> int:
         classifier = load_classifier(args.checkpoint, "cpu")
     except CheckpointError as err:
         raise UsageError(f"cannot load the classifier: {err}") from err
+    if args.format == "bioimageio":
+        from ..core.bioimageio_export import export_bioimageio
+
+        export_bioimageio(classifier, out, overwrite=args.overwrite)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): bioimage.io model package of "
+              f"{classifier.info.architecture}, input crops (N, 3, {classifier.info.crop.size}, "
+              f"{classifier.info.crop.size}) float32, output probabilities over {list(classifier.info.classes)}")
+        return EXIT_OK
     export_onnx(classifier, out, overwrite=args.overwrite)
     info = load_onnx_classifier(out).info  # read back: the file opens and its metadata pass the schema
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {info.architecture}, classes {list(info.classes)}, "

@@ -67,16 +67,26 @@ def export_onnx(classifier: Classifier, path, *, overwrite: bool = False) -> Pat
     FileExistsError
         ``path`` exists and ``overwrite`` is off.
     """
-    import copy
-
     import onnx
-    import torch
 
     from .io import atomic_path
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite (--overwrite) to replace it")
+    model = onnx_model(classifier)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
+
+
+def onnx_model(classifier: Classifier):
+    """``classifier`` as an in-memory ``onnx.ModelProto``: what :func:`export_onnx` writes."""
+    import copy
+
+    import onnx
+    import torch
+
     net = copy.deepcopy(classifier.net).float().cpu().eval().to(memory_format=torch.contiguous_format)
     size = classifier.info.crop.size
     buf = io.BytesIO()
@@ -94,9 +104,7 @@ def export_onnx(classifier: Classifier, path, *, overwrite: bool = False) -> Pat
                                   "probabilities": "softmax(logits / temperature) over 'classes'; p_leukemic: the "
                                                    "sum over the 'leukemic' classes"})}
     onnx.helper.set_model_props(model, meta)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-    return path
+    return model
 
 
 def load_onnx_classifier(path, *, threads: int = 0) -> OnnxClassifier:
