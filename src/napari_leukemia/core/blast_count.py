@@ -74,3 +74,23 @@ def describe(count: dict) -> str:
     if count["too_few_cells"]:
         text += f"; too few cells to tell {WHO_THRESHOLD_PCT:.0f}% from {TELL_APART_PCT:.0f}%"
     return text
+
+
+def call_counts(cells, classifier) -> dict:
+    """What every summary counts from a cell table's calls (a smear's or a whole slide's).
+
+    ``leukocytes``, ``leukemic`` and ``leukemic_fraction``; the blast-equivalent percentage with its interval
+    (:func:`blast_percentage`, corrected by the classifier's ``cv_rates`` when it carries them); ``classes``,
+    ``leukemic_classes`` and the cells ``per_class``.
+    """
+    info = classifier.info
+    n, k = len(cells), int(cells["leukemic"].astype(bool).sum())
+    return {
+        "leukocytes": n,
+        "leukemic": k,
+        "leukemic_fraction": k / n if n else 0.0,
+        **blast_percentage(k, n, (info.provenance or {}).get("cv_rates")),
+        "classes": list(info.classes),
+        "leukemic_classes": list(info.leukemic),
+        "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in info.classes},
+    }

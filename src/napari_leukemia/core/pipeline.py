@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blast_count import blast_percentage
+from .blast_count import call_counts
 from .config import DISCLAIMER, LEUKEMIC_THRESHOLD, AnalysisConfig
 from .events import Event
 from .io import ImageError, as_rgb8
@@ -191,23 +191,16 @@ def build_result(image, labels, cells, crops, cams, clf, *, name: str, segmenter
     cam_image = None if cams is None else paint_maps_in_cells(labels, crops, cams)
     prob_image = paint_values(labels, cells["label"].to_numpy(), cells["p_leukemic"].to_numpy())
     timings = {"total_s": time.perf_counter() - t_start, **timings}
-    n, k = len(cells), int(cells["leukemic"].sum())
     summary = {
         "image": name,
         "shape": list(image.shape[:2]),
-        "leukocytes": n,
-        "leukemic": k,
-        "leukemic_fraction": k / n if n else 0.0,
-        **blast_percentage(k, n, (clf.info.provenance or {}).get("cv_rates")),
-        "classes": list(clf.info.classes),
-        "leukemic_classes": list(clf.info.leukemic),
-        "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
+        **call_counts(cells, clf),
         "segmenter": segmenter,
         "red_cell_diameter": crops.red_cell_px,
         "classifier": model_name(clf.path),
         "device": str(device),
         "timings": {key: round(v, 3) for key, v in timings.items()},
-        "message": f"no leukocytes found in {name}" if n == 0 else "",
+        "message": "" if len(cells) else f"no leukocytes found in {name}",
         "note": DISCLAIMER,
         **(extra or {}),
     }

@@ -355,25 +355,18 @@ def _summary(out: Path, slide, clf, state: dict, settings: dict, device, seconds
     """The slide's summary from ``cells.csv`` (the finished tiles' cells)."""
     import pandas as pd
 
-    from .blast_count import blast_percentage
+    from .blast_count import call_counts
 
     path = out / CELLS_CSV
     cells = pd.read_csv(path, usecols=["predicted_class", "leukemic"]) if path.is_file() and path.stat().st_size else \
         pd.DataFrame({"predicted_class": [], "leukemic": []})
-    n, k = len(cells), int(cells["leukemic"].astype(bool).sum())
     h, w = slide.shape
     return {
         "image": slide.name,
         "source": slide.source,
         "shape": [h, w],
         "pixel_size_um": list(slide.pixel_size) if slide.pixel_size else None,
-        "leukocytes": n,
-        "leukemic": k,
-        "leukemic_fraction": k / n if n else 0.0,
-        **blast_percentage(k, n, (clf.info.provenance or {}).get("cv_rates")),
-        "classes": list(clf.info.classes),
-        "leukemic_classes": list(clf.info.leukemic),
-        "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in clf.info.classes},
+        **call_counts(cells, clf),
         "segmenter": settings["segmenter"],
         "classifier": settings["classifier"],
         "diameter": settings["diameter"],
@@ -386,7 +379,7 @@ def _summary(out: Path, slide, clf, state: dict, settings: dict, device, seconds
         "probability_downsample": PMAP_DOWNSAMPLE,
         "timings": {"total_s": round(seconds, 3)},
         "megapixels_per_s": round(h * w / 1e6 / seconds, 3) if seconds > 0 else None,
-        "message": "no leukocytes found in " + slide.name if n == 0 else "",
+        "message": "" if len(cells) else "no leukocytes found in " + slide.name,
         "notes": [GRADCAM_NOTE],
         "files": list(SLIDE_FILES),
         "note": DISCLAIMER,
