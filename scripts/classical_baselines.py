@@ -64,6 +64,8 @@ def features_of(name: str, samples, cache: Path, size: int, out: Path):
 def n_parameters(model) -> int:
     """Numbers the fitted model keeps (coefficients, support vectors, tree nodes, stored training cells)."""
     est = model[-1]
+    if hasattr(est, "calibrated_classifiers_"):  # the SVM inside its Platt scaling
+        est = est.calibrated_classifiers_[0].estimator
     if hasattr(est, "coef_"):
         return int(est.coef_.size + est.intercept_.size)
     if hasattr(est, "support_vectors_"):
