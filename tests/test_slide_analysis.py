@@ -189,3 +189,47 @@ def test_command_line_analyses_a_slide_blockwise(tmp_path, mosaic, full_run):
     assert "mosaic.ome" in stdout
     code, _, stderr = run("analyze", mosaic[0], "--out", out, "--device", "cpu", "--quiet", "--resume")
     assert code == 0, stderr
+
+
+@pytest.mark.gui
+def test_napari_analyses_a_slide_layer_tile_by_tile_into_multiscale_layers_that_review_works_on(
+        make_napari_viewer, qtbot, tmp_path, mosaic):
+    from napari_leukemia._napari.reader import read_slide
+    from napari_leukemia._napari.review import ReviewWidget
+    from napari_leukemia._napari.widgets import AnalyzeWidget
+    from napari_leukemia.core.slide_analysis import SLIDE_REVIEW_CSV
+
+    viewer = make_napari_viewer()
+    [(levels, kwargs, _)] = read_slide(mosaic[0])
+    viewer.add_image(levels, **kwargs)
+    widget = AnalyzeWidget(viewer)
+    widget._device.value, widget._diameter.value = "cpu", DIAMETER
+    assert widget.run() is None and "save to folder" in widget._status.value  # its results are written as it goes
+    widget._save_folder.value = str(tmp_path)
+    worker = widget.run()
+    worker.yielded.connect(lambda _event: widget.cancel())  # cancelled at its first step
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=300_000)
+    folder = tmp_path / "mosaic"
+    assert "Analyze again continues" in widget._status.value and (folder / PROGRESS_JSON).is_file()
+    assert [layer.name for layer in viewer.layers] == ["mosaic"]
+    widget.run()  # resumes
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=300_000)
+    summary = json.loads((folder / "summary.json").read_text())
+    cells, pmap = viewer.layers["mosaic cells"], viewer.layers["mosaic p(leukemic)"]
+    assert cells.multiscale and len(cells.data) == 5 and cells.data[0].shape == (2000, 2000), widget._status.value
+    assert len(cells.features) == summary["leukocytes"] >= 6 and "Blast equivalents" in widget._summary.value
+    assert tuple(pmap.scale) == (16, 16) and tuple(pmap.translate) == (7.5, 7.5)  # 16 x 16 pixels a value, centred
+
+    review = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(review, name="Review cells")
+    review._advance.value = False
+    assert review._layer is cells and len(review._order) == summary["leukocytes"]
+    review.next()
+    label = int(cells.selected_label)
+    row = cells.features.set_index("label").loc[label]
+    assert np.allclose(viewer.scene.camera.center[-2:], (row["centroid_y"], row["centroid_x"]))
+    review.set_call("exclude")
+    assert cells.features.set_index("label").loc[label, "annotation"] == "exclude"
+    assert review.update() is None and "not yet on whole slides" in review._status.value  # needs the labels in memory
+    saved = review.save()
+    assert saved == folder / SLIDE_REVIEW_CSV and pd.read_csv(saved).set_index("label").loc[label, "annotation"] == "exclude"

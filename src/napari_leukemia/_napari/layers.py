@@ -17,6 +17,9 @@ ROLES = ("cells", "p_leukemic", "gradcam")
 UNREVIEWED_ALPHA = 0.4
 #: Alpha of cells called "exclude" by hand (gray).
 EXCLUDED_ALPHA = 0.25
+#: What the Review panel says of an action that needs a whole label image in memory, on a whole slide's cells.
+SINGLE_IMAGES_ONLY = ("{what} works on single images, not yet on whole slides (their labels are read level by level); "
+                      "calls and navigation work, and Save review writes the calls to cells_reviewed.csv")
 #: Grad-CAM value from which the heat map is opaque (below it fades to transparent at 0).
 HEAT_OPAQUE = 0.3
 
@@ -97,10 +100,18 @@ def add_heat_layer(viewer, cells):
     return layer
 
 
-def result_layers(result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list[tuple]:
+def result_layers(result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1),
+                  map_downsample: float = 1) -> list[tuple]:
     """Layer data tuples, bottom to top: the ``p(leukemic)`` and ``Grad-CAM`` images (hidden), then the cells
-    (Labels with ``features``) on top."""
+    (Labels with ``features``) on top.
+
+    A slide's result (:func:`~..core.slide_analysis.read_slide_result`) has a list of label levels (a multiscale
+    layer, never hashed: that would read every level) and a ``p(leukemic)`` map ``map_downsample`` times coarser.
+    """
     common = {"translate": translate, "scale": scale}
+    multiscale = isinstance(result.labels, list)
+    coarse = {"scale": tuple(v * map_downsample for v in scale),
+              "translate": tuple(t + (map_downsample - 1) / 2 * v for t, v in zip(translate, scale))}
     meta = lambda role, **kw: {META_KEY: {"source": source, "role": role, **kw}, "summary": result.summary}  # noqa: E731
     layers = [
         (
@@ -113,7 +124,7 @@ def result_layers(result: SmearResult, source: str, classes, leukemic, translate
                 "opacity": 0.7,
                 "visible": False,
                 "metadata": meta("p_leukemic"),
-                **common,
+                **coarse,
             },
             "image",
         ),
@@ -128,7 +139,8 @@ def result_layers(result: SmearResult, source: str, classes, leukemic, translate
                 "features": layer_features(result.cells),
                 "colormap": label_colormap(result.cells, classes, leukemic),
                 "opacity": 0.55,
-                "metadata": meta("cells", hash=labels_hash(result.labels)),
+                "metadata": meta("cells", hash=None if multiscale else labels_hash(result.labels)),
+                "multiscale": multiscale,
                 **common,
             },
             "labels",
@@ -153,10 +165,13 @@ def is_edited(layer) -> bool:
     info = layer.metadata.get(META_KEY, {})
     if info.get("review") or ("annotation" in layer.features and (layer.features["annotation"].fillna("") != "").any()):
         return True
+    if layer.multiscale:  # napari paints no multiscale labels, and hashing would read every level
+        return False
     return info.get("hash") not in (None, labels_hash(np.asarray(layer.data)))
 
 
-def show_result(viewer, result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1)) -> list:
+def show_result(viewer, result: SmearResult, source: str, classes, leukemic, translate=(0, 0), scale=(1, 1),
+                map_downsample: float = 1) -> list:
     """Put a result in the viewer, replacing our earlier result layers of the same image in place.
 
     A cells layer the user has edited is kept untouched (it becomes theirs: our mark is removed) and
@@ -168,9 +183,12 @@ def show_result(viewer, result: SmearResult, source: str, classes, leukemic, tra
         existing["cells"].name = existing["cells"].name + " (edited)"
         del existing["cells"]
     out = []
-    for data, kwargs, kind in result_layers(result, source, classes, leukemic, translate, scale):
+    for data, kwargs, kind in result_layers(result, source, classes, leukemic, translate, scale, map_downsample):
         role = kwargs["metadata"][META_KEY]["role"]
         layer = existing.pop(role, None)
+        if layer is not None and layer.multiscale != kwargs.get("multiscale", False):  # napari cannot switch
+            viewer.layers.remove(layer)
+            layer = None
         if layer is not None:
             layer.data = data
             for key in ("features", "colormap", "metadata", "translate", "scale"):

@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Lin
 
 from ..core.config import DEVICE_CHOICES
 from ..core.review import EXCLUDE, ReviewError
-from .layers import META_KEY, cell_table_of, label_colormap, layer_features, our_layers
+from .layers import META_KEY, SINGLE_IMAGES_ONLY, cell_table_of, label_colormap, layer_features, our_layers
 from .review_files import ReviewFiles
 from .review_heat import HEAT_WORDS, ReviewHeat, checked_classifier
 from .review_io import is_cells_layer, source_image
@@ -357,6 +357,9 @@ class ReviewWidget(ReviewFiles, ReviewHeat, WorkerWidget):
 
         if self._layer is None or self._worker is not None:
             return self._worker
+        if self._layer.multiscale:
+            self._status.value = SINGLE_IMAGES_ONLY.format(what="Re-classifying edited cells")
+            return None
         try:
             image = self._image()
         except ReviewError as err:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.review import ReviewError
-from .layers import META_KEY
+from ..core.slide_analysis import SLIDE_REVIEW_CSV
+from .layers import META_KEY, SINGLE_IMAGES_ONLY
 from .review_io import review_layer, review_of, source_image
 
 
@@ -37,6 +38,8 @@ class ReviewFiles:
         if self._layer is None:
             self._status.value = "No cells layer to save."
             return None
+        if self._layer.multiscale:
+            return self._save_slide_calls(path)
         if path is None:
             path, _ = QFileDialog.getSaveFileName(self.native, "Save review", str(self._default_review_path()),
                                                   f"napari-leukemia review (*{REVIEW_SUFFIX})")
@@ -64,6 +67,28 @@ class ReviewFiles:
         info = layer.metadata.get(META_KEY)
         if isinstance(info, dict):
             info.update(review=str(path), image_sha256=review.info["image_sha256"])
+        self._status.value = f"saved {path}"
+        return path
+
+    def _save_slide_calls(self, path=None):
+        """A whole slide's review: its cell table with the calls, as ``cells_reviewed.csv`` in the slide's result
+        folder (or ``path``); asks before replacing one. Returns the path, or None."""
+        from ..core.io import atomic_path
+
+        info = self._layer.metadata.get(META_KEY, {})
+        if path is None and not info.get("folder"):
+            self._status.value = "not saved: this slide's result folder is not known (analyse the slide again)"
+            return None
+        path = Path(path or Path(info["folder"]) / SLIDE_REVIEW_CSV)
+        if path.exists() and not self._ask(f"{path} exists. Replace it with this review?"):
+            self._status.value = f"not saved: {path} was kept"
+            return None
+        try:
+            with atomic_path(path) as tmp:
+                self.table.to_csv(tmp, index=False)
+        except OSError as err:
+            self._on_error(err)
+            return None
         self._status.value = f"saved {path}"
         return path
 
@@ -109,6 +134,9 @@ class ReviewFiles:
         folder = str(folder or self._dataset.value or "").strip()
         if self._layer is None or self._worker is not None:
             return self._worker
+        if self._layer.multiscale:
+            self._status.value = SINGLE_IMAGES_ONLY.format(what="Exporting cells for training")
+            return None
         if folder in ("", "."):
             self._status.value = "Choose a training set folder first."
             return None

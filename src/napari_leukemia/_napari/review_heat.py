@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.review import ReviewError
-from .layers import META_KEY, add_heat_layer, our_layers
+from .layers import META_KEY, SINGLE_IMAGES_ONLY, add_heat_layer, our_layers
 
 #: How the info line names the mean Grad-CAM inside a cell, in plain words.
 HEAT_WORDS = "heat map inside the cell (0-1; high: the call rests on the cell itself)"
@@ -35,6 +35,8 @@ class ReviewHeat:
 
     def _heat_text(self, row) -> str:
         """Mean Grad-CAM inside the cell's mask, from our Grad-CAM layer of the same image."""
+        if self._layer.multiscale:
+            return "not for whole slides yet"
         info = self._layer.metadata.get(META_KEY, {})
         labels = np.asarray(self._layer.data)
         cam = self._heat_layer(labels.shape)
@@ -53,6 +55,9 @@ class ReviewHeat:
 
         if self._layer is None or self._worker is not None:
             return self._worker
+        if self._layer.multiscale:
+            self._status.value = SINGLE_IMAGES_ONLY.format(what="The heat map of a cell")
+            return None
         layer, table = self._layer, self.table
         label = int(layer.selected_label)
         row = table[table["label"] == label]

@@ -72,6 +72,7 @@ class AnalyzeWidget(WorkerWidget):
         self._cancel_button.changed.connect(self.cancel)
         self._save_button.changed.connect(self.save)
         self._last = None  # (result, image, name) of the last analysis shown
+        self._slide_folder = None  # where the running slide analysis writes
         self._body.extend([
             self._image, self._shipped, self._more, self._method, self._segmenter, self._classifier, self._diameter,
             self._red_cell, self._device, self._gradcam, self._single, self._use_cells, self._run_button,
@@ -123,13 +124,57 @@ class AnalyzeWidget(WorkerWidget):
                 self._status.value = f"No cells layer of {layer.name!r} to re-classify; run Analyze first."
                 return None
             labels, calls = np.array(cells.data, copy=True), cells.features.copy()
-        data = np.asarray(layer.data)
         if layer.multiscale:
-            data = np.asarray(layer.data[0])
+            return self._run_slide(layer)
+        data = np.asarray(layer.data)
         gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self.classifier,
                                  config=self._config(), labels=labels, name=layer.name)
         return self._start(gen, "starting", yielded=self._on_progress, progress=f"Analyzing {layer.name}",
                            returned=lambda result: self._show(result, layer, calls, data))
+
+    def _run_slide(self, layer):
+        """Analyse a multiscale layer (a whole slide) tile by tile into ``<save folder>/<layer name>/``
+        (:func:`~..core.slide_analysis.iter_analyze_slide`): memory stays bounded, a result found there is
+        resumed (a cancelled run continues where it stopped) and never replaced."""
+        from ..core.batch import result_folders
+        from ..core.slide import open_slide
+        from ..core.slide_analysis import PROGRESS_JSON, iter_analyze_slide
+
+        folder = str(self._save_folder.value or "").strip()
+        if folder in ("", "."):
+            self._status.value = (f"{layer.name} is a whole slide (multiscale): its results are written as it goes. "
+                                  "Choose 'save to folder' first.")
+            return None
+        if self._use_cells.value:
+            self._status.value = "Re-classifying edited cells works on single images, not on whole slides."
+            return None
+        target = Path(folder) / result_folders([layer.name])[0]
+        path = layer.metadata.get(META_KEY, {}).get("path")  # opened by our reader: the file carries the pixel size
+        slide = path if path and Path(path).is_file() else open_slide(list(layer.data), name=layer.name)
+        self._slide_folder = target
+        gen = iter_analyze_slide(slide, target, segmenter=self._path(self._segmenter), classifier=self.classifier,
+                                 config=self._config(), resume=(target / PROGRESS_JSON).is_file())
+        return self._start(gen, "starting", yielded=self._on_progress, progress=f"Analyzing {layer.name} tile by tile",
+                           returned=lambda summary: self._show_slide(summary, layer, target))
+
+    def _show_slide(self, summary, layer, folder):
+        """Show a finished slide analysis from ``folder`` as multiscale layers; a stopped one says how to go on."""
+        from ..core.slide_analysis import read_slide_result
+
+        if summary.get("stopped"):
+            self._status.value = (f"stopped after {summary['tiles_done']} of {summary['tiles']} tiles; "
+                                  f"Analyze again continues from there ({folder})")
+            return
+        result = read_slide_result(folder)
+        classes, leukemic = result.summary["classes"], result.summary["leukemic_classes"]
+        shown = show_result(self._viewer, result, layer.name, classes, leukemic, translate=tuple(layer.translate)[-2:],
+                            scale=tuple(layer.scale)[-2:], map_downsample=result.summary["probability_downsample"])
+        shown[-1].metadata[META_KEY]["folder"] = str(folder)  # where Review saves the calls
+        self._legend.value = format_legend(classes, leukemic, result.summary.get("per_class", {}))
+        self._summary.value = format_summary(result.summary)
+        self._status.value = result.summary["message"] or f"done: results in {folder}"
+        self._last = None  # already saved, as it went
+        self._save_button.enabled = False
 
     def cancel(self):
         """Ask the running analysis to stop at its next step; nothing is added to the viewer."""
@@ -191,7 +236,9 @@ class AnalyzeWidget(WorkerWidget):
 
     def _on_finished(self):
         if self._worker is not None and self._worker.abort_requested:
-            self._status.value = "cancelled: nothing was changed"
+            self._status.value = ("cancelled: nothing was changed" if self._slide_folder is None else
+                                  f"cancelled: the tiles done are kept in {self._slide_folder}; Analyze again continues")
+        self._slide_folder = None
         super()._on_finished()
 
 

@@ -41,6 +41,8 @@ from .slide_output import PMAP_DOWNSAMPLE, create_result_zarr, finish_result_zar
 RESULT_ZARR, CELLS_CSV, SUMMARY_JSON, PROGRESS_JSON = "cells.ome.zarr", "cells.csv", "summary.json", "progress.json"
 #: The files of one analysed slide, in its result folder.
 SLIDE_FILES = (RESULT_ZARR, CELLS_CSV, SUMMARY_JSON, PROGRESS_JSON)
+#: A slide's cell table with a reviewer's calls (napari's Review panel), beside the result; never removed by overwrite.
+SLIDE_REVIEW_CSV = "cells_reviewed.csv"
 #: The background test reads the coarsest level on which a leukocyte still spans this many pixels.
 BACKGROUND_DETAIL = 16
 #: A tile is background when its nuclear-stain pixels (at that level) cover less than this fraction of a nucleus.
@@ -203,6 +205,35 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> dict:
                               "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return {}
+
+
+def read_slide_result(folder):
+    """A finished slide analysis from its folder, lazily, as a :class:`~.pipeline.SmearResult` for viewers.
+
+    ``labels`` is the list of the labels pyramid's levels (dask arrays, level 0 full resolution), ``probability``
+    the ``p_leukemic`` map at 1/``summary["probability_downsample"]`` of the resolution (dask), ``cells`` the
+    cell table of ``cells.csv`` (slide coordinates) and ``summary`` that of ``summary.json``; no Grad-CAM.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``folder`` holds no finished slide analysis (no ``summary.json``): resume the run first.
+    """
+    import dask.array as da
+    import pandas as pd
+    import zarr
+
+    from .pipeline import SmearResult
+    from .slide_output import LABEL_LEVELS
+
+    folder = Path(folder)
+    if not (folder / SUMMARY_JSON).is_file():
+        raise FileNotFoundError(f"{folder}: no {SUMMARY_JSON}, so no finished slide analysis (resume it first)")
+    summary = _read_json(folder / SUMMARY_JSON)
+    group = zarr.open_group(str(folder / RESULT_ZARR), mode="r")
+    levels = [da.from_zarr(group[f"labels/cells/{k}"]) for k in range(LABEL_LEVELS)]
+    cells = pd.read_csv(folder / CELLS_CSV) if (folder / CELLS_CSV).stat().st_size else pd.DataFrame()
+    return SmearResult(labels=levels, cells=cells, probability=da.from_zarr(group["0"]), gradcam=None, summary=summary)
 
 
 def remove_slide_result(folder) -> None:
