@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -5,10 +6,11 @@ import pytest
 import torch
 
 from napari_leukemia.core.checkpoint import CheckpointError
-from napari_leukemia.core.config import CropConfig
+from napari_leukemia.core.config import CLASSIFIER_ARCHITECTURES, CropConfig
 from napari_leukemia.core.explain import gradcam
 from napari_leukemia.core.model import (
     ClassifierInfo,
+    find_imagenet_weights,
     load_classifier,
     load_imagenet_features,
     new_classifier,
@@ -72,9 +74,9 @@ def test_refuses_foreign_damaged_and_mismatched_checkpoints(tmp_path, three_clas
     save_file(state, str(tmp_path / "mismatch.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="mismatch.safetensors.*do not fit.*'a', 'b'"):
         load_classifier(tmp_path / "mismatch.safetensors")
-    meta["architecture"] = "vgg16"
+    meta["architecture"] = "alexnet"
     save_file(state, str(tmp_path / "arch.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match="arch.safetensors: metadata field 'architecture' must be one of.*'vgg16'"):
+    with pytest.raises(CheckpointError, match="arch.safetensors: metadata field 'architecture' must be one of.*'alexnet'"):
         load_classifier(tmp_path / "arch.safetensors")
     meta["architecture"] = "resnet18"  # a known architecture, but not the one of these weights
     save_file(state, str(tmp_path / "arch.safetensors"), metadata=meta)
@@ -192,6 +194,71 @@ def test_resnet18_classifier_round_trip_tunes_its_last_block_and_explains(tmp_pa
     assert loaded.net.features.layer4 not in frozen and loaded.net.features.layer3 in frozen
     maps = gradcam(loaded, crops[:2], [0, 1])
     assert maps.shape == crops[:2].shape[:3] and 0 <= maps.min() and maps.max() <= 1
+
+
+@pytest.mark.parametrize("architecture", CLASSIFIER_ARCHITECTURES)
+def test_every_architecture_is_a_normal_two_class_checkpoint(tmp_path, sample_cells, architecture):
+    from napari_leukemia.core.train import frozen_modules
+
+    torch.manual_seed(3)
+    clf = new_classifier(ClassifierInfo(crop=CropConfig(size=64), architecture=architecture))
+    x = torch.randn(2, 3, 64, 64)
+    clf.net.eval()
+    with torch.no_grad():
+        logits = clf.net(x)
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    save_classifier(clf, tmp_path / "c.safetensors", half=False)
+    loaded = load_classifier(tmp_path / "c.safetensors", "cpu")
+    assert loaded.info.architecture == architecture and loaded.info == clf.info
+    with torch.no_grad():
+        assert torch.allclose(loaded.net(x), logits, atol=1e-5)
+    children = dict(loaded.net.features.named_children())
+    assert set(loaded.net.last_block) <= set(children) and isinstance(loaded.net.cam_layer, torch.nn.Module)
+    frozen = frozen_modules(loaded.net, "last_block")
+    assert len(frozen) == len(children) - len(loaded.net.last_block)
+    assert all(children[name] not in frozen for name in loaded.net.last_block)
+    crop = sample_cells[2].images[:1]
+    maps = gradcam(loaded, crop, [1])
+    assert maps.shape == crop.shape[:3] and 0 <= maps.min() and maps.max() <= 1
+
+
+@pytest.mark.parametrize("architecture", ["small_cnn", "cnn_transformer"])
+def test_custom_architectures_explain_any_crop_size_and_have_no_imagenet_weights(tmp_path, sample_cells, architecture):
+    torch.manual_seed(4)
+    clf = new_classifier(ClassifierInfo(crop=CropConfig(size=64), architecture=architecture), imagenet_weights="auto")
+    crops = sample_cells[2].images[:3]
+    maps = gradcam(clf, crops, [0, 1, 1])
+    assert maps.shape == crops.shape[:3] and 0 <= maps.min() and maps.max() <= 1
+    clf.net.eval()
+    with torch.no_grad():  # the transformer's positional embedding is resized to other maps
+        assert clf.net(torch.randn(1, 3, 48, 80)).shape == (1, 2) and clf.net(torch.randn(1, 3, 320, 320)).shape == (1, 2)
+    assert find_imagenet_weights(architecture) is None
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "any.pth")
+    with pytest.raises(CheckpointError, match=f"{architecture} has no ImageNet weights"):
+        load_imagenet_features(clf.net, tmp_path / "any.pth")
+
+
+def test_vgg16_and_efficientnet_b0_start_from_torchvision_state_dicts(tmp_path):
+    from torchvision.models import efficientnet_b0, vgg16
+
+    torch.manual_seed(5)
+    info = ClassifierInfo(crop=CropConfig(size=64), architecture="vgg16")
+    vgg = new_classifier(info).net
+    # torchvision's VGG16 file: `features.*` (as vgg16().features names them) and a classifier, left out here but for
+    # its last layer (the whole is 120M weights); random values, so that loading shows
+    assert list(vgg16(weights=None).features.state_dict()) == list(vgg.features.state_dict())
+    vgg_state = {"features." + k: torch.randn_like(v) for k, v in vgg.features.state_dict().items()}
+    references = {"vgg16": vgg_state | {"classifier.6.weight": torch.zeros(1000, 4096),
+                                        "classifier.6.bias": torch.zeros(1000)},
+                  "efficientnet_b0": efficientnet_b0(weights=None).state_dict()}
+    for architecture, state in references.items():
+        torch.save(state, tmp_path / f"{architecture}.pth")
+        clf = new_classifier(dataclasses.replace(info, architecture=architecture),
+                             imagenet_weights=tmp_path / f"{architecture}.pth")
+        for key, value in clf.net.features.state_dict().items():
+            assert torch.equal(value, state["features." + key]), (architecture, key)
+    with pytest.raises(CheckpointError, match="not efficientnet_b0 ImageNet weights"):
+        load_imagenet_features(clf.net, tmp_path / "vgg16.pth")
 
 
 def test_batchnorm_adaptation_takes_the_slides_statistics_and_leaves_the_model_alone(three_class, sample_cells):

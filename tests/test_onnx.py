@@ -162,6 +162,22 @@ def test_cli_export_writes_a_model_that_runs(small, tmp_path, capsys):
     assert run(capsys, "export", small.path, "--out", out, "--overwrite")[0] == 0
 
 
+@pytest.mark.parametrize("architecture", ["small_cnn", "cnn_transformer"])
+def test_custom_architectures_export_and_run_like_torch(tmp_path, sample_cells, architecture):
+    """The small CNN and the CNN-Transformer (positional embedding resized to the 4 x 4 map of 64 px crops)."""
+    torch.manual_seed(6)
+    info = ClassifierInfo(crop=CropConfig(size=64), architecture=architecture)
+    save_classifier(new_classifier(info), tmp_path / "c.safetensors", half=False)
+    clf = load_classifier(tmp_path / "c.safetensors", "cpu")
+    ort_clf = load_onnx_classifier(export_onnx(clf, tmp_path / "c.onnx"), threads=1)
+    assert ort_clf.info == clf.info
+    cells = sample_cells[2].images
+    crops = np.concatenate([cells, cells[:, ::-1], cells.transpose(0, 2, 1, 3),
+                            np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)])
+    a, b = predict_logits(clf, crops, fast=False), predict_logits(ort_clf, crops)
+    assert a.shape == (len(crops), 2) and np.abs(a - b).max() < P_TOLERANCE and a.std(0).min() > 1e-3
+
+
 def test_cli_export_refuses_bad_input(small, tmp_path, capsys):
     foreign = tmp_path / "notes.safetensors"
     foreign.write_text("not a model")

@@ -41,6 +41,14 @@ def test_train_writes_checkpoints_and_history_then_resumes(tiny_set, tmp_path):
     assert len(json.loads((tmp_path / "history.json").read_text())) == 3
 
 
+def test_the_small_cnn_trains_into_a_checkpoint_of_its_own(tiny_set, tmp_path):
+    info = ClassifierInfo(crop=CropConfig(size=32), architecture="small_cnn")
+    reports = list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=1, imagenet="auto", tune="last_block"), tmp_path))
+    assert [r["epoch"] for r in reports] == [1] and np.isfinite(reports[0]["train_loss"])
+    clf = load_classifier(tmp_path / "best.safetensors", "cpu")
+    assert clf.info.architecture == "small_cnn" and clf.info.crop.size == 32
+
+
 def test_stop_request_keeps_a_checkpoint(tiny_set, tmp_path):
     calls = iter(range(100))
     reports = list(train_epochs(tiny_set, tiny_set, ClassifierInfo(crop=CropConfig(size=32)), _cfg(), tmp_path,
@@ -64,7 +72,7 @@ def test_a_run_stopped_in_its_first_epoch_resumes_without_a_history(tiny_set, tm
                                           ("seed", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
                                           ("lr", float("inf")), ("weight_decay", -1e-4), ("blur_p", -0.1),
                                           ("blur_p", 1.5), ("lowres_p", 2.0), ("plateau_factor", 1.0),
-                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1), ("arch", "vgg16"),
+                                          ("plateau_factor", 0.0), ("stain_jitter", -0.1), ("arch", "alexnet"),
                                           ("sampling", "slides")])
 def test_train_settings_out_of_range_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}\b.*got {value!r}"):

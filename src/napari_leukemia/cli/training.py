@@ -73,8 +73,8 @@ def add_commands(sub) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in SAMPLING_HELP.items()) + f" (default {d.sampling})")
     t.add_argument("--arch", choices=CLASSIFIER_ARCHITECTURES, default=None,
                    help="the backbone of a new classifier (default densenet201, the design's; resnet18 is a light "
-                        "proxy to screen recipes by cross-validation on a CPU); --init and --resume keep the "
-                        "checkpoint's")
+                        "proxy to screen recipes by cross-validation on a CPU; small_cnn and cnn_transformer have no "
+                        "ImageNet weights and start from random ones); --init and --resume keep the checkpoint's")
     t.add_argument("--new-head", action="store_true",
                    help="keep only the features of --init and train a new head for the dataset's "
                         "classes (another class list, e.g. --labels cell_type)")

@@ -30,6 +30,11 @@ ARCHITECTURE_CITES = {
                  "CVPR 2017.", "10.1109/CVPR.2017.243"),
     "resnet": ("He K, Zhang X, Ren S, Sun J. Deep Residual Learning for Image Recognition. CVPR 2016.",
                "10.1109/CVPR.2016.90"),
+    "vgg": ("Simonyan K, Zisserman A. Very Deep Convolutional Networks for Large-Scale Image Recognition. ICLR 2015.",
+            "10.48550/arXiv.1409.1556"),
+    "efficientnet": ("Tan M, Le QV. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML "
+                     "2019.", "10.48550/arXiv.1905.11946"),
+    "cnn_transformer": ("Vaswani A et al. Attention Is All You Need. NeurIPS 2017.", "10.48550/arXiv.1706.03762"),
 }
 DEEPAPL_CITE = ("Sidhom J-W et al. Deep learning for diagnosis of acute promyelocytic leukemia via recognition of "
                 "genomically imprinted morphologic features. npj Precision Oncology 5:38 (2021); data and code: "

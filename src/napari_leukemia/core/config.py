@@ -38,7 +38,10 @@ HELD_OUT_FRACTION = 0.2
 FINE_TUNE_LR = 1e-4
 #: Backbones a classifier can have, each with the same head. DenseNet201 is the design's (and the shipped
 #: models'); the ResNets are lighter, e.g. to screen recipes by cross-validation on a CPU before DenseNet201.
-CLASSIFIER_ARCHITECTURES = ("densenet201", "resnet18", "resnet50")
+#: VGG16 and EfficientNet-B0 are the published seeds' other torchvision backbones, ``small_cnn`` their small
+#: custom CNN (four conv blocks) and ``cnn_transformer`` a ResNet18 stem followed by a Transformer encoder.
+CLASSIFIER_ARCHITECTURES = ("densenet201", "resnet18", "resnet50", "vgg16", "efficientnet_b0", "small_cnn",
+                            "cnn_transformer")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -233,9 +236,10 @@ class TrainConfig(_Serializable):
         channels_last + bf16 autocast on CPU, fp16 AMP on CUDA.
     tune : {"all", "last_block", "head"}
         Which weights train: every one, only the backbone's last block (DenseNet201: the last dense block
-        with its final norm; ResNet: ``layer4``) and the head, or the head alone. The frozen layers keep their
-        batch-norm statistics; a frozen start trains several times faster (on a CPU) and keeps what the starting
-        checkpoint learnt.
+        with its final norm; ResNet: ``layer4``; VGG16: its last conv block; EfficientNet-B0: its last stage and
+        final conv; small CNN: its fourth block; CNN-Transformer: the Transformer encoder) and the head, or the
+        head alone. The frozen layers keep their batch-norm statistics; a frozen start trains several times faster
+        (on a CPU) and keeps what the starting checkpoint learnt.
     sampling : {"cells", "patients", "cell_class"}
         An epoch takes every training cell once (``cells``), or draws as many cells (with replacement):
         ``patients`` with equal chances for every group (patient, slide), so that patients with many cells do

@@ -1,4 +1,4 @@
-"""Grad-CAM heat maps of the classifier's last DenseNet201 feature block."""
+"""Grad-CAM heat maps of the classifier's ``cam_layer`` (DenseNet201: its last feature block)."""
 
 from __future__ import annotations
 

@@ -177,7 +177,8 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     groups = {name: len({s.group for s in splits[name]}) for name in ("train", "val", "test")}
     summary = {"classes": list(classes), "leukemic": list(leuk), "cells": counts, "groups": groups,
                "files": len(samples), "skipped": crops.skipped, "crop_size": crop.size,
-               "split": digest, "start": _start_description(config, init, earlier.get("start", "") if resume else None, new_head)}
+               "split": digest, "start": _start_description(config, init, earlier.get("start", "") if resume else None,
+                                                        architecture, new_head)}
     yield Event("data", 0, config.epochs, payload={**summary, "epochs": config.epochs})
 
     if not resume:
@@ -293,12 +294,13 @@ def _read_run_description(path: Path) -> dict:
     return earlier
 
 
-def _start_description(config: TrainConfig, init, resumed: str | None, new_head: bool = False) -> str:
+def _start_description(config: TrainConfig, init, resumed: str | None, architecture: str,
+                       new_head: bool = False) -> str:
     if resumed is not None:
         return resumed if resumed.startswith("resumed") else f"resumed; first started from {resumed or 'unknown'}"
     if init:
         return f"features of {init}, new head" if new_head else f"fine-tuned from {init}"
     from .model import find_imagenet_weights
 
-    weights = find_imagenet_weights() if config.imagenet == "auto" else config.imagenet
+    weights = find_imagenet_weights(architecture) if config.imagenet == "auto" else config.imagenet
     return f"ImageNet weights {weights}" if weights else "random weights (no ImageNet weights found)"

@@ -1,5 +1,5 @@
-"""The cell classifier (DenseNet201 by default, or another torchvision backbone with the same head) and its
-checkpoint format (safetensors, plain-data metadata)."""
+"""The cell classifier (DenseNet201 by default, or another backbone with the same head) and its checkpoint format
+(safetensors, plain-data metadata)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ SHIPPED_CLASSIFIERS = {
     "cell_type": MODELS_DIR / "densenet201_celltype.safetensors",
 }
 DEFAULT_CLASSIFIER = SHIPPED_CLASSIFIERS["leukemic"]
-#: File names torchvision gives its ImageNet weights in its cache.
+#: File names torchvision gives its ImageNet weights in its cache (``small_cnn`` and ``cnn_transformer`` have none).
 TORCHVISION_WEIGHTS = {"densenet201": "densenet201-c1103571.pth", "resnet18": "resnet18-f37072fd.pth",
-                       "resnet50": "resnet50-11ad3fa6.pth"}
+                       "resnet50": "resnet50-11ad3fa6.pth", "vgg16": "vgg16-397923af.pth",
+                       "efficientnet_b0": "efficientnet_b0-7f5810bc.pth"}
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,11 @@ class ClassifierInfo:
 
 
 def build_network(architecture: str, num_classes: int, hidden: int = 512, dropout: float = 0.5):
-    """A torchvision backbone's ``features`` + the seeds' head: GAP, Dense(hidden) + ReLU, Dropout, Dense(num_classes).
+    """A backbone's ``features`` + the seeds' head: GAP, Dense(hidden) + ReLU, Dropout, Dense(num_classes).
 
     Two output logits with a softmax are the two-class form of the seeds' single sigmoid unit. The network
-    names its last block (``last_block``: what ``tune="last_block"`` trains besides the head) and the layer
-    Grad-CAM explains (``cam_layer``).
+    names its last block (``last_block``: the children of ``features`` that ``tune="last_block"`` trains besides
+    the head) and the layer Grad-CAM explains (``cam_layer``).
 
     Parameters
     ----------
@@ -100,22 +101,17 @@ def build_network(architecture: str, num_classes: int, hidden: int = 512, dropou
     """
     import torch
     from torch import nn
-    from torchvision import models
 
     if architecture not in CLASSIFIER_ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {CLASSIFIER_ARCHITECTURES}")
-    if architecture == "densenet201":
-        features, channels, last_block = models.densenet201(weights=None).features, 1920, ("denseblock4", "norm5")
-    else:
-        trunk = getattr(models, architecture)(weights=None)
-        features = nn.Sequential(OrderedDict((n, m) for n, m in trunk.named_children() if n not in ("avgpool", "fc")))
-        channels, last_block = trunk.fc.in_features, ("layer4",)
+    features, channels, last_block, cam_name = _backbone(architecture)
 
     class CellClassifier(nn.Module):
         def __init__(self):
             super().__init__()
             self.architecture = architecture
             self.last_block = last_block
+            self.cam_name = cam_name
             self.features = features
             self.head = nn.Sequential(
                 nn.AdaptiveAvgPool2d(1),
@@ -128,14 +124,91 @@ def build_network(architecture: str, num_classes: int, hidden: int = 512, dropou
 
         @property
         def cam_layer(self):
-            return getattr(self.features, self.last_block[-1])
+            return self.features.get_submodule(self.cam_name)
 
         def forward(self, x):
-            # torchvision applies an in-place ReLU after DenseNet's `features`; a plain one keeps Grad-CAM's hooks
-            # valid (after a ResNet's last block, which ends in a ReLU, it changes nothing)
-            return self.head(torch.relu(self.features(x)))
+            x = self.features(x)
+            if self.architecture == "densenet201":
+                # torchvision applies an in-place ReLU after DenseNet's `features`; a plain one keeps Grad-CAM's
+                # hooks on norm5 valid
+                x = torch.relu(x)
+            return self.head(x)
 
     return CellClassifier()
+
+
+def _backbone(architecture: str):
+    """``(features, channels, last_block, cam_name)`` of ``architecture``: the feature extractor, its output
+    channels, the names of its children that form the last block, and the (dotted) name of the Grad-CAM layer."""
+    from torch import nn
+    from torchvision import models
+
+    if architecture == "densenet201":
+        return models.densenet201(weights=None).features, 1920, ("denseblock4", "norm5"), "norm5"
+    if architecture.startswith("resnet"):
+        trunk = getattr(models, architecture)(weights=None)
+        features = nn.Sequential(OrderedDict((n, m) for n, m in trunk.named_children() if n not in ("avgpool", "fc")))
+        return features, trunk.fc.in_features, ("layer4",), "layer4"
+    if architecture == "vgg16":
+        # vgg16().features and its initialisation, without building the 120M weights of its classifier
+        features = models.vgg.make_layers(models.vgg.cfgs["D"])
+        for m in features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        # the last block: the fifth conv block, children 24-30 (3 x conv + ReLU, max-pool); Grad-CAM on its last ReLU
+        return features, 512, tuple(str(i) for i in range(24, 31)), "29"
+    if architecture == "efficientnet_b0":
+        # the last MBConv stage (7) and the final 1x1 conv to 1280 channels (8)
+        return models.efficientnet_b0(weights=None).features, 1280, ("7", "8"), "8"
+    if architecture == "small_cnn":
+        return _small_cnn(), 256, ("block4",), "block4.2"
+    return _cnn_transformer(), 256, ("transformer",), "layer3"
+
+
+def _small_cnn(widths=(32, 64, 128, 256)):
+    """The seeds' small custom CNN: blocks of conv3x3, batch norm, ReLU and 2x2 max-pool (about 390k weights)."""
+    from torch import nn
+
+    blocks, c_in = OrderedDict(), 3
+    for i, c_out in enumerate(widths, 1):
+        blocks[f"block{i}"] = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                                            nn.ReLU(), nn.MaxPool2d(2))
+        c_in = c_out
+    return nn.Sequential(blocks)
+
+
+def _cnn_transformer(width=256, grid=16, layers=2, heads=4):
+    """A CNN-Transformer hybrid: ResNet18 up to ``layer3`` (stride 16, 256 channels), then its map as tokens
+    through a Transformer encoder, reshaped back into a map.
+
+    The learned positional embedding is a ``grid`` x ``grid`` map (that of a 256 px crop), resized bilinearly to
+    the feature map of any crop size.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torchvision import models
+
+    class MapTransformer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.position = nn.Parameter(torch.zeros(1, width, grid, grid))
+            nn.init.trunc_normal_(self.position, std=0.02)
+            layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            # no nested tensors: they only help padded sequences, and warn with norm_first
+            self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            x = x + F.interpolate(self.position, size=(h, w), mode="bilinear", align_corners=False)
+            tokens = self.encoder(x.flatten(2).transpose(1, 2))  # (N, h*w, c)
+            return tokens.transpose(1, 2).reshape(n, c, h, w)
+
+    trunk = models.resnet18(weights=None)
+    stem = [(n, m) for n, m in trunk.named_children() if n not in ("layer4", "avgpool", "fc")]
+    return nn.Sequential(OrderedDict([*stem, ("transformer", MapTransformer())]))
 
 
 @dataclass
@@ -180,18 +253,29 @@ def with_new_head(classifier: Classifier, info: ClassifierInfo) -> Classifier:
 
 
 def find_imagenet_weights(architecture: str = ARCHITECTURE) -> Path | None:
-    """torchvision's cached ImageNet weights of ``architecture``, if this machine has them."""
+    """torchvision's cached ImageNet weights of ``architecture``, if this machine has them (never for an
+    architecture without ImageNet weights: ``small_cnn``, ``cnn_transformer``)."""
     import torch
 
+    if architecture not in TORCHVISION_WEIGHTS:
+        return None
     path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS[architecture]
     return path if path.is_file() else None
 
 
 def load_imagenet_features(net, path) -> None:
     """Load a torchvision ImageNet state dict of ``net``'s architecture into ``net.features`` (safely, no unpickling
-    of code)."""
+    of code).
+
+    Raises
+    ------
+    CheckpointError
+        Not a state dict of that architecture, or an architecture without ImageNet weights.
+    """
     import torch
 
+    if net.architecture not in TORCHVISION_WEIGHTS:
+        raise CheckpointError(f"{path}: {net.architecture} has no ImageNet weights; start it from random weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for foreign or damaged files
@@ -204,9 +288,9 @@ def load_imagenet_features(net, path) -> None:
         m = pattern.match(key)
         if m:
             key = m.group(1) + m.group(2)
-        if key.startswith("features."):
+        if key.startswith("features."):  # DenseNet, VGG, EfficientNet: their `features`, not the classifier
             features[key[len("features.") :]] = value
-        elif net.architecture != "densenet201" and not key.startswith("fc."):  # ResNet: everything but the classifier
+        elif net.architecture.startswith("resnet") and not key.startswith("fc."):  # ResNet: all but the classifier
             features[key] = value
     try:
         net.features.load_state_dict(features)

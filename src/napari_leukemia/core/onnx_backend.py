@@ -92,6 +92,8 @@ def onnx_model(classifier: Classifier):
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated, but needs no onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
+        # the CNN-Transformer: torch's attention checks its shapes in Python, constants for the traced crop size
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
         torch.onnx.export(net, (torch.zeros(2, 3, size, size),), buf, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
