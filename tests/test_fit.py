@@ -191,14 +191,15 @@ def test_a_new_head_learns_another_class_list_on_the_same_features(trained, cell
     (other / "leukemic").rename(other / "blast")
     (other / "normal").rename(other / "lymphocyte")
     code, stdout, stderr = run("train", other, "--out", tmp_path / "types", "--init", out / FINAL_NAME, "--new-head",
-                               "--tune", "head", "--window", 3.5, "--epochs", 1,
+                               "--tune", "head", "--window", 3.5, "--mask-outside", "--epochs", 1,
                                *[a for a in FAST if a not in ("--size", "32")])
     assert code == 0, stderr
     types = load_classifier(tmp_path / "types" / FINAL_NAME, "cpu")
     start = load_classifier(out / FINAL_NAME, "cpu")
     assert types.info.classes == ("blast", "lymphocyte") and types.info.leukemic == ("blast",)
     assert "new head" in types.info.provenance["init"]
-    assert types.info.crop == replace(start.info.crop, window=3.5)  # a fixed window, kept in the checkpoint
+    # a fixed window and masked neighbours, kept in the checkpoint (analyses crop the same way)
+    assert types.info.crop == replace(start.info.crop, window=3.5, mask_outside=True) and not start.info.crop.mask_outside
     a, b = start.net.features.state_dict(), types.net.features.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # --tune head: the features are the checkpoint's
     code, _, stderr = run("train", other, "--out", tmp_path / "no_init", "--new-head", *FAST)

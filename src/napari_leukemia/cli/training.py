@@ -65,6 +65,10 @@ def add_commands(sub) -> None:
                    help="crop a fixed window of this many red-cell diameters around each cell, keeping its size "
                         "(for cell types; 0: fit the crop to each cell; default: the --init or resumed checkpoint's, "
                         "else 0)")
+    t.add_argument("--mask-outside", action="store_true", default=None,
+                   help="paint what lies outside each cell's mask (grown by the margin) in the background colour, so "
+                        "that touching neighbours do not enter its crop (default: the --init or resumed checkpoint's, "
+                        "else off); analyses with the checkpoint crop the same way")
     t.add_argument("--leukemic-classes", nargs="+", metavar="CLASS",
                    help="the classes that are leukaemic (default: 'leukemic' for leukemic/normal data; else names "
                         "containing leukem/leukaem/blast/promyelocyte/promonocyte, or the --init checkpoint's)")
@@ -177,7 +181,7 @@ def cmd_train(args) -> int:
 
     with StopOnInterrupt() as stop:
         run = fit_classifier(args.dataset, args.out, config=config, size=args.size, window=args.window,
-                             single_cells=args.single_cells,
+                             mask_outside=args.mask_outside, single_cells=args.single_cells,
                              deepapl_labels=args.labels, leukemic=args.leukemic_classes, init=args.init,
                              new_head=args.new_head, resume=args.resume, overwrite=args.overwrite, segment=segment_config(args),
                              segmenter=args.segmenter, crops_cache=args.crops_cache,
@@ -228,7 +232,7 @@ def _cross_validate(args, config) -> int:
 
     with StopOnInterrupt() as stop:
         run = cross_validate(args.dataset, args.out, k=args.cv, config=config, size=args.size, window=args.window,
-                             single_cells=args.single_cells, deepapl_labels=args.labels,
+                             mask_outside=args.mask_outside, single_cells=args.single_cells, deepapl_labels=args.labels,
                              leukemic=args.leukemic_classes, init=args.init, new_head=args.new_head,
                              overwrite=args.overwrite, segment=segment_config(args), segmenter=args.segmenter,
                              crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),

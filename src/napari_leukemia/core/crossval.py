@@ -82,7 +82,8 @@ def patient_folds(samples: list[Sample], k: int = CV_FOLDS, seed: int = 0) -> li
 
 
 def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = TrainConfig(), size: int | None = None,
-                   window: float | None = None, single_cells: bool = False, deepapl_labels: str = "binary",
+                   window: float | None = None, mask_outside: bool | None = None, single_cells: bool = False,
+                   deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    extra_train=None, score_also: dict | None = None,
@@ -187,6 +188,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         yield _fold_event(i, k, done, status)
         if not trained:
             run = fit_classifier(fold_samples, run_dir, config=config, size=size, window=window,
+                                 mask_outside=mask_outside,
                                  single_cells=single_cells, leukemic=leukemic, init=None if resume else init,
                                  new_head=new_head and not resume, resume=resume, overwrite=not resume,
                                  segment=segment, segmenter=segmenter, crops_cache=crops_cache,

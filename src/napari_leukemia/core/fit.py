@@ -36,7 +36,8 @@ RUN_FILES = ("run.json", "best.safetensors", "last.safetensors", "last_state.pt"
 
 
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
-                   window: float | None = None, single_cells: bool = False, deepapl_labels: str = "binary",
+                   window: float | None = None, mask_outside: bool | None = None, single_cells: bool = False,
+                   deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, resume: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
@@ -60,6 +61,9 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     window : float, optional
         :attr:`~.config.CropConfig.window` (0: crops fitted to each cell; else a fixed window of this many
         red-cell diameters); default as ``size``.
+    mask_outside : bool, optional
+        :attr:`~.config.CropConfig.mask_outside` (neighbours outside the cell's mask, grown by the margin, painted
+        over with the background colour); default as ``size``.
     single_cells : bool
         The images are single-cell crops already (no segmentation).
     deepapl_labels : {"binary", "cell_class", "cell_type"}
@@ -135,14 +139,18 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
     classes, leuk = resolve_classes([s.label for s in samples], leukemic=leukemic,
                                     base=None if new_head else base, base_name=base_name)
     if resume:
-        if (size and size != base.crop.size) or (window is not None and window != base.crop.window):
-            raise ValueError(f"{base_name} was trained on {base.crop.size} px crops (window {base.crop.window:g}); "
-                             f"resume with those (not {size or base.crop.size} px, window "
-                             f"{base.crop.window if window is None else window:g})")
+        asked = dataclasses.replace(base.crop, size=size or base.crop.size,
+                                    window=base.crop.window if window is None else window,
+                                    mask_outside=base.crop.mask_outside if mask_outside is None else mask_outside)
+        if asked != base.crop:
+            raise ValueError(f"{base_name} was trained on {base.crop.size} px crops (window {base.crop.window:g}, "
+                             f"masked {base.crop.mask_outside}); resume with those (not {asked.size} px, window "
+                             f"{asked.window:g}, masked {asked.mask_outside})")
         crop = base.crop
     else:
         crop = base.crop if init_clf is not None else CropConfig()
-        crop = dataclasses.replace(crop, size=size or crop.size, window=crop.window if window is None else window)
+        crop = dataclasses.replace(crop, size=size or crop.size, window=crop.window if window is None else window,
+                                   mask_outside=crop.mask_outside if mask_outside is None else mask_outside)
     architecture = base.architecture if base is not None else config.arch or ARCHITECTURE
     if config.arch and config.arch != architecture:
         raise ValueError(f"{base_name} is a {architecture}; it cannot continue as a {config.arch} (leave the "
