@@ -231,5 +231,14 @@ def test_napari_analyses_a_slide_layer_tile_by_tile_into_multiscale_layers_that_
     review.set_call("exclude")
     assert cells.features.set_index("label").loc[label, "annotation"] == "exclude"
     assert review.update() is None and "not yet on whole slides" in review._status.value  # needs the labels in memory
+    assert review.explain() is not None  # the heat map of one cell, from the region around it
+    qtbot.waitUntil(lambda: review._worker is None, timeout=120_000)
+    cam = viewer.layers["mosaic Grad-CAM"]
+    heat = np.asarray(cam.data)
+    (ty, tx), (h, w) = cam.translate, heat.shape
+    assert cam.visible and heat.max() > 0 and cam.metadata["napari_leukemia"]["cell"] == label, review._status.value
+    assert ty <= row["bbox_y0"] and tx <= row["bbox_x0"] and ty + h >= row["bbox_y1"] and tx + w >= row["bbox_x1"]
+    inside = np.asarray(cells.data[0][int(ty):int(ty) + h, int(tx):int(tx) + w]) == label
+    assert heat[~inside].max() == 0 and f"{heat[inside].mean():.3f}" in review._info.value
     saved = review.save()
     assert saved == folder / SLIDE_REVIEW_CSV and pd.read_csv(saved).set_index("label").loc[label, "annotation"] == "exclude"

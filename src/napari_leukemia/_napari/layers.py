@@ -19,7 +19,7 @@ UNREVIEWED_ALPHA = 0.4
 EXCLUDED_ALPHA = 0.25
 #: What the Review panel says of an action that needs a whole label image in memory, on a whole slide's cells.
 SINGLE_IMAGES_ONLY = ("{what} works on single images, not yet on whole slides (their labels are read level by level); "
-                      "calls and navigation work, and Save review writes the calls to cells_reviewed.csv")
+                      "calls, navigation and heat maps work, and Save review writes the calls to cells_reviewed.csv")
 #: Grad-CAM value from which the heat map is opaque (below it fades to transparent at 0).
 HEAT_OPAQUE = 0.3
 

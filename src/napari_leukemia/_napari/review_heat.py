@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.review import ReviewError
-from .layers import META_KEY, SINGLE_IMAGES_ONLY, add_heat_layer, our_layers
+from .layers import META_KEY, add_heat_layer, heat_kwargs, our_layers
 
 #: How the info line names the mean Grad-CAM inside a cell, in plain words.
 HEAT_WORDS = "heat map inside the cell (0-1; high: the call rests on the cell itself)"
@@ -35,8 +35,13 @@ class ReviewHeat:
 
     def _heat_text(self, row) -> str:
         """Mean Grad-CAM inside the cell's mask, from our Grad-CAM layer of the same image."""
-        if self._layer.multiscale:
-            return "not for whole slides yet"
+        if self._layer.multiscale:  # one cell's heat at a time, with its mean
+            info = self._layer.metadata.get(META_KEY, {})
+            cam = our_layers(self._viewer, info.get("source", "")).get("gradcam")
+            shown = cam.metadata.get(META_KEY, {}) if cam is not None else {}
+            if shown.get("cell") == int(row["label"]) and "mean" in shown:
+                return f"{shown['mean']:.3f}"
+            return "none yet (press Heat map of this cell)"
         info = self._layer.metadata.get(META_KEY, {})
         labels = np.asarray(self._layer.data)
         cam = self._heat_layer(labels.shape)
@@ -55,15 +60,14 @@ class ReviewHeat:
 
         if self._layer is None or self._worker is not None:
             return self._worker
-        if self._layer.multiscale:
-            self._status.value = SINGLE_IMAGES_ONLY.format(what="The heat map of a cell")
-            return None
         layer, table = self._layer, self.table
         label = int(layer.selected_label)
         row = table[table["label"] == label]
         if row.empty or not isinstance(layer.metadata.get(META_KEY), dict):
             self._status.value = "Select a classified cell of an analysis first (Next, or click it)."
             return None
+        if layer.multiscale:
+            return self._explain_slide_cell(layer, row.iloc[0])
         try:
             image = self._image()
         except ReviewError as err:
@@ -79,6 +83,48 @@ class ReviewHeat:
 
         return self._start(work, f"heat map of cell {label}...",
                            returned=lambda heat: self._explained(layer, labels, label, heat))
+
+    def _explain_slide_cell(self, layer, row):
+        """Grad-CAM of one cell of a whole slide, from the region around it (the slide's level 0 and the labels'
+        level 0 are read there only), shown as a small heat layer over that region."""
+        from ..core.pipeline import explain_cell_region
+
+        source = layer.metadata[META_KEY].get("source", "")
+        if source not in self._viewer.layers or not getattr(self._viewer.layers[source], "multiscale", False):
+            self._status.value = f"Cannot explain: open the slide {source!r} (its layer was closed or renamed)"
+            return None
+        image, labels = self._viewer.layers[source].data[0], layer.data[0]
+        summary, label = layer.metadata["summary"], int(row["label"])
+        target = self.classes.index(str(row["predicted_class"]))
+        bbox = [row[f"bbox_{k}"] for k in ("y0", "x0", "y1", "x1")]
+        path, device, red = self._classifier_path(), self._device.value, summary.get("red_cell_diameter")
+
+        def work():
+            clf = checked_classifier(path, device, summary.get("classifier", ""))
+            return explain_cell_region(image, labels, clf, label, target, bbox, red_cell_px=red)
+
+        return self._start(work, f"heat map of cell {label}...",
+                           returned=lambda result: self._explained_slide_cell(layer, label, *result))
+
+    def _explained_slide_cell(self, layer, label: int, heat, origin, mean: float):
+        if layer is not self._layer:
+            self._status.value = "the cells layer changed meanwhile; nothing was applied"
+            return
+        source = layer.metadata[META_KEY]["source"]
+        scale = tuple(layer.scale)[-2:]
+        translate = tuple(t + o * s for t, o, s in zip(tuple(layer.translate)[-2:], origin, scale))
+        kwargs = heat_kwargs(source, layer.metadata.get("summary", {}), translate, scale, visible=True)
+        kwargs["metadata"][META_KEY].update(cell=label, mean=mean)
+        cam = our_layers(self._viewer, source).get("gradcam")
+        if cam is None:
+            active = self._viewer.layers.selection.active
+            cam = self._viewer.add_image(heat, **kwargs)
+            self._viewer.layers.move(self._viewer.layers.index(cam), self._viewer.layers.index(layer))
+            self._viewer.layers.selection.active = active
+        else:
+            cam.data, cam.translate, cam.metadata, cam.visible = heat, translate, kwargs["metadata"], True
+        self._show_info(label)
+        self._status.value = f"heat map of cell {label}: where the classifier looked for its call"
 
     def _explained(self, layer, labels, label: int, heat):
         if layer is not self._layer:

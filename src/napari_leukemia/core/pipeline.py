@@ -410,6 +410,48 @@ def explain_cells(image: np.ndarray, labels: np.ndarray, classifier, ids, target
     return paint_maps_in_cells(labels, crops, maps)
 
 
+def explain_cell_region(image, labels, classifier, label: int, target: int, bbox, *,
+                        red_cell_px: float | None = None) -> tuple[np.ndarray, tuple[int, int], float]:
+    """Grad-CAM of one cell of an image too large to hold (a whole slide's level 0), from the region around it.
+
+    Parameters
+    ----------
+    image : (H, W, 3) array
+        numpy, dask or zarr: only the region around the cell is read.
+    labels : (H, W) array
+        The cells, likewise read around the cell only.
+    label, target : int
+        The cell and the class index explained.
+    bbox : (y0, x0, y1, x1)
+        The cell's box (level-0 pixels), e.g. from its row of the cell table.
+    red_cell_px : float, optional
+        As for :func:`classify_cells` (fixed-window crops).
+
+    Returns
+    -------
+    heat : (h, w) ndarray of float32
+        The map inside the cell's mask, 0 elsewhere, over the region read.
+    origin : (int, int)
+        The region's top-left corner in the image.
+    mean : float
+        The mean heat inside the cell.
+    """
+    y0, x0, y1, x1 = (int(v) for v in bbox)
+    crop = classifier.info.crop
+    half = max(y1 - y0, x1 - x0) * (0.5 + crop.margin)
+    if crop.window:
+        half = max(half, crop.window * (red_cell_px or 0) / 2)
+    pad = int(np.ceil(half)) + 2  # the crop window about the box's centre, and a little more
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    h, w = labels.shape[:2]
+    ry0, rx0, ry1, rx1 = max(cy - pad, 0), max(cx - pad, 0), min(cy + pad, h), min(cx + pad, w)
+    region = np.asarray(labels[ry0:ry1, rx0:rx1])
+    heat = explain_cells(np.asarray(image[ry0:ry1, rx0:rx1]), region, classifier, [label], [target],
+                         red_cell_px=red_cell_px)
+    inside = region == label
+    return heat, (ry0, rx0), float(heat[inside].mean()) if inside.any() else 0.0
+
+
 def _window_view(shape, window, m: np.ndarray):
     """``m`` resized to ``window`` (``r0, c0, r1, c1``, may reach beyond ``shape``) and clipped to the image:
     the image's row and column slices and the clipped map."""
