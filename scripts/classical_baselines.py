@@ -10,7 +10,7 @@ Same crops (read from the crops cache, nothing is cropped again), same folds, sa
 ``OUT/<model>/`` with ``predictions.csv``, ``cv.json`` (plus ``cost``: features and model time, cells per
 second, parameters), ``patients.csv`` and ``patients.png``, which ``scripts/cv_table.py`` compares with the
 networks. A model trains on all the cells of the other folds (fixed settings, nothing tuned, so it needs no
-validation split). Features are computed once into ``OUT/features.npz``, the slow part (about 10 ms a crop
+validation split). Features are computed once into ``OUT/features_cv.npz``, the slow part (about 9 ms a crop
 on one free core).
 """
 
