@@ -7,6 +7,10 @@ against myelocytes and metamyelocytes), the per-patient blast-equivalent % error
 adjusted for the other folds' error rates (mean / largest / patients off by more than 10 points), and the share of
 each ``--score-also`` set called blast equivalent. A ``rescored_*.json`` beside ``cv.json`` (scripts/cv_rescore.py)
 gets a row of its own.
+
+A run still going (no ``cv.json`` yet) is compared on its finished folds: ``--folds 0 1`` recomputes every run's
+figures from its out-of-fold predictions of those folds only (``fold_<i>/predictions.csv``, or the pooled
+``predictions.csv``), so that runs are judged on the same patients.
 """
 
 from __future__ import annotations
@@ -26,14 +30,37 @@ def row(name: str, r: dict) -> str:
             f"{e['max_abs_error']:.1f} / {e['over_10_points']} | {adjusted} | {others} |")
 
 
+def on_folds(folder: Path, folds: list[int]) -> dict | None:
+    """The report of ``folder``'s out-of-fold predictions of ``folds`` (None when one of them is not finished)."""
+    import csv
+
+    from napari_leukemia.core.crossval import cv_report
+
+    pooled = folder / "predictions.csv"
+    if pooled.is_file():
+        rows = [r for r in csv.DictReader(open(pooled)) if int(r["fold"]) in folds]
+    elif all((folder / f"fold_{i}" / "predictions.csv").is_file() for i in folds):
+        rows = [r for i in folds for r in csv.DictReader(open(folder / f"fold_{i}" / "predictions.csv"))]
+    else:
+        return None
+    return cv_report(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cv_dirs", nargs="+", type=Path)
+    parser.add_argument("--folds", nargs="+", type=int, help="judge every run on these folds only")
     args = parser.parse_args(argv)
+    if args.folds:
+        print(f"folds {' '.join(map(str, args.folds))} only")
     print("| run | ROC-AUC | sens@95 | bal. acc. | ECE | hard pair | patient % error: count (mean / max / >10) "
           "| adjusted (mean / max / >10) | other labs called |")
     print("|---|---|---|---|---|---|---|---|---|")
     for folder in args.cv_dirs:
+        if args.folds:
+            report = on_folds(folder, args.folds)
+            print(row(folder.name, report) if report else f"| {folder.name} | folds not finished | | | | | | | |")
+            continue
         reports = [("", folder / "cv.json")] + [(p.stem, p) for p in sorted(folder.glob("rescored_*.json"))]
         for suffix, path in reports:
             if path.is_file():
