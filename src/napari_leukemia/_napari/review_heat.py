@@ -56,7 +56,7 @@ class ReviewHeat:
     def explain(self):
         """Grad-CAM of the selected cell for its predicted class, in a worker, painted into the Grad-CAM layer (added
         and shown when missing); returns the worker, or None."""
-        from ..core.pipeline import explain_cells
+        from ..core.explain import explain_cells
 
         if self._layer is None or self._worker is not None:
             return self._worker
@@ -87,7 +87,7 @@ class ReviewHeat:
     def _explain_slide_cell(self, layer, row):
         """Grad-CAM of one cell of a whole slide, from the region around it (the slide's level 0 and the labels'
         level 0 are read there only), shown as a small heat layer over that region."""
-        from ..core.pipeline import explain_cell_region
+        from ..core.explain import explain_cell_region
 
         source = layer.metadata[META_KEY].get("source", "")
         if source not in self._viewer.layers or not getattr(self._viewer.layers[source], "multiscale", False):

@@ -240,7 +240,7 @@ def update_cells(image, labels, cells, classifier, *, batch_size: int = 32, grad
     cams = None
     if gradcam:
         from .explain import gradcam as explain
-        from .pipeline import paint_maps_in_cells
+        from .explain import paint_maps_in_cells
 
         maps = explain(classifier, crops.images, fresh["predicted_class"].cat.codes.to_numpy()) if len(changed) else []
         cams = paint_maps_in_cells(labels, crops, maps)

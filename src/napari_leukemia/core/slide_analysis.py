@@ -52,7 +52,7 @@ ESTIMATE_DOWNSAMPLE = 4
 #: Settings that must match for a run to be resumed.
 _RESUME_KEYS = ("shape", "tile_size", "tile_margin", "method", "segmenter", "classifier", "diameter")
 GRADCAM_NOTE = ("Grad-CAM is not computed for every cell of a slide (the gradcam setting is ignored); explain chosen "
-                "cells on demand (napari's Review panel, pipeline.explain_cells on a region)")
+                "cells on demand (napari's Review panel, explain.explain_cell_region)")
 
 
 def iter_analyze_slide(slide, out, *, segmenter=None, classifier=None, config: AnalysisConfig = AnalysisConfig(),
