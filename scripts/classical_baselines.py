@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_leukemia.core import drain
 from napari_leukemia.core.classical import CLASSICAL_MODELS, FEATURE_NAMES, classical_model, crop_features
 from napari_leukemia.core.config import CropConfig
 from napari_leukemia.core.cropstore import iter_crops
@@ -33,16 +34,12 @@ from napari_leukemia.core.io import write_csv
 
 def cached_crops(samples, cache: Path, size: int):
     """The crops of ``samples`` from ``cache``; refuses to crop anything (that is the networks' run's job)."""
-    run = iter_crops(samples, CropConfig(size=size), cache=cache, device="cpu")
-    first = next(run)
-    if first.payload["cached"] < first.total:
-        raise SystemExit(f"{cache}: holds {first.payload['cached']} of {first.total} crops with these settings; "
-                         "run the networks' cross-validation with this --crops-cache first")
-    try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        return stop.value
+    def refuse_cropping(event):
+        if event.payload["cached"] < event.total:
+            raise SystemExit(f"{cache}: holds {event.payload['cached']} of {event.total} crops with these settings; "
+                             "run the networks' cross-validation with this --crops-cache first")
+
+    return drain(iter_crops(samples, CropConfig(size=size), cache=cache, device="cpu"), refuse_cropping)
 
 
 def features_of(name: str, samples, cache: Path, size: int, out: Path):

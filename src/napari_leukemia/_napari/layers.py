@@ -88,13 +88,15 @@ def heat_kwargs(source: str, summary: dict, translate=(0, 0), scale=(1, 1), visi
     }
 
 
-def add_heat_layer(viewer, cells):
-    """An empty Grad-CAM layer (shown) for ``cells``, one of our cells layers, just below it; the active layer
-    stays active."""
+def add_heat_layer(viewer, cells, data=None, translate=None):
+    """A Grad-CAM layer (shown) for ``cells``, one of our cells layers, just below it; the active layer stays active.
+
+    ``data`` (default: zeros over the whole cells layer) at ``translate`` (default: the cells layer's), e.g. the
+    map of one slide cell's region."""
     active = viewer.layers.selection.active
     kwargs = heat_kwargs(cells.metadata[META_KEY]["source"], cells.metadata.get("summary", {}),
-                         tuple(cells.translate), tuple(cells.scale), visible=True)
-    layer = viewer.add_image(np.zeros(np.shape(cells.data), np.float32), **kwargs)
+                         tuple(cells.translate) if translate is None else translate, tuple(cells.scale), visible=True)
+    layer = viewer.add_image(np.zeros(np.shape(cells.data), np.float32) if data is None else data, **kwargs)
     viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(cells))
     viewer.layers.selection.active = active
     return layer

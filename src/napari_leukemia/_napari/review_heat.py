@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.review import ReviewError
-from .layers import META_KEY, add_heat_layer, heat_kwargs, our_layers
+from .layers import META_KEY, add_heat_layer, our_layers
 
 #: How the info line names the mean Grad-CAM inside a cell, in plain words.
 HEAT_WORDS = "heat map inside the cell (0-1; high: the call rests on the cell itself)"
@@ -110,19 +110,12 @@ class ReviewHeat:
         if layer is not self._layer:
             self._status.value = "the cells layer changed meanwhile; nothing was applied"
             return
-        source = layer.metadata[META_KEY]["source"]
-        scale = tuple(layer.scale)[-2:]
-        translate = tuple(t + o * s for t, o, s in zip(tuple(layer.translate)[-2:], origin, scale))
-        kwargs = heat_kwargs(source, layer.metadata.get("summary", {}), translate, scale, visible=True)
-        kwargs["metadata"][META_KEY].update(cell=label, mean=mean)
-        cam = our_layers(self._viewer, source).get("gradcam")
+        translate = tuple(t + o * s for t, o, s in zip(tuple(layer.translate)[-2:], origin, tuple(layer.scale)[-2:]))
+        cam = our_layers(self._viewer, layer.metadata[META_KEY]["source"]).get("gradcam")
         if cam is None:
-            active = self._viewer.layers.selection.active
-            cam = self._viewer.add_image(heat, **kwargs)
-            self._viewer.layers.move(self._viewer.layers.index(cam), self._viewer.layers.index(layer))
-            self._viewer.layers.selection.active = active
-        else:
-            cam.data, cam.translate, cam.metadata, cam.visible = heat, translate, kwargs["metadata"], True
+            cam = add_heat_layer(self._viewer, layer, heat, translate)
+        cam.data, cam.translate, cam.visible = heat, translate, True
+        cam.metadata[META_KEY].update(cell=label, mean=mean)
         self._show_info(label)
         self._status.value = f"heat map of cell {label}: where the classifier looked for its call"
 

@@ -117,6 +117,8 @@ class AnalyzeWidget(WorkerWidget):
             return None
         if self._worker is not None:
             return self._worker
+        if layer.multiscale:  # before anything reads the layer's (or its cells') pixels
+            return self._run_slide(layer)
         labels = calls = None
         if self._use_cells.value:
             cells = our_layers(self._viewer, layer.name).get("cells")
@@ -124,8 +126,6 @@ class AnalyzeWidget(WorkerWidget):
                 self._status.value = f"No cells layer of {layer.name!r} to re-classify; run Analyze first."
                 return None
             labels, calls = np.array(cells.data, copy=True), cells.features.copy()
-        if layer.multiscale:
-            return self._run_slide(layer)
         data = np.asarray(layer.data)
         gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self.classifier,
                                  config=self._config(), labels=labels, name=layer.name)
