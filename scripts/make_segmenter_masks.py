@@ -9,7 +9,12 @@ if the cut masks pass and the centre cell has its class's typical size; so the n
 BCCD images whose index is a multiple of 5 are held out for evaluation and never written; DeepAPL
 ``split=test`` is never used.
 
+zheng1's expert masks are the only ones holding the whole cytoplasm. Its crops (one leukocyte each, about
+120 px) are laid out four to an image, 2 x 2, each padded to 120 px by repeating its border, and the cell
+(nucleus and cytoplasm) is one label; crops whose number is a multiple of 5 (60 of 300) are held out.
+
     python scripts/make_segmenter_masks.py --shared ../shared/data --out .segdata --per-class 130
+    python scripts/make_segmenter_masks.py --sources zheng1 --list zheng1.csv --out .segdata
 """
 
 import argparse
@@ -18,6 +23,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 from skimage.measure import regionprops
@@ -32,15 +38,62 @@ def bccd_is_holdout(path) -> bool:
     return int(Path(path).stem.split("_")[-1]) % 5 == 0
 
 
+def zheng1_is_holdout(path) -> bool:
+    """zheng1 crops held out from segmenter training: every fifth by number (60 of 300)."""
+    return int(Path(path).stem.split("_")[0]) % 5 == 0
+
+
+#: zheng1 crops are padded to this size and laid out 2 x 2 in one training image.
+ZHENG1_TILE = 120
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default="../shared/data")
     ap.add_argument("--out", default=".segdata")
     ap.add_argument("--per-class", type=int, default=120)
+    ap.add_argument("--sources", nargs="+", choices=("bccd", "deepapl", "zheng1"), default=["bccd", "deepapl"])
+    ap.add_argument("--list", default="list.csv", help="name of the list of image and mask files written in --out")
     args = ap.parse_args()
     shared, out = Path(args.shared), Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     kept = Counter()
+    rows = []
+    if "bccd" in args.sources:
+        rows += _bccd(shared, out, kept)
+    if "deepapl" in args.sources:
+        rows += _deepapl(shared, out, kept, args.per_class)
+    if "zheng1" in args.sources:
+        rows += _zheng1(shared, out, kept)
+    with open(out / args.list, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "masks"])
+        w.writerows(rows)
+    print(dict(kept))
+
+
+def _zheng1(shared, out, kept):
+    """zheng1's training crops, four to an image, the whole cell (nucleus and cytoplasm) one label each."""
+    files = [f for f in sorted((shared / "zheng1" / "images").glob("*.png"))
+             if not f.stem.endswith("_mask") and not zheng1_is_holdout(f)]
+    rows = []
+    for start in range(0, len(files) - 3, 4):
+        tiles, labels = [], []
+        for k, f in enumerate(files[start:start + 4]):
+            im = read_image(f)
+            cell = np.asarray(Image.open(f.with_name(f"{f.stem}_mask.png"))) > 0
+            pad = [(0, ZHENG1_TILE - n) for n in cell.shape]
+            tiles.append(cv2.copyMakeBorder(im, 0, pad[0][1], 0, pad[1][1], cv2.BORDER_REPLICATE))
+            labels.append(np.pad(cell, pad).astype(np.uint16) * (k + 1))
+        im = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+        lab = np.concatenate([np.concatenate(labels[:2], 1), np.concatenate(labels[2:], 1)], 0)
+        rows.append(_save(out, f"zheng1_{files[start].stem}", im, lab))
+        kept["zheng1"] += 1
+    return rows
+
+
+def _bccd(shared, out, kept):
+    """BCCD fields outside the held-out fifth whose stain masks match every WBC box and nothing else."""
     rows = []
     for f in sorted((shared / "bccd" / "JPEGImages").glob("*.jpg")):
         if bccd_is_holdout(f):
@@ -53,13 +106,19 @@ def main():
             continue
         rows.append(_save(out, f"bccd_{f.stem}", im, lab))
         kept["bccd"] += 1
+    return rows
+
+
+def _deepapl(shared, out, kept, per_class_max):
+    """DeepAPL ``split=train`` fields (up to ``per_class`` per cell class) whose masks are plausible, cut apart if need be."""
+    rows = []
     manifest = list(csv.DictReader(open(shared / "deepapl" / "manifest.csv")))
     manifest = [r for r in manifest if r["split"] == "train" and r["decode_ok"] == "1" and r["duplicate_in_other_class"] == "0"]
     random.Random(0).shuffle(manifest)
     per_class = Counter()
     fields = []
     for r in manifest:
-        if per_class[r["cell_class"]] >= args.per_class:
+        if per_class[r["cell_class"]] >= per_class_max:
             continue
         per_class[r["cell_class"]] += 1
         try:
@@ -81,11 +140,8 @@ def main():
         name = "deepapl_" + r["file"].replace("/", "_").removesuffix(".jpg")
         rows.append(_save(out, name, im, lab))
         kept["deepapl"] += 1
-    with open(out / "list.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "masks"])
-        w.writerows(rows)
-    print(dict(kept), "median DeepAPL leukocyte area", median)
+    print("median DeepAPL leukocyte area", median)
+    return rows
 
 
 def _good(lab, median) -> bool:

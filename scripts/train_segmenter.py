@@ -1,6 +1,7 @@
 """Train the leukocyte cellpose 3 model from scratch on masks made by make_segmenter_masks.py.
 
     python scripts/train_segmenter.py --data .segdata --out leukocyte_cellpose.safetensors --epochs 50
+    python scripts/train_segmenter.py --data .segdata --lists list.csv zheng1.csv*4 ...   (zheng1's images 4x as often)
 
 Runs on CUDA when present. Images are fed as napari-leukemia's two cellpose channels (cell density,
 nuclear stain); cellpose rescales every image so its leukocytes are ``--diam-mean`` pixels wide.
@@ -25,6 +26,8 @@ from napari_leukemia.core.segment import cellpose_input, new_cellpose, save_segm
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".segdata")
+    ap.add_argument("--lists", nargs="+", default=["list.csv"], metavar="CSV[*N]",
+                    help="lists of image and mask files in --data; CSV*N repeats that list's images N times")
     ap.add_argument("--out", default="leukocyte_cellpose.safetensors")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--images-per-epoch", type=int, default=640)
@@ -42,7 +45,10 @@ def main():
     torch.manual_seed(0)
     np.random.seed(0)
     data = Path(args.data)
-    rows = list(csv.DictReader(open(data / "list.csv")))
+    rows = []
+    for spec in args.lists:
+        name, _, repeat = spec.partition("*")
+        rows += list(csv.DictReader(open(data / name))) * int(repeat or 1)
     images, masks = [], []
     for r in rows:  # pre-scale so leukocytes are diam_mean wide: flows and patches stay small
         image = cellpose_input(np.asarray(Image.open(data / r["image"]).convert("RGB")))
@@ -74,8 +80,9 @@ def main():
     )
     seconds = time.time() - t0
     provenance = {
-        "trained_on": f"{len(rows)} fields with stain-derived masks (scripts/make_segmenter_masks.py)",
-        "command": "python scripts/train_segmenter.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "trained_on": f"{len(rows)} images ({', '.join(args.lists)}) with masks from scripts/make_segmenter_masks.py",
+        "command": "python scripts/train_segmenter.py " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()),
         "epochs": args.epochs,
         "seconds": round(seconds, 1),
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
