@@ -138,9 +138,12 @@ def test_large_images_report_each_tile_and_stop_between_tiles(bccd_image, classi
     config = AnalysisConfig(device="cpu", gradcam=False, segment=SegmentConfig(method="stain", tile_size=256))
     events = []
     result = drain(iter_analyze_smear(bccd_image, classifier=classifier_path, config=config), events.append)
-    tiles = [e.message for e in events if "tile" in e.message]
+    tiles = [e.message for e in events if "segmenting leukocytes: tile" in e.message]
     assert tiles == [f"segmenting leukocytes: tile {i} of 6" for i in range(1, 7)]  # 480 x 640 in 256 px tiles
-    assert [e.payload for e in events if "tile" in e.message] == [{"tile": i, "tiles": 6} for i in range(1, 7)]
+    assert [e.payload for e in events if e.stage == "segment" and e.payload] == [{"tile": i, "tiles": 6} for i in range(1, 7)]
+    # the diameter is estimated tile by tile first (9 tiles at most), so a stop acts there too
+    estimates = [e.message for e in events if "diameter" in e.message]
+    assert estimates == [f"segmenting leukocytes: estimating the leukocyte diameter: tile {i} of 6" for i in range(1, 7)]
     assert all(e.total == 3 for e in events) and result.summary["leukocytes"] >= 1
     run = iter_analyze_smear(bccd_image, classifier=classifier_path, config=config)
     while "tile 1 " not in next(run).message:

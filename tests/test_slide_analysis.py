@@ -175,6 +175,25 @@ def test_resume_after_a_stop_and_a_kill_equals_an_uninterrupted_run(tmp_path, fu
     assert again["leukocytes"] == resumed["leukocytes"]
 
 
+def test_a_worker_stopped_between_a_tiles_cells_and_its_crops_resumes_that_tile(tmp_path, full_run, mosaic, models):
+    """napari's Cancel closes the run at its next event; each tile yields once its cells are found, before they
+    are cut out and classified, so no step runs longer than one tile's segmentation, and the tile is redone."""
+    stages = [e.stage for e in full_run[1]]
+    assert stages.count("segment") == len(tile_cores((2000, 2000), 512)) - full_run[2]["tiles_skipped"]
+    out = tmp_path / "mosaic"
+    run = iter_analyze_slide(mosaic[0], out, config=CONFIG, **models)
+    while True:
+        event = next(run)
+        if event.stage == "segment" and event.payload["cells"]:
+            break
+    run.close()
+    progress = json.loads((out / PROGRESS_JSON).read_text())
+    assert progress["done"] <= event.payload["tile"] < progress["segmented"]
+    _, resumed = analyse(mosaic[0], out, models, resume=True)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "cells.csv"), pd.read_csv(full_run[0] / "cells.csv"))
+    assert (read_labels(out) == read_labels(full_run[0])).all()
+
+
 def test_command_line_analyses_a_slide_blockwise(tmp_path, mosaic, full_run):
     out = tmp_path / "results"
     code, stdout, stderr = run("analyze", mosaic[0], "--out", out, "--device", "cpu", "--quiet")
@@ -207,7 +226,8 @@ def test_napari_analyses_a_slide_layer_tile_by_tile_into_multiscale_layers_that_
     assert widget.run() is None and "save to folder" in widget._status.value  # its results are written as it goes
     widget._save_folder.value = str(tmp_path)
     worker = widget.run()
-    worker.yielded.connect(lambda _event: widget.cancel())  # cancelled at its first step
+    # cancelled once a tile's cells are found (a cancel at "load" may act before anything is written)
+    worker.yielded.connect(lambda event: widget.cancel() if event.stage in ("segment", "tile") else None)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=300_000)
     folder = tmp_path / "mosaic"
     assert "Analyze again continues" in widget._status.value and (folder / PROGRESS_JSON).is_file()

@@ -19,10 +19,13 @@ class Event:
     stage : str
         What is running. :func:`~.pipeline.iter_analyze_smear`: ``"load"``, ``"single_cell"``, ``"segment"``
         (payload ``tile``, ``tiles``), ``"classify"`` and ``"gradcam"`` (payload ``cells_done``, ``cells``),
-        ``"finished"``, counting its 3 or 4 steps. :func:`~.segment.iter_segment_tiled`: ``"segment"`` per tile.
+        ``"finished"``, counting its 3 or 4 steps. :func:`~.segment.iter_segment_tiled`: ``"diameter"`` per tile read for the
+        diameter estimate (when it is not given), then ``"segment"`` per tile.
         :func:`~.batch.analyze_images`: ``"image"`` per image (payload ``image``, ``row``, ``skipped``).
-        :func:`~.slide_analysis.iter_analyze_slide`: ``"load"``, then ``"tile"`` per tile (payload ``tile``,
-        ``cells``, ``skipped``, ``finished``) and ``"classify"`` per batch of cells across tiles (payload ``cells``).
+        :func:`~.slide_analysis.iter_analyze_slide`: ``"load"``, ``"diameter"`` per tile read for the
+        diameter estimate, then per tile ``"segment"`` once its cells are found (payload ``tile``, ``cells``) and
+        ``"tile"`` once done (payload ``tile``, ``cells``, ``skipped``, ``finished``), and ``"classify"`` per batch of
+        cells across tiles (payload ``cells``).
         :func:`~.cropstore.iter_crops`: ``"crop"`` per chunk of files (payload ``cached``).
         :func:`~.fit.fit_classifier`: ``"crop"``, ``"data"`` (payload: cells per split and class, skipped files,
         ``epochs``), ``"epoch"`` (payload: the epoch's report, see :func:`~.train.train_epochs`),

@@ -96,7 +96,7 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
                     labels = done.value
                     break
                 yield Event("segment", 1, total, f"segmenting leukocytes: {event.message}",
-                            {"tile": event.done, "tiles": event.total})
+                            {"tile": event.done, "tiles": event.total} if event.stage == "segment" else {})
         else:
             labels = segment_leukocytes(image, config.segment, model=seg_model, device=str(device))
         timings["segment_s"] = time.perf_counter() - t

@@ -301,7 +301,7 @@ def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), 
     cores = tile_cores((h, w), cfg.tile_size)
     diameter = cfg.diameter
     if diameter is None:
-        diameter = diameter_on_tiles(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], cores)
+        diameter = yield from iter_diameter_on_tiles(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], cores)
         if diameter is None:
             return np.zeros((h, w), np.int32)
     check_diameter(diameter, estimated=cfg.diameter is None)
@@ -335,21 +335,30 @@ def tile_window(core, margin: int, shape) -> tuple[int, int, int, int]:
 
 
 def diameter_on_tiles(read, cores) -> float | None:
-    """The leukocyte diameter of an image too large to estimate whole: the median of the stain estimates of up to
-    ``DIAMETER_TILES`` of ``cores`` spread over the list, each read by ``read(r0, r1, c0, c1)`` at full resolution
-    and estimated at half; ``None`` when no tile holds nuclear stain."""
+    """The leukocyte diameter of an image too large to estimate whole (:func:`iter_diameter_on_tiles` run to its end)."""
+    from . import drain
+
+    return drain(iter_diameter_on_tiles(read, cores))
+
+
+def iter_diameter_on_tiles(read, cores) -> Generator[Event, None, float | None]:
+    """The median of the stain estimates of up to ``DIAMETER_TILES`` of ``cores`` spread over the list, each read by
+    ``read(r0, r1, c0, c1)`` at full resolution and estimated at half, step by step: an :class:`~.events.Event`
+    ``"diameter"`` after each tile (a caller may stop there). Returns ``None`` when no tile holds nuclear stain."""
     import cv2
 
     from .stain import estimate_diameter
 
     estimates = []
-    for core in cores[:: -(-len(cores) // DIAMETER_TILES)] if cores else []:
+    chosen = cores[:: -(-len(cores) // DIAMETER_TILES)] if cores else []
+    for i, core in enumerate(chosen):
         tile = read(*core)
         h, w = tile.shape[:2]
         half = cv2.resize(tile, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
         d = estimate_diameter(half)
         if d is not None:
             estimates.append(2 * d)
+        yield Event("diameter", i + 1, len(chosen), f"estimating the leukocyte diameter: tile {i + 1} of {len(chosen)}")
     return float(np.median(estimates)) if estimates else None
 
 

@@ -76,13 +76,17 @@ def iter_analyze_slide(slide, out, *, segmenter=None, classifier=None, config: A
     overwrite : bool
         Delete the earlier result files of ``out`` (:data:`SLIDE_FILES` only) and start again.
     should_stop : callable
-        Polled between tiles and between batches; when it answers True the run ends, resumable.
+        Polled between tiles, after each tile's segmentation and between batches; when it answers True the run
+        ends, resumable (a tile not finished is done again).
 
     Yields
     ------
     Event
-        ``"load"`` once, then ``"tile"`` per tile (done of total), payload ``tile`` (its index), ``cells``,
-        ``skipped`` (background) and ``finished`` (tiles whose cells are classified and written).
+        ``"load"`` once; ``"diameter"`` per tile read for the diameter estimate (when not given nor resumed);
+        per tile ``"segment"`` once its cells are found (payload ``tile``, ``cells``), then ``"tile"`` (done of
+        total), payload ``tile`` (its index), ``cells``, ``skipped`` (background) and ``finished`` (tiles whose
+        cells are classified and written); ``"classify"`` per batch. A consumer may stop at any of them (napari's
+        Cancel does): no step between two events takes more than one tile's segmentation.
 
     Returns
     -------
@@ -119,7 +123,7 @@ def analyze_slide(slide, out, **kwargs) -> dict:
 
 def _run(slide, out, segmenter, classifier, config, resume, overwrite, should_stop):
     from .pipeline import load_models, model_name, segmenter_label
-    from .segment import check_diameter, diameter_on_tiles, tile_cores, tile_margin_px
+    from .segment import check_diameter, iter_diameter_on_tiles, tile_cores, tile_margin_px
 
     t_start = time.perf_counter()
     state = _prepare(out, resume, overwrite)
@@ -134,7 +138,8 @@ def _run(slide, out, segmenter, classifier, config, resume, overwrite, should_st
     diameter = cfg.diameter or state.get("diameter")
     if diameter is None:
         stained = [c for c in cores if _stained(slide, c, _level(slide, ESTIMATE_DOWNSAMPLE), 1)]
-        diameter = diameter_on_tiles(lambda r0, r1, c0, c1: slide.read_region(0, r0, c0, r1 - r0, c1 - c0), stained)
+        diameter = yield from iter_diameter_on_tiles(
+            lambda r0, r1, c0, c1: slide.read_region(0, r0, c0, r1 - r0, c1 - c0), stained)
     if diameter is not None:
         check_diameter(diameter, estimated=cfg.diameter is None)
     settings["diameter"] = diameter
@@ -163,8 +168,12 @@ def _run(slide, out, segmenter, classifier, config, resume, overwrite, should_st
             break
         state["segmented"] = i + 1  # recorded before its labels are written: a resume clears them if unfinished
         write_json(out / PROGRESS_JSON, state)
-        tile = _segment_tile(slide, labels, cores[i], i, margin, level, min_stain, diameter, cfg, seg_model, clf,
-                             state, n) if diameter else {"index": i, "skipped": True, "ids": np.zeros(0, int)}
+        tile = (yield from _segment_tile(slide, labels, cores[i], i, len(cores), margin, level, min_stain, diameter,
+                                         cfg, seg_model, clf, state, n, should_stop)) if diameter else {
+            "index": i, "skipped": True, "ids": np.zeros(0, int)}
+        if tile is None:  # stopped between finding the tile's cells and cutting them out: the tile is redone
+            stopped = True
+            break
         n = tile["last_id"] if len(tile["ids"]) else n
         queue.append(tile)
         stopped = yield from _classify(queue, clf, config.batch_size, should_stop, force=i == len(cores) - 1)
@@ -299,8 +308,11 @@ def _stained(slide, window, level: int, min_pixels: float) -> bool:
     return bool(nucleus_mask(region).sum() >= max(min_pixels, 1))
 
 
-def _segment_tile(slide, labels, core, index, margin, level, min_stain, diameter, cfg, model, clf, state, n) -> dict:
-    """Segment tile ``index`` (unless it is background), write its cells into ``labels``, and cut them out."""
+def _segment_tile(slide, labels, core, index, tiles, margin, level, min_stain, diameter, cfg, model, clf, state, n,
+                  should_stop):
+    """Segment tile ``index`` of ``tiles`` (unless it is background), write its cells into ``labels``, and cut them
+    out, yielding an event ``"segment"`` in between (a caller may stop there). Returns the tile's record, or None
+    when ``should_stop`` answered after the segmentation (nothing of the tile written)."""
     from .pipeline import cell_geometry
     from .preprocess import crop_cells, measure_red_cells
     from .segment import segment_window, tile_window
@@ -312,6 +324,10 @@ def _segment_tile(slide, labels, core, index, margin, level, min_stain, diameter
     window_labels = np.asarray(labels[R0:R1, C0:C1])
     last = segment_window(pixels, window_labels, (R0, C0), core, diameter, cfg, model, n)
     ids = np.arange(n + 1, last + 1)
+    yield Event("segment", index, tiles, f"tile {index + 1} of {tiles}: {len(ids)} cells found, cutting them out",
+                {"tile": index, "cells": len(ids)})
+    if should_stop():
+        return None
     tile = {"index": index, "skipped": False, "ids": ids, "last_id": last}
     if not len(ids):
         return tile
