@@ -55,3 +55,10 @@ def test_evaluate_segmentation_against_zheng1_expert_masks(shared_data, tmp_path
         assert im.format == "PNG"
     code, _, stderr = run("evaluate-segmentation", data, "--masks", "--boxes", data, "--out", tmp_path / "x")
     assert code == 2 and "not allowed with" in stderr
+    # the single-cell path of analyze: framed, scale searched; a cell (or the centred box) always stands at the centre
+    code, stdout, _ = run("evaluate-segmentation", data, "--masks", "--single-cell", "--out", tmp_path / "single",
+                          "--device", "cpu", "--quiet")
+    report = json.loads((tmp_path / "single" / "segmentation_metrics.json").read_text())
+    assert code == 1 and report["single_cell"] and report["found"] == 1 and report["mean_iou"] > 0.3
+    code, _, stderr = run("evaluate-segmentation", data, "--boxes", data, "--single-cell", "--out", tmp_path / "x")
+    assert code == 2 and "--single-cell scores the centre cell of each image: give --masks" in stderr

@@ -95,6 +95,9 @@ def add_commands(sub) -> None:
     e.add_argument("--segmenter", metavar="PATH", help="cellpose segmenter checkpoint (default: the shipped one)")
     e.add_argument("--diameter", type=diameter_px, metavar="PX",
                    help="expected leukocyte diameter in pixels (at least 8; default: estimated from the stain)")
+    e.add_argument("--single-cell", action="store_true",
+                   help="with --masks: find each image's cell as analyze --single-cell does (the image framed, "
+                        "the scale searched when no cell lies at the centre)")
     e.add_argument("--iou", type=iou_fraction, default=MATCH_IOU, help=f"IoU for a match, in (0, 1] (default {MATCH_IOU})")
     e.add_argument("--label", default=BOX_LABEL, help=f"object name of the boxes, in any letter case (default {BOX_LABEL})")
     e.add_argument("--device", choices=DEVICE_CHOICES, default=DEVICE_CHOICES[0])
@@ -190,6 +193,8 @@ def cmd_evaluate_segmentation(args) -> int:
         raise UsageError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
     if args.masks is not None:
         return _evaluate_masks(args, images, target)
+    if args.single_cell:
+        raise UsageError("--single-cell scores the centre cell of each image: give --masks")
     if not Path(args.boxes).is_dir():
         raise UsageError(f"--boxes {args.boxes} is not a folder")
     from tqdm import tqdm
@@ -230,6 +235,10 @@ def _segmenter(args):
         except (CheckpointError, RuntimeError, ValueError) as err:
             raise UsageError(f"cannot load the segmenter: {err}") from err
     cfg = SegmentConfig(method=args.method, diameter=args.diameter)
+    if getattr(args, "single_cell", False):
+        from ..core.single_cell import find_centre_cell
+
+        return (lambda image: find_centre_cell(image, cfg, model=model, device=args.device)[0]), model
     return functools.partial(segment_leukocytes, cfg=cfg, model=model), model
 
 
@@ -253,6 +262,7 @@ def _evaluate_masks(args, images, target: Path) -> int:
     bar.close()
     report["segmenter"] = "stain-based" if model is None else Path(model.path).name
     report["diameter"] = args.diameter
+    report["single_cell"] = args.single_cell
     write_json(target, report)
     if report["per_image"]:
         plot_worst(report, {str(i): m for i, m in pairs}, segment, target.parent / "worst.png")
