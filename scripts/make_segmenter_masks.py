@@ -12,6 +12,8 @@ BCCD images whose index is a multiple of 5 are held out for evaluation and never
 zheng1's expert masks are the only ones holding the whole cytoplasm. Its crops (one leukocyte each, about
 120 px) are laid out four to an image, 2 x 2, each padded to 120 px by repeating its border, and the cell
 (nucleus and cytoplasm) is one label; crops whose number is a multiple of 5 (60 of 300) are held out.
+``--whole-cell`` grows the BCCD and DeepAPL masks out to their pale cytoplasm (``grow_to_cytoplasm``), which the
+stain masks' fixed rim leaves out.
 
     python scripts/make_segmenter_masks.py --shared ../shared/data --out .segdata --per-class 130
     python scripts/make_segmenter_masks.py --sources zheng1 --list zheng1.csv --out .segdata
@@ -30,7 +32,7 @@ from skimage.measure import regionprops
 
 from napari_leukemia.core.boxes import centre_cell, label_boxes, match_boxes, read_voc_boxes
 from napari_leukemia.core.io import ImageError, read_image
-from napari_leukemia.core.stain import estimate_diameter, stain_segment
+from napari_leukemia.core.stain import estimate_diameter, grow_to_cytoplasm, stain_segment
 
 
 def bccd_is_holdout(path) -> bool:
@@ -54,15 +56,17 @@ def main():
     ap.add_argument("--per-class", type=int, default=120)
     ap.add_argument("--sources", nargs="+", choices=("bccd", "deepapl", "zheng1"), default=["bccd", "deepapl"])
     ap.add_argument("--list", default="list.csv", help="name of the list of image and mask files written in --out")
+    ap.add_argument("--whole-cell", action="store_true",
+                    help="grow each kept BCCD and DeepAPL mask out to its pale cytoplasm (core.stain.grow_to_cytoplasm)")
     args = ap.parse_args()
     shared, out = Path(args.shared), Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     kept = Counter()
     rows = []
     if "bccd" in args.sources:
-        rows += _bccd(shared, out, kept)
+        rows += _bccd(shared, out, kept, args.whole_cell)
     if "deepapl" in args.sources:
-        rows += _deepapl(shared, out, kept, args.per_class)
+        rows += _deepapl(shared, out, kept, args.per_class, args.whole_cell)
     if "zheng1" in args.sources:
         rows += _zheng1(shared, out, kept)
     with open(out / args.list, "w", newline="") as fh:
@@ -92,7 +96,7 @@ def _zheng1(shared, out, kept):
     return rows
 
 
-def _bccd(shared, out, kept):
+def _bccd(shared, out, kept, whole_cell):
     """BCCD fields outside the held-out fifth whose stain masks match every WBC box and nothing else."""
     rows = []
     for f in sorted((shared / "bccd" / "JPEGImages").glob("*.jpg")):
@@ -104,12 +108,12 @@ def _bccd(shared, out, kept):
         kept["bccd_seen"] += 1
         if m["fp"] or m["fn"]:
             continue
-        rows.append(_save(out, f"bccd_{f.stem}", im, lab))
+        rows.append(_save(out, f"bccd_{f.stem}", im, _grown(im, lab) if whole_cell else lab))
         kept["bccd"] += 1
     return rows
 
 
-def _deepapl(shared, out, kept, per_class_max):
+def _deepapl(shared, out, kept, per_class_max, whole_cell):
     """DeepAPL ``split=train`` fields (up to ``per_class`` per cell class) whose masks are plausible, cut apart if need be."""
     rows = []
     manifest = list(csv.DictReader(open(shared / "deepapl" / "manifest.csv")))
@@ -138,7 +142,7 @@ def _deepapl(shared, out, kept, per_class_max):
                 continue
             kept["deepapl_split"] += 1
         name = "deepapl_" + r["file"].replace("/", "_").removesuffix(".jpg")
-        rows.append(_save(out, name, im, lab))
+        rows.append(_save(out, name, im, _grown(im, lab) if whole_cell else lab))
         kept["deepapl"] += 1
     print("median DeepAPL leukocyte area", median)
     return rows
@@ -165,6 +169,11 @@ def _split_masks(im, lab, median, centre_area):
         if cut.max() > lab.max() and _good(cut, median) and 0.6 <= centre_cell(cut)[1] / centre_area <= 1.7:
             return cut
     return None
+
+
+def _grown(im, lab):
+    """The masks grown to their pale cytoplasm, at the stain's diameter estimate."""
+    return grow_to_cytoplasm(im, lab, estimate_diameter(im))
 
 
 def _save(out, name, im, lab):

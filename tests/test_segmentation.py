@@ -32,6 +32,21 @@ def test_cellpose_model_finds_the_sample_leukocyte(bccd_image, bccd_boxes, segme
     assert list(np.unique(labels)) == list(range(labels.max() + 1))  # numbered without gaps
 
 
+def test_a_second_look_at_smaller_scales_does_not_let_in_stained_debris(shared_data, segmenter_path):
+    """BCCD 00111: two platelet clumps (0.11 and 0.14 of a leukocyte's area) were found at the retry's smaller
+    scale, below the floor the field's own scale keeps; its one leukocyte is still found."""
+    from napari_leukemia.core.boxes import read_voc_boxes
+    from napari_leukemia.core.io import read_image
+
+    image = read_image(shared_data / "bccd" / "JPEGImages" / "BloodImage_00111.jpg")
+    labels = segment_leukocytes(image, SegmentConfig(), model=load_segmenter(segmenter_path, "cpu"))
+    boxes = read_voc_boxes(shared_data / "bccd" / "Annotations" / "BloodImage_00111.xml")
+    m = match_boxes(label_boxes(labels), boxes)
+    assert m["tp"] == len(boxes) >= 1 and m["fp"] == 0
+    floor = SegmentConfig().min_area_fraction * np.pi / 4 * estimate_diameter(image) ** 2
+    assert np.bincount(labels.ravel())[1:].min() >= floor
+
+
 def test_no_leukocytes_gives_empty_labels(bccd_image, segmenter_path):
     # the lower-left of the sample holds only red cells
     rbc_only = np.ascontiguousarray(bccd_image[300:, :300])
@@ -337,3 +352,22 @@ def test_cellpose_kernels_are_cached_on_disk(segmenter_path):
     import numba
 
     assert not isinstance(numba.njit, functools.partial)  # numba itself is left as it was
+
+
+def test_stain_masks_grow_to_the_pale_cytoplasm_and_no_farther(deepapl_image, bccd_image):
+    """grow_to_cytoplasm (segmenter training masks): each cell keeps its stain mask, grows by some of a rim, never
+    past ``reach`` diameters, and no cell is lost or merged."""
+    from scipy import ndimage as ndi
+
+    from napari_leukemia.core.stain import grow_to_cytoplasm
+
+    for image in (deepapl_image, bccd_image):
+        d = estimate_diameter(image)
+        masks = stain_segment(image, d)
+        grown = grow_to_cytoplasm(image, masks, d)
+        assert grown.dtype == np.int32 and set(np.unique(grown)) == set(np.unique(masks))
+        assert (grown[masks > 0] == masks[masks > 0]).all()
+        assert (ndi.distance_transform_edt(masks == 0)[grown > 0] <= 0.3 * d + 1).all()
+        areas, grown_areas = np.bincount(masks.ravel())[1:], np.bincount(grown.ravel())[1:]
+        assert (grown_areas >= areas).all() and grown_areas.sum() > areas.sum() and (grown_areas < 2 * areas).all()
+    assert (grow_to_cytoplasm(deepapl_image, np.zeros(deepapl_image.shape[:2], np.int32), 100) == 0).all()
