@@ -150,7 +150,7 @@ def _mosaic(image, box):
 
 @pytest.mark.parametrize("method", ["cellpose", "stain"])
 def test_tiles_find_each_leukocyte_once_across_seams(bccd_image, bccd_boxes, segmenter_path, method):
-    from napari_leukemia.core.segment import segment_tiled
+    from napari_leukemia.core.tiling import segment_tiled
 
     mosaic, boxes = _mosaic(bccd_image, bccd_boxes[0])
     tile = 256

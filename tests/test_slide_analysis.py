@@ -15,8 +15,8 @@ from cli_run import run
 
 from napari_leukemia.core import drain
 from napari_leukemia.core.config import AnalysisConfig, SegmentConfig
-from napari_leukemia.core.segment import tile_cores, tile_window
 from napari_leukemia.core.slide_analysis import PROGRESS_JSON, iter_analyze_slide
+from napari_leukemia.core.tiling import tile_cores, tile_window
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ class Event:
     stage : str
         What is running. :func:`~.pipeline.iter_analyze_smear`: ``"load"``, ``"single_cell"``, ``"segment"``
         (payload ``tile``, ``tiles``), ``"classify"`` and ``"gradcam"`` (payload ``cells_done``, ``cells``),
-        ``"finished"``, counting its 3 or 4 steps. :func:`~.segment.iter_segment_tiled`: ``"diameter"`` per tile read for the
+        ``"finished"``, counting its 3 or 4 steps. :func:`~.tiling.iter_segment_tiled`: ``"diameter"`` per tile read for the
         diameter estimate (when it is not given), then ``"segment"`` per tile.
         :func:`~.batch.analyze_images`: ``"image"`` per image (payload ``image``, ``row``, ``skipped``).
         :func:`~.slide_analysis.iter_analyze_slide`: ``"load"``, ``"diameter"`` per tile read for the

@@ -67,7 +67,8 @@ def iter_analyze_smear(image, *, segmenter=None, classifier=None, config: Analys
     name : str
         Shown in messages and the summary.
     """
-    from .segment import iter_segment_tiled, segment_leukocytes
+    from .segment import segment_leukocytes
+    from .tiling import iter_segment_tiled
 
     t_start = time.perf_counter()
     image = as_rgb8(image, name)

@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import warnings
-from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ import numpy as np
 from .checkpoint import SEGMENTER_ARCHITECTURE, CheckpointError, check_weights, read_safetensors, segmenter_metadata
 from .config import SegmentConfig
 from .device import resolve_device
-from .events import Event
 
 SEGMENTER_FORMAT = "napari-leukemia-segmenter"
 #: Smallest leukocyte diameter (pixels) either segmenter accepts, given or estimated. Cellpose sees each field
@@ -210,6 +208,8 @@ def segment_leukocytes(
         cellpose would see a field of over :data:`MAX_CELLPOSE_PIXELS`.
     """
     if max(image.shape[:2]) > cfg.tile_size:
+        from .tiling import segment_tiled
+
         return segment_tiled(image, cfg, model=model, device=device, progress=progress)
     from skimage import color
 
@@ -224,7 +224,7 @@ def segment_leukocytes(
     check_diameter(diameter, estimated=cfg.diameter is None)
     if cfg.method == "cellpose":
         model = model or load_segmenter(None, device)
-    labels = _segment_at(image, lab, diameter, cfg, model)
+    labels = segment_at(image, lab, diameter, cfg, model)
     if cfg.diameter is None and cfg.method == "cellpose":
         labels = _find_missed(image, lab, labels, diameter, cfg, model)
     return labels
@@ -254,7 +254,7 @@ def _find_missed(image, lab, labels, diameter, cfg, model) -> np.ndarray:
         nucleus_area = np.pi / 4 * (diameter / CELL_OVER_NUCLEUS) ** 2
         if missing.sum() < nucleus_area:
             break
-        finer = _segment_at(image, lab, diameter, cfg, model)
+        finer = segment_at(image, lab, diameter, cfg, model)
         labels = _add_on_stain(labels, finer, missing, 0.5 * nucleus_area, min_area)
     return relabel_sequential(labels)[0].astype(np.int32)
 
@@ -277,125 +277,7 @@ def _add_on_stain(labels, finer, missing, min_stain: float, min_area: float) -> 
     return labels
 
 
-#: How many tiles :func:`segment_tiled` estimates the leukocyte diameter on (each estimate takes about a second).
-DIAMETER_TILES = 9
-
-
-def segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto",
-                  progress=None) -> np.ndarray:
-    """Segment a large image in tiles (:func:`iter_segment_tiled` run to its end); ``progress(done, total)`` after
-    each tile."""
-    from . import drain
-
-    on_event = None if progress is None else (lambda e: progress(e.done, e.total))
-    return drain(iter_segment_tiled(image, cfg, model=model, device=device), on_event)
-
-
-def iter_segment_tiled(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *, model=None, device: str = "auto"
-                       ) -> Generator[Event, None, np.ndarray]:
-    """Segment a large image in tiles of ``cfg.tile_size`` with bounded memory, step by step.
-
-    Each tile is segmented with a margin of ``cfg.tile_margin`` leukocyte diameters and keeps the
-    cells whose centre lies inside it, so a cell crossing a seam is found whole, once. The diameter,
-    unless given, is the median of the stain estimates of up to ``DIAMETER_TILES`` tiles spread over the image
-    (at half resolution). Yields an :class:`~.events.Event` ``"segment"`` (tiles done of total) after each tile
-    (a caller may stop between tiles) and returns the ``(H, W)`` int32 labels.
-    """
-    h, w = image.shape[:2]
-    cores = tile_cores((h, w), cfg.tile_size)
-    diameter = cfg.diameter
-    if diameter is None:
-        diameter = yield from iter_diameter_on_tiles(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], cores)
-        if diameter is None:
-            return np.zeros((h, w), np.int32)
-    check_diameter(diameter, estimated=cfg.diameter is None)
-    if cfg.method == "cellpose":
-        model = model or load_segmenter(None, device)
-    margin = tile_margin_px(cfg, diameter)
-    out = np.zeros((h, w), np.int32)
-    n = 0
-    for i, core in enumerate(cores):
-        R0, R1, C0, C1 = tile_window(core, margin, (h, w))
-        n = segment_window(image[R0:R1, C0:C1], out[R0:R1, C0:C1], (R0, C0), core, diameter, cfg, model, n)
-        yield Event("segment", i + 1, len(cores), f"tile {i + 1} of {len(cores)}")
-    return out
-
-
-def tile_cores(shape, step: int) -> list[tuple[int, int, int, int]]:
-    """The tiles of an image of ``shape``, row by row: ``(r0, r1, c0, c1)`` cores of ``step`` px (less at the edges)."""
-    h, w = shape[:2]
-    return [(r, min(r + step, h), c, min(c + step, w)) for r in range(0, h, step) for c in range(0, w, step)]
-
-
-def tile_margin_px(cfg: SegmentConfig, diameter: float) -> int:
-    """The margin (pixels) read around each tile core: ``cfg.tile_margin`` leukocyte diameters."""
-    return int(np.ceil(cfg.tile_margin * diameter))
-
-
-def tile_window(core, margin: int, shape) -> tuple[int, int, int, int]:
-    """A tile core grown by ``margin`` on each side, clipped to the image: ``(R0, R1, C0, C1)``."""
-    (r0, r1, c0, c1), (h, w) = core, shape[:2]
-    return max(r0 - margin, 0), min(r1 + margin, h), max(c0 - margin, 0), min(c1 + margin, w)
-
-
-def diameter_on_tiles(read, cores) -> float | None:
-    """The leukocyte diameter of an image too large to estimate whole (:func:`iter_diameter_on_tiles` run to its end)."""
-    from . import drain
-
-    return drain(iter_diameter_on_tiles(read, cores))
-
-
-def iter_diameter_on_tiles(read, cores) -> Generator[Event, None, float | None]:
-    """The median of the stain estimates of up to ``DIAMETER_TILES`` of ``cores`` spread over the list, each read by
-    ``read(r0, r1, c0, c1)`` at full resolution and estimated at half, step by step: an :class:`~.events.Event`
-    ``"diameter"`` after each tile (a caller may stop there). Returns ``None`` when no tile holds nuclear stain."""
-    import cv2
-
-    from .stain import estimate_diameter
-
-    estimates = []
-    chosen = cores[:: -(-len(cores) // DIAMETER_TILES)] if cores else []
-    for i, core in enumerate(chosen):
-        tile = read(*core)
-        h, w = tile.shape[:2]
-        half = cv2.resize(tile, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
-        d = estimate_diameter(half)
-        if d is not None:
-            estimates.append(2 * d)
-        yield Event("diameter", i + 1, len(chosen), f"estimating the leukocyte diameter: tile {i + 1} of {len(chosen)}")
-    return float(np.median(estimates)) if estimates else None
-
-
-def segment_window(tile: np.ndarray, out: np.ndarray, origin, core, diameter: float, cfg: SegmentConfig, model,
-                   n: int) -> int:
-    """Segment one tile read with its margin (``tile``: the pixels of :func:`tile_window`, origin ``(R0, C0)``) and
-    paste into ``out`` (the window's labels so far, (h, w) int32, changed in place) its cells whose box centre lies in
-    ``core`` (image coordinates): the seam rule, so a cell crossing a seam is found once, whole. New cells take the
-    free pixels with ids ``n + 1, n + 2, ...``; returns the last id. The step of every tiled segmentation."""
-    from skimage import color
-
-    R0, C0 = origin
-    r0, r1, c0, c1 = core
-    labels = _segment_at(tile, color.rgb2lab(tile), diameter, cfg, model)
-    return _paste_centred(out, labels, (r0 - R0, r1 - R0, c0 - C0, c1 - C0), n)
-
-
-def _paste_centred(out: np.ndarray, labels: np.ndarray, core, n: int) -> int:
-    """Copy into ``out`` the cells of ``labels`` (same frame) whose box centre lies in ``core``; returns the last id."""
-    from scipy import ndimage as ndi
-
-    r0, r1, c0, c1 = core
-    for k, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None or not (r0 <= (sl[0].start + sl[0].stop - 1) / 2 < r1 and c0 <= (sl[1].start + sl[1].stop - 1) / 2 < c1):
-            continue
-        free = (labels[sl] == k) & (out[sl] == 0)
-        if free.any():
-            n += 1
-            out[sl][free] = n
-    return n
-
-
-def _segment_at(image: np.ndarray, lab: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> np.ndarray:
+def segment_at(image: np.ndarray, lab: np.ndarray, diameter: float, cfg: SegmentConfig, model) -> np.ndarray:
     """One field (or tile) at a known leukocyte diameter, by ``cfg.method``."""
     from .stain import stain_segment
 

@@ -4,7 +4,7 @@ Research use only: not a diagnostic device.
 
 The slide is read tile by tile at full resolution (``config.segment.tile_size``, each with a margin of
 ``tile_margin`` leukocyte diameters) and segmented by the same step and seam rule as a large image in memory
-(:func:`~.segment.segment_window`). Tiles without nuclear stain, judged on a coarse pyramid level, are skipped.
+(:func:`~.tiling.segment_window`). Tiles without nuclear stain, judged on a coarse pyramid level, are skipped.
 Each tile's cells are cut by :func:`~.preprocess.crop_cells` and classified in batches of ``config.batch_size``
 across tiles. Results are streamed into the output folder (:data:`SLIDE_FILES`):
 
@@ -123,7 +123,8 @@ def analyze_slide(slide, out, **kwargs) -> dict:
 
 def _run(slide, out, segmenter, classifier, config, resume, overwrite, should_stop):
     from .pipeline import load_models, model_name, segmenter_label
-    from .segment import check_diameter, iter_diameter_on_tiles, tile_cores, tile_margin_px
+    from .segment import check_diameter
+    from .tiling import iter_diameter_on_tiles, tile_cores, tile_margin_px
 
     t_start = time.perf_counter()
     state = _prepare(out, resume, overwrite)
@@ -274,7 +275,7 @@ def _check_resumable(out: Path, state: dict, settings: dict) -> None:
 
 def _clear_unfinished(labels, cores, state: dict, margin: int) -> None:
     """Erase the cells of tiles begun but not finished by a killed run (ids above ``next_id``)."""
-    from .segment import tile_window
+    from .tiling import tile_window
 
     for i in range(state["done"], min(state["segmented"], len(cores))):
         R0, R1, C0, C1 = tile_window(cores[i], margin, labels.shape)
@@ -315,7 +316,7 @@ def _segment_tile(slide, labels, core, index, tiles, margin, level, min_stain, d
     when ``should_stop`` answered after the segmentation (nothing of the tile written)."""
     from .pipeline import cell_geometry
     from .preprocess import crop_cells, measure_red_cells
-    from .segment import segment_window, tile_window
+    from .tiling import segment_window, tile_window
 
     R0, R1, C0, C1 = window = tile_window(core, margin, slide.shape)
     if not _stained(slide, window, level, min_stain):
