@@ -8,7 +8,7 @@ a killed run leaves the summary of every image it finished; run again with ``res
 skipped. Nothing is written outside ``out``: result folders are named from the images' names made safe
 (:func:`result_folders`).
 Whole slides (:func:`~.slide.is_slide`) are analysed blockwise into their folders
-(:func:`~.slide_analysis.analyze_slide_file`), each resumable tile by tile, before the other images.
+(:func:`~.slide_analysis.analyze_slide`), each resumable tile by tile, before the other images.
 """
 
 from __future__ import annotations
@@ -204,19 +204,41 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
 
 def _iter_slides(slides, rest, *, classifier, segmenter, config, overwrite: bool, resume: bool, should_stop):
     """Analyse the whole slides of ``slides`` (``(index, path, folder)`` each) blockwise
-    (:func:`~.slide_analysis.analyze_slide_file`), then yield from ``rest``; like :func:`_iter_here`."""
-    from .slide_analysis import analyze_slide_file
-
+    (:func:`_analyze_slide_file`), then yield from ``rest``; like :func:`_iter_here`."""
     for index, path, folder in slides:
         if should_stop():
             return True
-        row, message, stopped = analyze_slide_file(path, folder, classifier=classifier, segmenter=segmenter,
-                                                   config=config, resume=resume, overwrite=overwrite,
-                                                   should_stop=should_stop)
+        row, message, stopped = _analyze_slide_file(path, folder, classifier=classifier, segmenter=segmenter,
+                                                    config=config, resume=resume, overwrite=overwrite,
+                                                    should_stop=should_stop)
         if stopped:
             return True
         yield index, row, message
     return (yield from rest)
+
+
+def _analyze_slide_file(path, folder, *, classifier, segmenter=None, config, resume: bool = False,
+                        overwrite: bool = False, should_stop=lambda: False) -> tuple[dict | None, str, bool]:
+    """One slide of a folder run (:func:`~.slide_analysis.analyze_slide`): ``(summary.csv row or None, message,
+    stopped)``.
+
+    The row is None when the run was stopped (the slide stays resumable); an error becomes the row's ``error``,
+    naming the file, and with ``overwrite`` the slide's stale results are removed.
+    """
+    from .slide_analysis import analyze_slide, remove_slide_result
+
+    t0 = time.perf_counter()
+    try:
+        summary = analyze_slide(path, folder, segmenter=segmenter, classifier=classifier, config=config,
+                                resume=resume, overwrite=overwrite, should_stop=should_stop)
+    except Exception as err:  # noqa: BLE001 -- one bad slide must not stop the others; reported in its row
+        message = str(err) if Path(path).name in str(err) or str(folder) in str(err) else f"{path}: {err}"
+        if overwrite and not isinstance(err, FileExistsError):
+            remove_slide_result(folder)
+        return summary_row(path, Path(folder).name, None, time.perf_counter() - t0, error=message), "", False
+    if summary["stopped"]:
+        return None, "", True
+    return summary_row(path, Path(folder).name, summary, summary["timings"]["total_s"]), summary["message"], False
 
 
 def _iter_here(todo, *, classifier, segmenter, config, overwrite: bool, should_stop) -> Generator[tuple, None, bool]:

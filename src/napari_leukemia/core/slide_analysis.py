@@ -432,26 +432,3 @@ def _summary(out: Path, slide, clf, state: dict, settings: dict, device, seconds
         "files": list(SLIDE_FILES),
         "note": DISCLAIMER,
     }
-
-
-def analyze_slide_file(path, folder, *, classifier, segmenter=None, config: AnalysisConfig, resume: bool = False,
-                       overwrite: bool = False, should_stop=lambda: False) -> tuple[dict | None, str, bool]:
-    """One slide of a folder run (:func:`~.batch.analyze_images`): ``(summary.csv row or None, message, stopped)``.
-
-    The row is None when the run was stopped (the slide stays resumable); an error becomes the row's ``error``,
-    naming the file, and with ``overwrite`` the slide's stale results are removed.
-    """
-    from .batch import summary_row
-
-    t0 = time.perf_counter()
-    try:
-        summary = analyze_slide(path, folder, segmenter=segmenter, classifier=classifier, config=config,
-                                resume=resume, overwrite=overwrite, should_stop=should_stop)
-    except Exception as err:  # noqa: BLE001 -- one bad slide must not stop the others; reported in its row
-        message = str(err) if Path(path).name in str(err) or str(folder) in str(err) else f"{path}: {err}"
-        if overwrite and not isinstance(err, FileExistsError):
-            remove_slide_result(folder)
-        return summary_row(path, Path(folder).name, None, time.perf_counter() - t0, error=message), "", False
-    if summary["stopped"]:
-        return None, "", True
-    return summary_row(path, Path(folder).name, summary, summary["timings"]["total_s"]), summary["message"], False
