@@ -32,6 +32,7 @@ from skimage.measure import regionprops
 
 from napari_leukemia.core.boxes import centre_cell, label_boxes, match_boxes, read_voc_boxes
 from napari_leukemia.core.io import ImageError, read_image
+from napari_leukemia.core.mask_eval import read_mask
 from napari_leukemia.core.stain import estimate_diameter, grow_to_cytoplasm, stain_segment
 
 
@@ -85,7 +86,7 @@ def _zheng1(shared, out, kept):
         tiles, labels = [], []
         for k, f in enumerate(files[start:start + 4]):
             im = read_image(f)
-            cell = np.asarray(Image.open(f.with_name(f"{f.stem}_mask.png"))) > 0
+            cell = read_mask(f.with_name(f"{f.stem}_mask.png")) > 0
             pad = [(0, ZHENG1_TILE - n) for n in cell.shape]
             tiles.append(cv2.copyMakeBorder(im, 0, pad[0][1], 0, pad[1][1], cv2.BORDER_REPLICATE))
             labels.append(np.pad(cell, pad).astype(np.uint16) * (k + 1))

@@ -235,7 +235,7 @@ def _segmenter(args):
         except (CheckpointError, RuntimeError, ValueError) as err:
             raise UsageError(f"cannot load the segmenter: {err}") from err
     cfg = SegmentConfig(method=args.method, diameter=args.diameter)
-    if getattr(args, "single_cell", False):
+    if args.single_cell:
         from ..core.single_cell import find_centre_cell
 
         return (lambda image: find_centre_cell(image, cfg, model=model, device=args.device)[0]), model
