@@ -105,3 +105,18 @@ def test_in_memory_models_are_refused_with_a_reason(tmp_path, images, client, cl
     with pytest.raises(ValueError, match="not loaded from a file"):
         drain(analyze_images(images[:1], tmp_path / "out", classifier=in_memory,
                              config=AnalysisConfig(device="cpu", gradcam=False), client=client))
+
+
+def test_the_model_files_are_checked_before_a_cluster_starts(tmp_path, images, classifier_path):
+    """On a cluster the workers load the models; the main process checks their files (metadata and weights) first,
+    so that a damaged one is refused at once, by name, and not in every image's row."""
+    truncated = tmp_path / "classifier.safetensors"
+    truncated.write_bytes(Path(classifier_path).read_bytes()[: 100_000])
+    code, _, err = run("analyze", images[0], "--out", tmp_path / "out", "--classifier", truncated, "--workers", "1",
+                       "--quiet")
+    assert code == 2 and "cannot load the classifier" in err and str(truncated) in err
+    assert not (tmp_path / "out" / "summary.csv").exists()
+    from napari_leukemia.core.cluster import checked_model_file
+
+    assert checked_model_file(None, "classifier").endswith(".safetensors")
+    assert checked_model_file(classifier_path, "classifier") == str(Path(classifier_path).resolve())

@@ -262,3 +262,31 @@ def test_napari_analyses_a_slide_layer_tile_by_tile_into_multiscale_layers_that_
     assert heat[~inside].max() == 0 and f"{heat[inside].mean():.3f}" in review._info.value
     saved = review.save()
     assert saved == folder / SLIDE_REVIEW_CSV and pd.read_csv(saved).set_index("label").loc[label, "annotation"] == "exclude"
+
+
+def test_a_slide_on_a_cluster_stops_when_asked_and_resumes_to_the_same_result(tmp_path, full_run, mosaic, classifier_path,
+                                                                             segmenter_path):
+    """A folder run on a cluster analyses each slide on a worker (the models loaded there, from their files); a stop
+    reaches the worker between steps, and the resumed run equals one uninterrupted run in one process."""
+    from napari_leukemia.core.batch import analyze_images
+    from napari_leukemia.core.cluster import close_client, start_client
+
+    out, folder = tmp_path / "out", tmp_path / "out" / "mosaic.ome"
+
+    def two_tiles_done():
+        return (folder / PROGRESS_JSON).is_file() and json.loads((folder / PROGRESS_JSON).read_text())["done"] >= 2
+
+    client = start_client(workers=1)
+    try:
+        files = {"classifier": classifier_path, "segmenter": segmenter_path}
+        stopped = drain(analyze_images([mosaic[0]], out, config=CONFIG, client=client, should_stop=two_tiles_done,
+                                       **files))
+        assert stopped["stopped"] and stopped["rows"] == []
+        done = json.loads((folder / PROGRESS_JSON).read_text())["done"]
+        assert 2 <= done < len(tile_cores((2000, 2000), 512)) and not (folder / "summary.json").exists()
+        resumed = drain(analyze_images([mosaic[0]], out, config=CONFIG, client=client, resume=True, **files))
+    finally:
+        close_client(client)
+    assert [r["status"] for r in resumed["rows"]] == ["ok"]
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "cells.csv"), pd.read_csv(full_run[0] / "cells.csv"))
+    assert (read_labels(folder) == read_labels(full_run[0])).all()

@@ -136,13 +136,14 @@ def cmd_analyze(args) -> int:
                                 single_cell=args.single_cell)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    classifier, segmenter = _load_models(args)
+    on_cluster = args.workers is not None or args.scheduler is not None
+    classifier, segmenter = _load_models(args, files_only=on_cluster)  # a cluster's workers load them
 
     from tqdm import tqdm
 
     from ..core.batch import analyze_images
 
-    client = _start_client(args)
+    client = _start_client(args) if on_cluster else None
     bar = tqdm(total=len(images), desc="analyze", unit="image", file=sys.stderr, disable=args.quiet)
     rows, notes, stopped = [], [], False
     try:
@@ -296,9 +297,7 @@ def iou_fraction(text: str) -> float:
 
 
 def _start_client(args):
-    """A dask.distributed client for ``--workers`` / ``--scheduler``, or None (one process); exit 2 if unreachable."""
-    if args.workers is None and args.scheduler is None:
-        return None
+    """A dask.distributed client for ``--workers`` / ``--scheduler``; exit 2 if unreachable."""
     from ..core.cluster import start_client
 
     try:
@@ -308,9 +307,11 @@ def _start_client(args):
                          else f"cannot start {args.workers} local dask workers: {err}") from err
 
 
-def _load_models(args):
-    """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2."""
+def _load_models(args, files_only: bool = False):
+    """Load the classifier (and the cellpose segmenter when used) once, failing with exit 2; with ``files_only``,
+    check their files and return their paths (:func:`~..core.cluster.checked_model_file`)."""
     from ..core.checkpoint import CheckpointError
+    from ..core.cluster import checked_model_file
     from ..core.model import DEFAULT_CLASSIFIER, load_classifier
     from ..core.segment import DEFAULT_SEGMENTER, load_segmenter
 
@@ -318,7 +319,7 @@ def _load_models(args):
 
     def load(kind, loader, path, default):
         try:
-            return loader(path, args.device)
+            return checked_model_file(path, kind) if files_only else loader(path, args.device)
         except CheckpointError as err:
             hint = ""
             if path is None and not Path(default).is_file():

@@ -8,7 +8,8 @@ a killed run leaves the summary of every image it finished; run again with ``res
 skipped. Nothing is written outside ``out``: result folders are named from the images' names made safe
 (:func:`result_folders`).
 Whole slides (:func:`~.slide.is_slide`) are analysed blockwise into their folders
-(:func:`~.slide_analysis.analyze_slide`), each resumable tile by tile, before the other images.
+(:func:`~.slide_analysis.analyze_slide`), each resumable tile by tile, before the other images (on a cluster, each
+on a worker of its own, beside the other images).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     out : path
         The output folder; nothing is written outside it.
     classifier, segmenter, config
-        As for :func:`~.pipeline.analyze_smear` (loaded models, an :class:`~.config.AnalysisConfig`).
+        As for :func:`~.pipeline.analyze_smear` (an :class:`~.config.AnalysisConfig`); the models loaded, or their
+        files (loaded here when there is no ``client``; on a cluster only its workers load them).
     overwrite : bool
         Replace earlier results (an image that fails now loses its earlier results, which would be stale).
     resume : bool
@@ -174,20 +176,20 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     rows = {i: before for i, before in enumerate(done_before) if before is not None}
     for n, i in enumerate(sorted(rows)):
         yield Event("image", n + 1, len(images), payload={"image": str(images[i]), "row": rows[i], "skipped": True})
-    from .slide import is_slide
-
-    slides = [t for t in todo if is_slide(t[1])]  # whole slides: blockwise, here, each resumable on its own
-    todo = [t for t in todo if t not in slides]
     if client is None:
-        rest = _iter_here(todo, classifier=classifier, segmenter=segmenter, config=config,
-                          overwrite=overwrite or resume, should_stop=should_stop)
+        from .slide import is_slide
+
+        classifier, segmenter = _loaded(classifier, segmenter, config.device)
+        slides = [t for t in todo if is_slide(t[1])]  # whole slides: blockwise, here, each resumable on its own
+        rest = _iter_here([t for t in todo if t not in slides], classifier=classifier, segmenter=segmenter,
+                          config=config, overwrite=overwrite or resume, should_stop=should_stop)
+        results = _iter_slides(slides, rest, classifier=classifier, segmenter=segmenter, config=config,
+                               overwrite=overwrite, resume=resume, should_stop=should_stop)
     else:
         from .cluster import iter_on_cluster
 
-        rest = iter_on_cluster(client, todo, classifier=classifier, segmenter=segmenter, config=config,
-                               overwrite=overwrite or resume, should_stop=should_stop)
-    results = _iter_slides(slides, rest, classifier=classifier, segmenter=segmenter, config=config,
-                           overwrite=overwrite, resume=resume, should_stop=should_stop)
+        results = iter_on_cluster(client, todo, classifier=classifier, segmenter=segmenter, config=config,
+                                  overwrite=overwrite, resume=resume, should_stop=should_stop)
     while True:
         try:
             i, row, message = next(results)
@@ -202,13 +204,26 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     return {"rows": rows, "stopped": stopped}
 
 
+def _loaded(classifier, segmenter, device):
+    """The models, loaded from their files where they are paths."""
+    if isinstance(classifier, (str, Path)):
+        from .model import load_classifier
+
+        classifier = load_classifier(classifier, device)
+    if isinstance(segmenter, (str, Path)):
+        from .segment import load_segmenter
+
+        segmenter = load_segmenter(segmenter, device)
+    return classifier, segmenter
+
+
 def _iter_slides(slides, rest, *, classifier, segmenter, config, overwrite: bool, resume: bool, should_stop):
     """Analyse the whole slides of ``slides`` (``(index, path, folder)`` each) blockwise
-    (:func:`_analyze_slide_file`), then yield from ``rest``; like :func:`_iter_here`."""
+    (:func:`analyze_slide_file`), then yield from ``rest``; like :func:`_iter_here`."""
     for index, path, folder in slides:
         if should_stop():
             return True
-        row, message, stopped = _analyze_slide_file(path, folder, classifier=classifier, segmenter=segmenter,
+        row, message, stopped = analyze_slide_file(path, folder, classifier=classifier, segmenter=segmenter,
                                                     config=config, resume=resume, overwrite=overwrite,
                                                     should_stop=should_stop)
         if stopped:
@@ -217,8 +232,8 @@ def _iter_slides(slides, rest, *, classifier, segmenter, config, overwrite: bool
     return (yield from rest)
 
 
-def _analyze_slide_file(path, folder, *, classifier, segmenter=None, config, resume: bool = False,
-                        overwrite: bool = False, should_stop=lambda: False) -> tuple[dict | None, str, bool]:
+def analyze_slide_file(path, folder, *, classifier, segmenter=None, config, resume: bool = False,
+                       overwrite: bool = False, should_stop=lambda: False) -> tuple[dict | None, str, bool]:
     """One slide of a folder run (:func:`~.slide_analysis.analyze_slide`): ``(summary.csv row or None, message,
     stopped)``.
 

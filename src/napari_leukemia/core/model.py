@@ -312,6 +312,12 @@ def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
         save_file(state, str(tmp), metadata=classifier.info.to_metadata())
 
 
+def classifier_file(path=None) -> Path:
+    """The checkpoint file ``path`` names: a file, a shipped classifier's name (:data:`SHIPPED_CLASSIFIERS`), or
+    None for the default."""
+    return SHIPPED_CLASSIFIERS.get(str(path), Path(path)) if path else DEFAULT_CLASSIFIER
+
+
 def load_classifier(path=None, device: str = "auto") -> Classifier:
     """Load a classifier checkpoint (safetensors only: no code is unpickled).
 
@@ -330,7 +336,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     """
     from .device import resolve_device
 
-    path = SHIPPED_CLASSIFIERS.get(str(path), Path(path)) if path else DEFAULT_CLASSIFIER
+    path = classifier_file(path)
     meta, state = read_safetensors(path, CLASSIFIER_FORMAT)
     info = ClassifierInfo.from_metadata(meta, path)
     check_weights(state, path)
