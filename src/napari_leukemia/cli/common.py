@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.datasets import IMAGE_SUFFIXES
+from ..core.datasets import IMAGE_SUFFIXES, image_files
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -135,7 +135,7 @@ def expand_images(items) -> list[Path]:
     paths, empty = [], []
     for item in items:
         p = Path(item)
-        found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        found = image_files(p) if p.is_dir() else [p]
         if not found:
             empty.append(p)
             found = [p]

@@ -127,7 +127,7 @@ def analyze_images(images, out, *, classifier, segmenter=None, config=None, over
     resume : bool
         Keep the images that ``summary.csv`` lists as done and whose results are complete; analyse the rest.
     should_stop : callable
-        Polled between images (every second on a cluster).
+        Polled between images (every half second on a cluster).
     client : distributed.Client, optional
         Analyse on this cluster's workers (:mod:`~.cluster`; models are loaded there from their files), several
         images at once; the results are the same as here.

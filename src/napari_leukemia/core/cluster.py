@@ -157,7 +157,7 @@ def iter_on_cluster(client, todo, *, classifier, segmenter, config, overwrite: b
     ``classifier`` and ``segmenter`` are loaded models or their files. Whole slides (:func:`~.slide.is_slide`) go one
     to a task, the other images in chunks (:func:`chunk_size`); ``resume`` and ``overwrite`` as for
     :func:`~.batch.analyze_images`. Yields ``(index, row, message)`` per image as its task finishes (in any order);
-    returns True when stopped by ``should_stop`` (polled every second): the tasks not started are cancelled, and the
+    returns True when stopped by ``should_stop`` (polled every half second): the tasks not started are cancelled, and the
     slides being analysed stop after their current step.
     """
     from distributed import Event, wait
@@ -188,7 +188,7 @@ def iter_on_cluster(client, todo, *, classifier, segmenter, config, overwrite: b
                 wait([f for f in remaining if len(futures[f]) == 1 and futures[f][0] in slides], timeout=SLIDE_STOP_S)
                 return True
             try:
-                finished, remaining = wait(remaining, timeout=1, return_when="FIRST_COMPLETED")
+                finished, remaining = wait(remaining, timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 continue
             for future in sorted(finished, key=lambda f: futures[f][0][0]):

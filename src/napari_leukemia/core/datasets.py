@@ -43,6 +43,11 @@ DEEPAPL_RED_CELL_PX = 70.0
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
+def image_files(folder) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`) directly in ``folder``, sorted."""
+    return sorted(f for f in Path(folder).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One image of a dataset: its file, class, group (patient or slide), given split (or ""), whether it is a
