@@ -2,9 +2,11 @@
 
     OMP_NUM_THREADS=1 python scripts/benchmark_slide.py --sizes 10000 --out docs/figures/benchmark_slide.json
     python scripts/benchmark_slide.py --sizes 10000 20000 40000 --work /scratch/slides
+    python scripts/benchmark_slide.py --sizes 20000 40000 --smear-mp 100 --out docs/figures/benchmark_slide_smear.json
 
 For each size, builds a pyramidal OME-TIFF mosaic of real BCCD fields (scripts/make_slide.py; ``--blank`` of the
-grid left as empty glass, as on a real smear), then analyses it blockwise (``core.slide_analysis``, the shipped
+grid left as empty glass, as on a real smear; with ``--smear-mp``, the smear covers only that many megapixels
+at the left of the slide and the rest is glass, as around the smear of a scanned slide), then analyses it blockwise (``core.slide_analysis``, the shipped
 segmenter and classifier, default tile size) in a child process, one per slide, so that each peak resident memory
 (``os.wait4``'s rusage of that child: imports, models and the analysis together) is the slide's own. Reported per
 slide: megapixels, tiles (and background tiles skipped), leukocytes, seconds (the analysis; the child's wall time
@@ -54,6 +56,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 40_000], help="slide sides in pixels")
     ap.add_argument("--blank", type=float, default=0.5, help="fraction of the mosaic left as empty glass")
+    ap.add_argument("--smear-mp", type=float, default=None,
+                    help="megapixels of the slide holding the smear (the rest empty glass; default: all of it)")
     ap.add_argument("--tile", type=int, default=2048, help="analysis tile size (the default setting)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
@@ -69,12 +73,13 @@ def main(argv=None):
     work = args.work or Path(tempfile.mkdtemp(prefix="benchmark_slide_"))
     rows = []
     for side in args.sizes:
-        slide = work / f"slide_{side}.ome.tif"
+        smear = 1.0 if args.smear_mp is None else min(1.0, args.smear_mp * 1e6 / side**2)
+        slide = work / (f"slide_{side}.ome.tif" if smear == 1.0 else f"slide_{side}_smear{smear:.4f}.ome.tif")
         if not slide.exists():
             t0 = time.perf_counter()
-            make_slide(slide, side, data=args.data, blank=args.blank, seed=side)
+            make_slide(slide, side, data=args.data, blank=args.blank, smear=smear, seed=side)
             print(f"built {slide} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        row = {"side": side, "megapixels": side * side / 1e6, **measure(slide, work / f"result_{side}", args.tile,
+        row = {"side": side, "megapixels": side * side / 1e6, "smear": smear, **measure(slide, work / f"result_{side}", args.tile,
                                                                           args.device)}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -90,7 +90,7 @@ def level_tiles(grid, pool, blank, cell, level: int, shape, tile: int):
 
 
 def make_slide(out: Path, side: int, *, data: Path, source: str = "bccd", fields: int = 96, blank: float = 0.0,
-               tile: int = 512, compression: str = "jpeg", pixel_size: float | None = None, seed: int = 0,
+               smear: float = 1.0, tile: int = 512, compression: str = "jpeg", pixel_size: float | None = None, seed: int = 0,
                workers: int = 1) -> dict:
     """Write the mosaic slide to ``out`` (and its layout to ``out + '.json'``); return the layout.
 
@@ -107,6 +107,9 @@ def make_slide(out: Path, side: int, *, data: Path, source: str = "bccd", fields
         Size of the pool of distinct fields.
     blank : float
         Probability that a cell is empty glass.
+    smear : float
+        Fraction of the grid's columns (from the left) that hold the smear; the rest is empty glass, as beside the
+        smear of a scanned slide.
     tile : int
         TIFF tile size (a multiple of 16).
     compression : {"jpeg", "zlib", "none"}
@@ -127,6 +130,7 @@ def make_slide(out: Path, side: int, *, data: Path, source: str = "bccd", fields
     rows, cols = -(-side // cell[0]), -(-side // cell[1])
     grid = rng.integers(0, len(pool), (rows, cols)).astype(np.int32)
     grid[rng.random((rows, cols)) < blank] = -1
+    grid[:, max(1, round(smear * cols)) :] = -1
     glass = background(pool)
 
     options = {"tile": (tile, tile), "photometric": "rgb", "dtype": np.uint8, "maxworkers": workers,
@@ -152,7 +156,7 @@ def make_slide(out: Path, side: int, *, data: Path, source: str = "bccd", fields
                 tif.write(tiles, shape=(*shape, 3), subfiletype=1, metadata=None, **scaled, **options)
     partial.replace(out)
     layout = {"source": source, "side": side, "cell": list(cell), "levels": levels, "tile": tile,
-              "compression": compression, "pixel_size_um": pixel_size, "seed": seed, "blank": blank,
+              "compression": compression, "pixel_size_um": pixel_size, "seed": seed, "blank": blank, "smear": smear,
               "background": glass.tolist(), "fields": [str(files[i].relative_to(data)) for i in chosen],
               "grid": grid.tolist()}
     Path(f"{out}.json").write_text(json.dumps(layout))
@@ -167,6 +171,8 @@ def main(argv=None):
     ap.add_argument("--source", choices=sorted(CELL), default="bccd")
     ap.add_argument("--fields", type=int, default=96, help="distinct fields in the pool (memory: ~1 MB each)")
     ap.add_argument("--blank", type=float, default=0.0, help="fraction of cells left as empty glass")
+    ap.add_argument("--smear", type=float, default=1.0,
+                    help="fraction of the columns holding the smear (the rest is empty glass)")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--compression", choices=("jpeg", "zlib", "none"), default="jpeg")
     ap.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel, written in the metadata")
@@ -175,7 +181,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     start = time.perf_counter()
     layout = make_slide(args.out, args.side, data=args.data, source=args.source, fields=args.fields, blank=args.blank,
-                        tile=args.tile, compression=args.compression, pixel_size=args.pixel_size, seed=args.seed,
+                        smear=args.smear, tile=args.tile, compression=args.compression, pixel_size=args.pixel_size, seed=args.seed,
                         workers=args.workers)
     size = args.out.stat().st_size / 2**20
     print(f"{args.out}: {args.side} x {args.side}, {layout['levels']} levels, {size:.1f} MiB, "
