@@ -23,6 +23,12 @@ def test_score_cell_counts_iou_and_the_nucleus_and_cytoplasm_kept():
     assert r["iou"] == pytest.approx(16 / 36) and r["kept"] == pytest.approx(16 / 36) and r["spill"] == 0
     assert r["nucleus_kept"] == 1 and r["cytoplasm_kept"] == pytest.approx(12 / 32)
     assert "nucleus_kept" not in score_cell(predicted, (mask > 0).astype(np.uint8))  # one level: no parts
+    # the predicted cell cut by the image's nuclear stain: here a stain one pixel wider than the expert's nucleus
+    stain = np.zeros((10, 10), bool)
+    stain[3:6, 4:6] = True
+    r = score_cell(predicted, mask, stain)
+    assert r["nucleus_iou"] == pytest.approx(4 / 6) and r["cytoplasm_iou"] == pytest.approx(10 / 32)
+    assert score_cell(mask > 0, mask, mask == 255)["cytoplasm_iou"] == 1
 
 
 def test_masks_are_found_beside_or_in_a_folder_and_a_missing_one_is_named(tmp_path):
@@ -50,7 +56,8 @@ def test_evaluate_segmentation_against_zheng1_expert_masks(shared_data, tmp_path
     report = json.loads((tmp_path / "out" / "segmentation_metrics.json").read_text())
     assert report["images"] == 4 and len(report["per_image"]) == 4 and len(report["errors"]) == 1
     assert 0.3 < report["mean_iou"] <= 1 and report["mean_nucleus_kept"] > report["mean_cytoplasm_kept"]
-    assert "4 cells: centre cell found in" in stdout and "cytoplasm kept" in stdout
+    assert "4 cells: centre cell found in" in stdout and "cytoplasm kept" in stdout and "cytoplasm IoU" in stdout
+    assert 0 < report["mean_nucleus_iou"] <= 1 and 0 <= report["mean_cytoplasm_iou"] <= 1
     with Image.open(tmp_path / "out" / "worst.png") as im:
         assert im.format == "PNG"
     code, _, stderr = run("evaluate-segmentation", data, "--masks", "--boxes", data, "--out", tmp_path / "x")

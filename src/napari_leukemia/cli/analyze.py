@@ -271,6 +271,8 @@ def _evaluate_masks(args, images, target: Path) -> int:
         print(f"error: {err}", file=sys.stderr)
     parts = "".join(f", {name} kept {report[f'mean_{name}_kept']:.3f}" for name in ("nucleus", "cytoplasm")
                     if f"mean_{name}_kept" in report)
+    parts += "".join(f", {name} IoU {report[f'mean_{name}_iou']:.3f}" for name in ("nucleus", "cytoplasm")
+                     if f"mean_{name}_iou" in report)
     print(f"{report['images']} cells: centre cell found in {100 * report['found']:.0f}%, mean IoU "
           f"{report.get('mean_iou', 0):.3f} (median {report.get('median_iou', 0):.3f}){parts}; {target}")
     return EXIT_FAILED if report["errors"] else EXIT_OK

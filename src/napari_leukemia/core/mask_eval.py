@@ -5,7 +5,8 @@ Research use only: not a diagnostic device.
 Each image holds one cell at its centre and has a mask beside it (``NNN.png`` and ``NNN_mask.png`` in one folder, or
 the same name in a mask folder). Any non-zero mask value is the cell; where the mask tells nucleus from cytoplasm
 (zheng1: 255 nucleus, 128 cytoplasm) the share of each kept by the prediction is reported apart, so a mask that stops
-short of pale cytoplasm shows as a low cytoplasm share.
+short of pale cytoplasm shows as a low cytoplasm share; and the IoU of each, the predicted cell cut into nucleus and
+cytoplasm by the image's nuclear stain.
 """
 
 from __future__ import annotations
@@ -71,14 +72,22 @@ def read_mask(path) -> np.ndarray:
     return mask
 
 
-def score_cell(predicted: np.ndarray, mask: np.ndarray) -> dict:
+def score_cell(predicted: np.ndarray, mask: np.ndarray, nucleus: np.ndarray | None = None) -> dict:
     """Compare a predicted cell (bool) with an expert mask (0 outside; 255 nucleus and 128 cytoplasm where given).
+
+    Parameters
+    ----------
+    predicted, mask : array
+    nucleus : array of bool, optional
+        The image's nuclear stain (:func:`~.stain.nucleus_mask`): the predicted cell's nucleus is the stain inside
+        it, its cytoplasm the rest.
 
     Returns
     -------
     dict
         ``iou`` of the whole cell, ``kept`` (share of the expert cell inside the prediction), ``spill`` (share
-        of the prediction outside it) and, when the mask has two levels, ``nucleus_kept`` and ``cytoplasm_kept``.
+        of the prediction outside it) and, when the mask has two levels, ``nucleus_kept`` and ``cytoplasm_kept``,
+        and with ``nucleus`` also ``nucleus_iou`` and ``cytoplasm_iou``.
     """
     cell = mask > 0
     inter, union = np.logical_and(predicted, cell).sum(), np.logical_or(predicted, cell).sum()
@@ -86,8 +95,14 @@ def score_cell(predicted: np.ndarray, mask: np.ndarray) -> dict:
            "spill": float(np.logical_and(predicted, ~cell).sum() / predicted.sum()) if predicted.any() else 0.0}
     levels = np.unique(mask[cell])
     if len(levels) == 2:
-        for name, part in (("nucleus", mask == levels[1]), ("cytoplasm", mask == levels[0])):
+        parts = {"nucleus": mask == levels[1], "cytoplasm": mask == levels[0]}
+        for name, part in parts.items():
             out[f"{name}_kept"] = float(np.logical_and(predicted, part).sum() / part.sum())
+        if nucleus is not None:
+            found = {"nucleus": predicted & nucleus, "cytoplasm": predicted & ~nucleus}
+            for name, part in parts.items():
+                union = np.logical_or(found[name], part).sum()
+                out[f"{name}_iou"] = float(np.logical_and(found[name], part).sum() / union) if union else 0.0
     return out
 
 
@@ -110,6 +125,7 @@ def score_masks(pairs: list[tuple[Path, Path]], segment: Callable[[np.ndarray], 
         (files that could not be read or segmented, named; they are left out of the figures).
     """
     from .preprocess import centre_cell
+    from .stain import nucleus_mask
 
     rows, errors = [], []
     for i, (image_path, mask_path) in enumerate(pairs):
@@ -124,11 +140,12 @@ def score_masks(pairs: list[tuple[Path, Path]], segment: Callable[[np.ndarray], 
         else:
             cell = centre_cell(labels, max_distance=0.1 * min(labels.shape))
             predicted = labels == cell if cell else np.zeros(labels.shape, bool)
-            rows.append({"image": str(image_path), "found": bool(cell), **score_cell(predicted, mask)})
+            rows.append({"image": str(image_path), "found": bool(cell),
+                         **score_cell(predicted, mask, nucleus_mask(image))})
         if progress:
             progress(i + 1, len(pairs))
     report: dict = {"images": len(rows), "found": float(np.mean([r["found"] for r in rows])) if rows else 0.0}
-    for key in ("iou", "kept", "spill", "nucleus_kept", "cytoplasm_kept"):
+    for key in ("iou", "kept", "spill", "nucleus_kept", "cytoplasm_kept", "nucleus_iou", "cytoplasm_iou"):
         values = [r[key] for r in rows if key in r]
         if values:
             report[f"mean_{key}"], report[f"median_{key}"] = float(np.mean(values)), float(np.median(values))
@@ -145,6 +162,7 @@ def plot_worst(report: dict, pairs: dict, segment: Callable[[np.ndarray], np.nda
 
     from .evaluate import _save
     from .preprocess import centre_cell
+    from .stain import nucleus_mask
 
     worst = sorted(report["per_image"], key=lambda r: r["iou"])[:n]
     cols = min(len(worst), 6) or 1
