@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -264,10 +266,11 @@ def test_napari_analyses_a_slide_layer_tile_by_tile_into_multiscale_layers_that_
     assert saved == folder / SLIDE_REVIEW_CSV and pd.read_csv(saved).set_index("label").loc[label, "annotation"] == "exclude"
 
 
-def test_a_slide_on_a_cluster_stops_when_asked_and_resumes_to_the_same_result(tmp_path, full_run, mosaic, classifier_path,
+def test_a_slide_on_a_cluster_stops_when_asked_survives_a_killed_worker_and_equals_one_process(tmp_path, full_run, mosaic, classifier_path,
                                                                              segmenter_path):
     """A folder run on a cluster analyses each slide on a worker (the models loaded there, from their files); a stop
-    reaches the worker between steps, and the resumed run equals one uninterrupted run in one process."""
+    reaches the worker between steps, a killed worker's slide is resumed by the task's rerun, and both results equal
+    one uninterrupted run in one process."""
     from napari_leukemia.core.batch import analyze_images
     from napari_leukemia.core.cluster import close_client, start_client
 
@@ -285,8 +288,24 @@ def test_a_slide_on_a_cluster_stops_when_asked_and_resumes_to_the_same_result(tm
         done = json.loads((folder / PROGRESS_JSON).read_text())["done"]
         assert 2 <= done < len(tile_cores((2000, 2000), 512)) and not (folder / "summary.json").exists()
         resumed = drain(analyze_images([mosaic[0]], out, config=CONFIG, client=client, resume=True, **files))
+        assert [r["status"] for r in resumed["rows"]] == ["ok"]
+        pd.testing.assert_frame_equal(pd.read_csv(folder / "cells.csv"), pd.read_csv(full_run[0] / "cells.csv"))
+        assert (read_labels(folder) == read_labels(full_run[0])).all()
+        # a worker killed in the middle of a slide: the scheduler runs the task again, which resumes the slide
+        killed, again = [], tmp_path / "again"
+
+        def kill_after_two_tiles():
+            progress = again / "mosaic.ome" / PROGRESS_JSON
+            if not killed and progress.is_file() and json.loads(progress.read_text())["done"] >= 2:
+                for pid in client.run(os.getpid).values():
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(json.loads(progress.read_text())["done"])
+            return False
+
+        rerun = drain(analyze_images([mosaic[0]], again, config=CONFIG, client=client,
+                                     should_stop=kill_after_two_tiles, **files))
     finally:
         close_client(client)
-    assert [r["status"] for r in resumed["rows"]] == ["ok"]
-    pd.testing.assert_frame_equal(pd.read_csv(folder / "cells.csv"), pd.read_csv(full_run[0] / "cells.csv"))
-    assert (read_labels(folder) == read_labels(full_run[0])).all()
+    assert killed and [r["status"] for r in rerun["rows"]] == ["ok"], rerun["rows"]
+    pd.testing.assert_frame_equal(pd.read_csv(again / "mosaic.ome" / "cells.csv"), pd.read_csv(full_run[0] / "cells.csv"))
+    assert (read_labels(again / "mosaic.ome") == read_labels(full_run[0])).all()

@@ -129,11 +129,19 @@ def analyze_chunk(paths, folders, *, classifier_path, segmenter_path, config, ov
 def analyze_slide_task(path, folder, *, classifier_path, segmenter_path, config, resume: bool, overwrite: bool,
                        stop: str) -> list[tuple]:
     """Analyse one whole slide on a worker (:func:`~.batch.analyze_slide_file`): ``[(row, message)]``, the row None
-    when the :class:`distributed.Event` named ``stop`` was set (the slide stays resumable)."""
+    when the :class:`distributed.Event` named ``stop`` was set (the slide stays resumable).
+
+    A task run again after its worker died resumes what its first run wrote (an event per slide records that it
+    began), so a killed worker costs only the tile it was on.
+    """
     from distributed import Event
 
     from .batch import analyze_slide_file
 
+    began = Event(f"{stop}-began-{folder}")
+    if began.is_set():  # run again: the results there are this run's own
+        resume, overwrite = True, False
+    began.set()
     classifier, segmenter = _worker_models(classifier_path, segmenter_path, config.device)
     stop_event = Event(stop)
     row, message, stopped = analyze_slide_file(path, folder, classifier=classifier, segmenter=segmenter,
