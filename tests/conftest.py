@@ -125,3 +125,23 @@ def mosaic_smear():
     from napari_leukemia.samples import mosaic_sample
 
     return mosaic_sample()
+
+
+@pytest.fixture(scope="session")
+def field_folder(tmp_path_factory, shared_data) -> Path:
+    """A folder of real fields for folder runs: the two bundled samples, four DeepAPL fields (``split=test``) and a
+    file that is not an image (``broken.jpg``)."""
+    import csv
+    import shutil
+
+    from napari_leukemia.samples import sample_path
+
+    folder = tmp_path_factory.mktemp("fields")
+    for name in ("bccd", "deepapl"):
+        shutil.copy(sample_path(name), folder / Path(sample_path(name)).name)
+    with open(shared_data / "deepapl" / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"][::300][:4]
+    for r in rows:
+        shutil.copy(shared_data / "deepapl" / r["file"], folder / Path(r["file"]).name)
+    (folder / "broken.jpg").write_bytes(b"not a JPEG at all")
+    return folder

@@ -28,19 +28,9 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory, shared_data) -> list[Path]:
+def images(field_folder) -> list[Path]:
     """Real fields: the two bundled samples, four DeepAPL fields, and a file that is not an image."""
-    from napari_leukemia.samples import sample_path
-
-    folder = tmp_path_factory.mktemp("fields")
-    for name in ("bccd", "deepapl"):
-        shutil.copy(sample_path(name), folder / Path(sample_path(name)).name)
-    with open(shared_data / "deepapl" / "manifest.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"][::300][:4]
-    for r in rows:
-        shutil.copy(shared_data / "deepapl" / r["file"], folder / Path(r["file"]).name)
-    (folder / "broken.jpg").write_bytes(b"not a JPEG at all")
-    return sorted(folder.iterdir())
+    return sorted(field_folder.iterdir())
 
 
 def summary(out: Path) -> list[dict]:

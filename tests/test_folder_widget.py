@@ -4,7 +4,6 @@ the cluster finishes them, a Cancel that acts within seconds, and a resume that 
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 from pathlib import Path
 
@@ -13,34 +12,17 @@ import pytest
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 
-@pytest.fixture
-def fields(tmp_path, shared_data) -> Path:
-    """The two bundled samples, four DeepAPL fields and a file that is not an image."""
-    from napari_leukemia.samples import sample_path
-
-    folder = tmp_path / "fields"
-    folder.mkdir()
-    for name in ("bccd", "deepapl"):
-        shutil.copy(sample_path(name), folder / Path(sample_path(name)).name)
-    with open(shared_data / "deepapl" / "manifest.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"][::300][:4]
-    for r in rows:
-        shutil.copy(shared_data / "deepapl" / r["file"], folder / Path(r["file"]).name)
-    (folder / "broken.jpg").write_bytes(b"not a JPEG at all")
-    return folder
-
-
 def summary(out: Path) -> list[dict]:
     with open(out / "summary.csv", newline="") as fh:
         return list(csv.DictReader(fh))
 
 
-def test_a_folder_on_a_local_cluster_with_progress_cancel_and_resume(make_napari_viewer, qtbot, fields, tmp_path,
+def test_a_folder_on_a_local_cluster_with_progress_cancel_and_resume(make_napari_viewer, qtbot, field_folder, tmp_path,
                                                                      classifier_path):
     from napari_leukemia._napari.folder_widget import FolderWidget
 
     widget = FolderWidget(make_napari_viewer())
-    widget._images.value, widget._out.value = str(fields), str(tmp_path / "out")
+    widget._images.value, widget._out.value = str(field_folder), str(tmp_path / "out")
     widget._classifier.value = classifier_path
     widget._where.value = "local cluster"
     widget._workers.value = 1
@@ -54,7 +36,7 @@ def test_a_folder_on_a_local_cluster_with_progress_cancel_and_resume(make_napari
     qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)
     stopped_in = time.perf_counter() - asked
     print(f"cancelled in {stopped_in:.1f} s")
-    n_images = len(list(fields.iterdir()))
+    n_images = len(list(field_folder.iterdir()))
     assert seen[:2] == [(1, n_images), (2, n_images)]  # progress per image, as the cluster finishes them
     assert "cancelled" in widget._status.value and stopped_in < 3, (stopped_in, widget._status.value)
     done = summary(tmp_path / "out")
@@ -67,7 +49,7 @@ def test_a_folder_on_a_local_cluster_with_progress_cancel_and_resume(make_napari
     assert widget._kept["client"][1] is client  # kept for the next run: its workers keep their models
     widget.close_cluster()
     rows = summary(tmp_path / "out")
-    assert [Path(r["image"]).name for r in rows] == sorted(p.name for p in fields.iterdir())
+    assert [Path(r["image"]).name for r in rows] == sorted(p.name for p in field_folder.iterdir())
     assert [r["status"] for r in rows] == ["failed" if Path(r["image"]).name == "broken.jpg" else "ok" for r in rows]
     by_image = {r["image"]: r for r in rows}
     assert all(by_image[d["image"]] == d for d in done)  # kept as they were

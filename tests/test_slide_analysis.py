@@ -266,8 +266,8 @@ def test_napari_analyses_a_slide_layer_tile_by_tile_into_multiscale_layers_that_
     assert saved == folder / SLIDE_REVIEW_CSV and pd.read_csv(saved).set_index("label").loc[label, "annotation"] == "exclude"
 
 
-def test_a_slide_on_a_cluster_stops_when_asked_survives_a_killed_worker_and_equals_one_process(tmp_path, full_run, mosaic, classifier_path,
-                                                                             segmenter_path):
+def test_a_slide_on_a_cluster_stops_when_asked_survives_a_killed_worker_and_equals_one_process(
+        tmp_path, full_run, mosaic, classifier_path, segmenter_path):
     """A folder run on a cluster analyses each slide on a worker (the models loaded there, from their files); a stop
     reaches the worker between steps, a killed worker's slide is resumed by the task's rerun, and both results equal
     one uninterrupted run in one process."""
