@@ -5,10 +5,11 @@
     python scripts/benchmark_slide.py --sizes 20000 40000 --smear-mp 100 --out docs/figures/benchmark_slide_smear.json
 
 For each size, builds a pyramidal OME-TIFF mosaic of real BCCD fields (scripts/make_slide.py; ``--blank`` of the
-grid left as empty glass, as on a real smear; with ``--smear-mp``, the smear covers only that many megapixels
-at the left of the slide and the rest is glass, as around the smear of a scanned slide), then analyses it blockwise (``core.slide_analysis``, the shipped
-segmenter and classifier, default tile size) in a child process, one per slide, so that each peak resident memory
-(``os.wait4``'s rusage of that child: imports, models and the analysis together) is the slide's own. Reported per
+grid left as empty glass, as on a real smear; with ``--smear-mp``, the smear covers only that many megapixels at the
+left of the slide and the rest is glass, as around the smear of a scanned slide), then analyses it blockwise
+(``core.slide_analysis``, the shipped segmenter and classifier, default tile size) in a child process, one per
+slide, so that each peak resident memory (``os.wait4``'s rusage of that child: imports, models and the analysis
+together) is the slide's own. Reported per
 slide: megapixels, tiles (and background tiles skipped), leukocytes, seconds (the analysis; the child's wall time
 too), megapixels per second and peak RSS.
 """

@@ -181,8 +181,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     start = time.perf_counter()
     layout = make_slide(args.out, args.side, data=args.data, source=args.source, fields=args.fields, blank=args.blank,
-                        smear=args.smear, tile=args.tile, compression=args.compression, pixel_size=args.pixel_size, seed=args.seed,
-                        workers=args.workers)
+                        smear=args.smear, tile=args.tile, compression=args.compression, pixel_size=args.pixel_size,
+                        seed=args.seed, workers=args.workers)
     size = args.out.stat().st_size / 2**20
     print(f"{args.out}: {args.side} x {args.side}, {layout['levels']} levels, {size:.1f} MiB, "
           f"{time.perf_counter() - start:.1f} s")

@@ -162,7 +162,6 @@ def plot_worst(report: dict, pairs: dict, segment: Callable[[np.ndarray], np.nda
 
     from .evaluate import _save
     from .preprocess import centre_cell
-    from .stain import nucleus_mask
 
     worst = sorted(report["per_image"], key=lambda r: r["iou"])[:n]
     cols = min(len(worst), 6) or 1
