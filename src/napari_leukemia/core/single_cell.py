@@ -28,6 +28,12 @@ CENTRE_DISTANCE = 0.1
 #: When no cell is found at the centre at the stain's diameter estimate, segmentation is tried again at these
 #: leukocyte diameters, as fractions of the image's shorter side (a cell that fills the frame fools the estimate).
 SIZE_FRACTIONS = (0.6, 0.35, 0.85)
+#: A centre cell narrower than this fraction of the image's shorter side may be the nucleus of a cell that fills the
+#: frame: the frame's own scale is looked at too (:func:`_filling_cell`).
+FILLS = 0.7
+#: ... and the cell found there is taken when its diameter (that of a disc of its area) is within this factor of the
+#: frame's side.
+SCALE_AGREES = 1.25
 #: Segmentation sees the image framed by this fraction of its shorter side on every side, in the colour of its
 #: frame: a cell that fills the image or touches its frame then lies on background, as cellpose knows cells.
 PAD = 0.5
@@ -134,8 +140,33 @@ def find_centre_cell(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *,
         cell = centre_cell(labels, max_distance=CENTRE_DISTANCE * side)
         if cell:
             only = (labels == cell).astype(np.int32)
+            if _disc_diameter(only) < FILLS * side:
+                whole = _filling_cell(padded, pad, small.shape[:2], only, cfg, model, device)
+                only = only if whole is None else whole
             return (only if scale == 1 else upscale_labels(only, (h, w))), FOUND_BY[0]
     return cell_box((h, w), margin), FOUND_BY[1]
+
+
+def _disc_diameter(mask: np.ndarray) -> float:
+    """The diameter of a disc of ``mask``'s area."""
+    return float(2 * np.sqrt(mask.sum() / np.pi))
+
+
+def _filling_cell(padded, pad, shape, found, cfg, model, device):
+    """A cell that fills the frame, of which ``found`` is a part (its nucleus, seen at a smaller scale): the centre
+    cell at the frame's own scale when its size agrees with that scale and it holds most of ``found``; else None."""
+    from .preprocess import centre_cell
+    from .segment import segment_leukocytes
+
+    side = min(shape)
+    labels = segment_leukocytes(padded, dataclasses.replace(cfg, diameter=float(side)), model=model, device=device)
+    labels = labels[pad : pad + shape[0], pad : pad + shape[1]]
+    cell = centre_cell(labels, max_distance=CENTRE_DISTANCE * side)
+    if not cell:
+        return None
+    whole = labels == cell
+    agrees = 1 / SCALE_AGREES <= _disc_diameter(whole) / side <= SCALE_AGREES
+    return whole.astype(np.int32) if agrees and (whole & (found > 0)).sum() >= 0.8 * found.sum() else None
 
 
 def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
