@@ -45,7 +45,7 @@ def test_training_from_the_widget_hands_the_checkpoint_to_analyze(make_napari_vi
     for ax in widget._axes:  # live curves: train and validation, one point per epoch
         assert [list(line.get_xdata()) for line in ax.lines] == [[1, 2], [1, 2]]
         assert all(np.isfinite(line.get_ydata()).all() for line in ax.lines)
-    assert Path(analyze._classifier.value) == checkpoint and analyze._path(analyze._classifier) == str(checkpoint)
+    assert Path(analyze._classifier.value) == checkpoint and analyze.classifier == str(checkpoint)
     assert str(other._classifier.value) in ("", ".")  # another viewer's widget is left alone
     assert "done" in widget._status.value and "Research use only" in widget._disclaimer.value
     assert widget._start_button.enabled and not widget._stop_button.enabled

@@ -14,7 +14,7 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from ..core.config import DISCLAIMER, AnalysisConfig
-from .worker_widget import WorkerWidget
+from .worker_widget import WorkerWidget, chosen_path
 
 #: Where the images are analysed: this process, a new local cluster, or a running one (its scheduler's address).
 WHERE = ("this process", "local cluster", "running cluster")
@@ -66,8 +66,8 @@ class FolderWidget(WorkerWidget):
 
     @staticmethod
     def _folder(edit: FileEdit) -> Path | None:
-        value = str(edit.value or "").strip()
-        return Path(value) if value not in ("", ".") else None
+        value = chosen_path(edit)
+        return None if value is None else Path(value)
 
     def run(self):
         """Start analysing the folder in a worker; returns the worker, or None (with the reason in the status)."""
@@ -96,8 +96,8 @@ class FolderWidget(WorkerWidget):
         from ..core.batch import analyze_images
 
         client = self._cluster()
-        models = {"classifier": self._file(self._classifier) or _shipped("classifier"),
-                  "segmenter": self._file(self._segmenter) or _shipped("segmenter")}
+        models = {"classifier": chosen_path(self._classifier, file=True) or _shipped("classifier"),
+                  "segmenter": chosen_path(self._segmenter, file=True) or _shipped("segmenter")}
         config = AnalysisConfig(gradcam=False, single_cell=self._single.value)
         return (yield from analyze_images(files, out, config=config, resume=self._resume.value,
                                           should_stop=lambda: self._stop, client=client, **models))
@@ -120,11 +120,6 @@ class FolderWidget(WorkerWidget):
     def close_cluster(self) -> None:
         """Close the client kept for the next run (and its local cluster); also done when the dock is closed."""
         _close_kept(self._kept)
-
-    @staticmethod
-    def _file(edit: FileEdit) -> str | None:
-        value = str(edit.value or "").strip()
-        return value if value not in ("", ".") and Path(value).is_file() else None
 
     def cancel(self):
         """Stop after the image being analysed here; on a cluster within half a second (the tasks not finished are

@@ -18,7 +18,7 @@ from ..core.config import (
     TrainConfig,
 )
 from .widgets import analyze_widgets
-from .worker_widget import WorkerWidget
+from .worker_widget import WorkerWidget, chosen_path
 
 #: The dataset kind of cells corrected in the viewer (the Review panel's ``dataset.csv``): fine-tuning.
 CORRECTIONS = "cells corrected in the viewer (dataset.csv)"
@@ -131,7 +131,7 @@ class TrainWidget(WorkerWidget):
 
     def dataset_source(self):
         """What :func:`~napari_leukemia.core.fit.fit_classifier` trains on; raises ValueError when unset."""
-        path = _path(self._dataset)
+        path = chosen_path(self._dataset)
         if path is None:
             raise ValueError("choose a dataset: a folder of class sub-folders, or a CSV table")
         return path
@@ -140,7 +140,7 @@ class TrainWidget(WorkerWidget):
         """The model to fine-tune: ``fine-tune from``, else the Analyze widget's classifier, else the shipped one."""
         from ..core.model import DEFAULT_CLASSIFIER
 
-        chosen = _path(self._init) or next((w.classifier for w in analyze_widgets(self._viewer) if w.classifier), None)
+        chosen = chosen_path(self._init) or next((w.classifier for w in analyze_widgets(self._viewer) if w.classifier), None)
         return str(chosen or DEFAULT_CLASSIFIER)
 
     def _settings(self, resume: bool) -> tuple:
@@ -149,7 +149,7 @@ class TrainWidget(WorkerWidget):
         from ..core.fit import fit_classifier
 
         source = self.dataset_source()
-        out = _path(self._out)
+        out = chosen_path(self._out)
         if out is None:
             raise ValueError("choose an output folder")
         config = TrainConfig(epochs=self._epochs.value, batch_size=self._batch.value, lr=self._lr.value,
@@ -157,11 +157,11 @@ class TrainWidget(WorkerWidget):
                              tune=self._tune.value)
         common = dict(out_dir=out, config=config, resume=resume, overwrite=self._overwrite.value, command=COMMAND)
         if self._kind.value == CORRECTIONS:
-            return fine_tune, dict(corrections=source, init=self._current_classifier(), mix=_path(self._mix),
+            return fine_tune, dict(corrections=source, init=self._current_classifier(), mix=chosen_path(self._mix),
                                    mix_single_cells=self._mix_single.value, held_out=self._held_out.value, **common)
         leukemic = [c.strip() for c in self._leukemic.value.split(",") if c.strip()] or None
         return fit_classifier, dict(source=source, size=self._size.value or None, single_cells=self._single.value,
-                                    leukemic=leukemic, init=_path(self._init), new_head=self._new_head.value,
+                                    leukemic=leukemic, init=chosen_path(self._init), new_head=self._new_head.value,
                                     **common)
 
     # --- run ----------------------------------------------------------------------------------------
@@ -258,11 +258,6 @@ def _before_after(result: dict) -> str:
     optimistic = ", cells of the training slides: optimistic" if result["held_out_by"] == "cell" else ""
     return (f"\nheld-out corrections ({result['held_out']} cells{optimistic}): accuracy {b['accuracy']:.2f} -> "
             f"{a['accuracy']:.2f}, class accuracy {b['class_accuracy']:.2f} -> {a['class_accuracy']:.2f}")
-
-
-def _path(edit: FileEdit):
-    value = str(edit.value or "").strip()
-    return value if value not in ("", ".") else None
 
 
 def _curves_canvas():

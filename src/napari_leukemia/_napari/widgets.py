@@ -10,7 +10,7 @@ from qtpy.QtCore import Qt
 from ..core.config import DEVICE_CHOICES, DISCLAIMER, LEUKEMIC_THRESHOLD, SEGMENTER_CHOICES, AnalysisConfig
 from . import docked
 from .layers import META_KEY, our_layers, show_result
-from .worker_widget import WorkerWidget
+from .worker_widget import WorkerWidget, chosen_path
 
 #: The Analyze widget's settings at start: the core's defaults, with Grad-CAM off (slow on a CPU; Review cells makes
 #: the heat map of one cell on demand).
@@ -86,7 +86,7 @@ class AnalyzeWidget(WorkerWidget):
     @property
     def classifier(self) -> str:
         """The chosen classifier checkpoint file, else the name of the chosen shipped one."""
-        return self._path(self._classifier) or self._shipped.value
+        return chosen_path(self._classifier, file=True) or self._shipped.value
 
     def use_classifier(self, path) -> None:
         """Select a classifier checkpoint for the next analysis (e.g. one just trained), shown under more settings."""
@@ -101,11 +101,6 @@ class AnalyzeWidget(WorkerWidget):
         seg = SegmentConfig(method=self._method.value, diameter=self._diameter.value or None)
         return AnalysisConfig(device=self._device.value, gradcam=self._gradcam.value, segment=seg,
                               red_cell_diameter=self._red_cell.value or None, single_cell=self._single.value)
-
-    @staticmethod
-    def _path(edit: FileEdit):
-        value = str(edit.value or "").strip()
-        return value if value not in ("", ".") and Path(value).is_file() else None
 
     def run(self):
         """Start the analysis of the selected image layer in a worker; returns the worker."""
@@ -127,7 +122,7 @@ class AnalyzeWidget(WorkerWidget):
                 return None
             labels, calls = np.array(cells.data, copy=True), cells.features.copy()
         data = np.asarray(layer.data)
-        gen = iter_analyze_smear(data, segmenter=self._path(self._segmenter), classifier=self.classifier,
+        gen = iter_analyze_smear(data, segmenter=chosen_path(self._segmenter, file=True), classifier=self.classifier,
                                  config=self._config(), labels=labels, name=layer.name)
         return self._start(gen, "starting", yielded=self._on_progress, progress=f"Analyzing {layer.name}",
                            returned=lambda result: self._show(result, layer, calls, data))
@@ -152,7 +147,7 @@ class AnalyzeWidget(WorkerWidget):
         path = layer.metadata.get(META_KEY, {}).get("path")  # opened by our reader: the file carries the pixel size
         slide = path if path and Path(path).is_file() else open_slide(list(layer.data), name=layer.name)
         self._slide_folder = target
-        gen = iter_analyze_slide(slide, target, segmenter=self._path(self._segmenter), classifier=self.classifier,
+        gen = iter_analyze_slide(slide, target, segmenter=chosen_path(self._segmenter, file=True), classifier=self.classifier,
                                  config=self._config(), resume=(target / PROGRESS_JSON).is_file())
         return self._start(gen, "starting", yielded=self._on_progress, progress=f"Analyzing {layer.name} tile by tile",
                            returned=lambda summary: self._show_slide(summary, layer, target))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
 from magicgui.widgets import CheckBox, Container, Label, ProgressBar
 from qtpy.QtCore import QSize, Qt
@@ -31,6 +32,14 @@ def avoid_llvm_clash() -> bool:
         return False
     sys.modules["triton"] = None  # `import triton` now raises ImportError; torch then runs without it
     return True
+
+
+def chosen_path(edit, *, file: bool = False) -> str | None:
+    """The path typed or picked in a FileEdit, or None when it is empty (or, with ``file``, not a file)."""
+    value = str(edit.value or "").strip()
+    if value in ("", ".") or (file and not Path(value).is_file()):
+        return None
+    return value
 
 
 class WorkerWidget(Container):
