@@ -131,9 +131,10 @@ class FolderWidget(WorkerWidget):
     # --- worker callbacks (main thread) ---------------------------------------------------------
     def _on_image(self, event):
         row = event.payload["row"]
-        self._progress("images", event.done, event.total)
         what = "done before" if event.payload["skipped"] else (row["error"] or event.message or "done")
         self._status.value = f"{event.done}/{event.total} {row['stem']}: {what}"
+        # last: napari's progress bar may process events, the run's end (and its summary) among them
+        self._progress("images", event.done, event.total)
 
     def _on_done(self, run: dict):
         rows = run["rows"]
