@@ -184,6 +184,7 @@ def iter_on_cluster(client, todo, *, classifier, segmenter, config, overwrite: b
         future = client.submit(analyze_slide_task, str(slide[1]), str(slide[2]), config=config, resume=resume,
                                overwrite=overwrite, stop=stop.name, retries=1, pure=False, **paths)
         futures[future] = [slide]
+    slide_tasks = set(futures)
     for chunk in (images[i : i + step] for i in range(0, len(images), step)):
         future = client.submit(analyze_chunk, [str(p) for _, p, _ in chunk], [str(f) for _, _, f in chunk],
                                config=config, overwrite=overwrite or resume, retries=1, pure=False, **paths)
@@ -193,7 +194,7 @@ def iter_on_cluster(client, todo, *, classifier, segmenter, config, overwrite: b
         while remaining:
             if should_stop():
                 stop.set()  # the slides being analysed stop after their current step; wait for them a little
-                wait([f for f in remaining if len(futures[f]) == 1 and futures[f][0] in slides], timeout=SLIDE_STOP_S)
+                wait(list(remaining & slide_tasks), timeout=SLIDE_STOP_S)
                 return True
             try:
                 finished, remaining = wait(remaining, timeout=0.5, return_when="FIRST_COMPLETED")

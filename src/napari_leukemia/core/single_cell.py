@@ -119,8 +119,7 @@ def find_centre_cell(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *,
     import cv2
 
     from .datasets import cell_box
-    from .preprocess import centre_cell
-    from .segment import MIN_DIAMETER, segment_leukocytes, upscale_labels
+    from .segment import MIN_DIAMETER, upscale_labels
     from .stain import estimate_diameter
 
     h, w = image.shape[:2]
@@ -135,16 +134,24 @@ def find_centre_cell(image: np.ndarray, cfg: SegmentConfig = SegmentConfig(), *,
     for diameter in diameters:
         if diameter < MIN_DIAMETER:
             continue
-        labels = segment_leukocytes(padded, dataclasses.replace(cfg, diameter=diameter), model=model, device=device)
-        labels = labels[pad : pad + small.shape[0], pad : pad + small.shape[1]]
-        cell = centre_cell(labels, max_distance=CENTRE_DISTANCE * side)
-        if cell:
-            only = (labels == cell).astype(np.int32)
+        only = _centre_at(padded, pad, small.shape[:2], diameter, cfg, model, device)
+        if only is not None:
             if _disc_diameter(only) < FILLS * side:
-                whole = _filling_cell(padded, pad, small.shape[:2], only, cfg, model, device)
-                only = only if whole is None else whole
+                only = _filling_cell(padded, pad, small.shape[:2], only, cfg, model, device)
             return (only if scale == 1 else upscale_labels(only, (h, w))), FOUND_BY[0]
     return cell_box((h, w), margin), FOUND_BY[1]
+
+
+def _centre_at(padded, pad, shape, diameter, cfg, model, device) -> np.ndarray | None:
+    """The centre cell (int32, 1 inside) of the image ``padded`` frames (``shape`` within a frame of ``pad``),
+    segmented at ``diameter``; None when no cell lies at its centre."""
+    from .preprocess import centre_cell
+    from .segment import segment_leukocytes
+
+    labels = segment_leukocytes(padded, dataclasses.replace(cfg, diameter=float(diameter)), model=model, device=device)
+    labels = labels[pad : pad + shape[0], pad : pad + shape[1]]
+    cell = centre_cell(labels, max_distance=CENTRE_DISTANCE * min(shape))
+    return (labels == cell).astype(np.int32) if cell else None
 
 
 def _disc_diameter(mask: np.ndarray) -> float:
@@ -152,21 +159,15 @@ def _disc_diameter(mask: np.ndarray) -> float:
     return float(2 * np.sqrt(mask.sum() / np.pi))
 
 
-def _filling_cell(padded, pad, shape, found, cfg, model, device):
-    """A cell that fills the frame, of which ``found`` is a part (its nucleus, seen at a smaller scale): the centre
-    cell at the frame's own scale when its size agrees with that scale and it holds most of ``found``; else None."""
-    from .preprocess import centre_cell
-    from .segment import segment_leukocytes
-
-    side = min(shape)
-    labels = segment_leukocytes(padded, dataclasses.replace(cfg, diameter=float(side)), model=model, device=device)
-    labels = labels[pad : pad + shape[0], pad : pad + shape[1]]
-    cell = centre_cell(labels, max_distance=CENTRE_DISTANCE * side)
-    if not cell:
-        return None
-    whole = labels == cell
-    agrees = 1 / SCALE_AGREES <= _disc_diameter(whole) / side <= SCALE_AGREES
-    return whole.astype(np.int32) if agrees and (whole & (found > 0)).sum() >= 0.8 * found.sum() else None
+def _filling_cell(padded, pad, shape, found, cfg, model, device) -> np.ndarray:
+    """The cell that fills the frame, of which ``found`` is a part (its nucleus, seen at a smaller scale): the centre
+    cell at the frame's own scale when its size agrees with that scale and it holds most of ``found``; else
+    ``found``."""
+    whole = _centre_at(padded, pad, shape, min(shape), cfg, model, device)
+    if whole is None:
+        return found
+    agrees = 1 / SCALE_AGREES <= _disc_diameter(whole) / min(shape) <= SCALE_AGREES
+    return whole if agrees and (whole & found).sum() >= 0.8 * found.sum() else found
 
 
 def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
