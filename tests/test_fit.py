@@ -304,6 +304,37 @@ def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
         crop(samples, 48)
 
 
+def test_crops_cache_refuses_crops_of_another_segmenter(deepapl_image, segmenter_path, tmp_path):
+    """Crops cut around the cells one segmenter found are not reused for another (a new shipped segmenter)."""
+    from PIL import Image
+
+    from napari_leukemia.core import drain
+    from napari_leukemia.core.config import CropConfig
+    from napari_leukemia.core.cropstore import iter_crops, load_crops, save_crops
+    from napari_leukemia.core.datasets import Sample
+    from napari_leukemia.core.segment import load_segmenter, save_segmenter
+
+    Image.fromarray(deepapl_image).save(tmp_path / "field.png")
+    samples = [Sample(str(tmp_path / "field.png"), "leukemic", "p1")]
+    other = tmp_path / "other_segmenter.safetensors"  # the same network, saved again: another file
+    save_segmenter(load_segmenter(segmenter_path, "cpu").net, other, provenance={"note": "another segmenter"})
+
+    def crop(segmenter):
+        return drain(iter_crops(samples, CropConfig(size=32), segmenter=segmenter, cache=tmp_path / "crops.npz",
+                                device="cpu"))
+
+    assert len(crop(segmenter_path).samples) == 1
+    assert len(crop(segmenter_path).samples) == 1  # read back
+    with pytest.raises(ValueError, match=r"crops.npz: these crops were cut around cells found by "
+                                         r"leukocyte_cellpose.safetensors@\w+, not by other_segmenter.safetensors@"):
+        crop(other)
+    images, table = load_crops(tmp_path / "crops.npz")
+    del table["settings"]["segment"]["segmenter"]  # a cache made before caches recorded their segmenter
+    save_crops(tmp_path / "crops.npz", images, table)
+    with pytest.raises(ValueError, match="found by a segmenter it did not record, not by leukocyte_cellpose"):
+        crop(segmenter_path)
+
+
 def test_crops_cache_is_written_while_cropping(cell_dataset, tmp_path, monkeypatch):
     """A run killed in the middle of a long cropping keeps what it cropped (no ``finally`` runs on kill -9)."""
     from napari_leukemia.core import cropstore

@@ -96,7 +96,8 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
     Parameters
     ----------
     segmenter : path, optional
-        The cellpose model for whole fields (the shipped one when omitted); loaded only if needed.
+        The cellpose model for whole fields (the shipped one when omitted); loaded only if needed. The cache records
+        its name and version, and refuses crops cut around cells another segmenter found.
     cache : path, optional
         A crops file (``.npz``, :mod:`~.cropstore`): files cropped before with the same settings are read from
         it, the others are cropped and added (every :data:`CACHE_SAVE_EVERY` files and when stopped), so a long
@@ -106,8 +107,14 @@ def iter_crops(samples: list[Sample], crop: CropConfig, *, single_cells: bool = 
     -------
     Crops, or None when stopped.
     """
+    segment_settings = None if single_cells else segment.to_dict()
+    if segment_settings and segment.method == "cellpose":  # crops are only as good as the cells found
+        from .pipeline import model_name
+        from .segment import DEFAULT_SEGMENTER
+
+        segment_settings["segmenter"] = model_name(segmenter or DEFAULT_SEGMENTER)
     settings = json.loads(json.dumps({"crop": crop.to_dict(), "single_cells": single_cells,
-                                      "segment": None if single_cells else segment.to_dict()}))
+                                      "segment": segment_settings}))
     done = _read_cache(cache, settings, crop.size) if cache and Path(cache).is_file() else {}
     keys = [file_key(s.path) if cache else str(s.path) for s in samples]  # hashing pays only with a cache
     if crop.window:  # a fixed window's crop depends on the sample's red-cell diameter too
@@ -174,6 +181,11 @@ def _read_cache(cache, settings: dict, size: int) -> dict[str, tuple]:
         stored["crop"] = json.loads(json.dumps(CropConfig.from_dict(stored["crop"]).to_dict()))
     except (KeyError, TypeError, ValueError):
         pass  # refused below
+    found_by = [_segmenter_of(d) for d in (stored, settings)]
+    if found_by[1] and found_by[0] != found_by[1]:
+        raise ValueError(f"{cache}: these crops were cut around cells found by "
+                         f"{found_by[0] or 'a segmenter it did not record'}, not by {found_by[1]}; delete the file "
+                         "(its cells are cropped again) or choose another crops cache")
     if stored != settings:
         raise ValueError(f"{cache}: these crops were made with other settings ({table.get('settings')}, not "
                          f"{settings}); delete the file or choose another crops cache")
@@ -184,6 +196,11 @@ def _read_cache(cache, settings: dict, size: int) -> dict[str, tuple]:
         raise ValueError(f"{cache}: {_NOT_A_CACHE} (its table does not match its {len(images)} crops); {_CACHE_FIX}")
     ok = iter(images)
     return {key: ("ok", next(ok)) if st == "ok" else ("skipped", text) for key, st, text in zip(files, status, message)}
+
+
+def _segmenter_of(settings) -> str | None:
+    segment = settings.get("segment") if isinstance(settings, dict) else None
+    return segment.get("segmenter") if isinstance(segment, dict) else None
 
 
 def file_key(path) -> str:
