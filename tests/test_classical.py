@@ -63,3 +63,95 @@ def test_each_classical_model_tells_drawn_blasts_from_drawn_neutrophils(name, dr
 def test_an_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown classical model 'xgboost'"):
         classical_model("xgboost")
+
+
+@pytest.fixture(scope="module")
+def drawn_svm(drawn_cells):
+    """The seeds' SVM fitted on 40 drawn cells: the scikit-learn pipeline and its arrays."""
+    from napari_leukemia.core.classical import FeatureSvm
+
+    x, kinds = drawn_cells
+    pipeline = classical_model("svm").fit(x[:40], kinds[:40])
+    return pipeline, FeatureSvm.from_pipeline(pipeline)
+
+
+def test_the_feature_svm_computes_what_scikit_learn_computes(drawn_cells, drawn_svm):
+    from napari_leukemia.core.classical import FeatureSvm
+
+    x, _ = drawn_cells
+    pipeline, svm = drawn_svm
+    expected = pipeline.predict_proba(x)[:, 1]
+    assert np.abs(svm.p_leukemic_of_features(x) - expected).max() < 1e-9
+    stored = FeatureSvm.from_tensors(*svm.to_tensors(), "svm.safetensors")  # float32 arrays in a checkpoint
+    assert np.abs(stored.p_leukemic_of_features(x) - expected).max() < 1e-4
+    assert len(np.unique(np.round(expected, 3))) > 10  # probabilities, not a constant
+
+
+@pytest.fixture(scope="module")
+def small_classifier_with_svm(tmp_path_factory, drawn_svm):
+    """A small CNN classifier (random weights) carrying the drawn cells' SVM, saved and loaded back."""
+    import torch
+
+    from napari_leukemia.core.config import CropConfig
+    from napari_leukemia.core.model import ClassifierInfo, load_classifier, new_classifier, save_classifier
+
+    torch.manual_seed(0)
+    clf = new_classifier(ClassifierInfo(architecture="small_cnn", crop=CropConfig(size=64)))
+    clf.feature_svm = drawn_svm[1]
+    path = tmp_path_factory.mktemp("svm") / "with_svm.safetensors"
+    save_classifier(clf, path)
+    return load_classifier(path, "cpu")
+
+
+def test_a_checkpoint_averages_its_network_with_its_feature_svm(small_classifier_with_svm, drawn_svm, mosaic_smear):
+    """The analysis's p_leukemic is the mean of the network's and the feature SVM's, on the crops it cut."""
+    from napari_leukemia.core.pipeline import classify_cells
+    from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
+    from napari_leukemia.core.stain import stain_segment
+
+    clf = small_classifier_with_svm
+    assert clf.feature_svm is not None
+    assert np.allclose(clf.feature_svm.support_vectors, drawn_svm[1].support_vectors, atol=1e-5)
+    image = mosaic_smear[0]
+    cells, cut = classify_cells(image, stain_segment(image), clf, batch_size=4)  # batches: the SVM goes batch by batch
+    crops = cut.images
+    p_network = p_leukemic(clf, probabilities(clf.__class__(net=clf.net, info=clf.info), predict_logits(clf, crops)))
+    p_features = drawn_svm[0].predict_proba(crop_features(crops))[:, 1]
+    assert len(crops) >= 6
+    assert np.abs(cells["p_leukemic"].to_numpy() - (p_network + p_features) / 2).max() < 1e-3
+    with pytest.raises(ValueError, match="averages its network with a feature SVM"):
+        probabilities(clf, predict_logits(clf, crops))
+
+
+def test_a_feature_svm_only_fits_two_classes_and_a_damaged_one_is_refused(small_classifier_with_svm, tmp_path):
+    import dataclasses
+
+    from safetensors.numpy import load_file, save_file
+
+    from napari_leukemia.core.checkpoint import CheckpointError
+    from napari_leukemia.core.model import ClassifierInfo, load_classifier, new_classifier, save_classifier
+
+    clf = small_classifier_with_svm
+    three = new_classifier(ClassifierInfo(classes=("a", "b", "leukemic"), architecture="small_cnn"))
+    three.feature_svm = clf.feature_svm
+    with pytest.raises(CheckpointError, match="three.safetensors: a feature SVM can only be averaged with a classifier of two"):
+        save_classifier(three, tmp_path / "three.safetensors")
+    assert not (tmp_path / "three.safetensors").exists()
+    save_classifier(clf, tmp_path / "ok.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ok.safetensors"), "np") as f:
+        meta = f.metadata()
+    state = load_file(tmp_path / "ok.safetensors")
+    cut = dict(state, **{"feature_svm.dual_coef": state["feature_svm.dual_coef"][:-1]})
+    save_file(cut, tmp_path / "cut.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match="cut.safetensors: its feature SVM has arrays of inconsistent shapes"):
+        load_classifier(tmp_path / "cut.safetensors", "cpu")
+    save_file(state, tmp_path / "bare.safetensors", metadata={k: v for k, v in meta.items() if k != "feature_svm"})
+    with pytest.raises(CheckpointError, match="bare.safetensors: holds feature SVM arrays without their settings"):
+        load_classifier(tmp_path / "bare.safetensors", "cpu")
+    other = dict(meta, feature_svm=meta["feature_svm"].replace("nucleus_fraction", "nucleus_share"))
+    save_file(state, tmp_path / "other.safetensors", metadata=other)
+    with pytest.raises(CheckpointError, match="other.safetensors: its feature SVM was fitted on other features"):
+        load_classifier(tmp_path / "other.safetensors", "cpu")
+    assert dataclasses.replace(clf, feature_svm=None).feature_svm is None

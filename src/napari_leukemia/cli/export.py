@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..core.config import DISCLAIMER
@@ -48,6 +49,9 @@ def cmd_export(args) -> int:
         classifier = load_classifier(args.checkpoint, "cpu")
     except CheckpointError as err:
         raise UsageError(f"cannot load the classifier: {err}") from err
+    if classifier.feature_svm is not None:  # said before the file is written, so it is seen
+        print(f"note: {args.checkpoint} averages its network with a feature SVM on hand-made features; the exported "
+              "model is the network alone, and its probabilities differ from napari-leukemia's", file=sys.stderr)
     if args.format == "bioimageio":
         from ..core.bioimageio_export import export_bioimageio
 

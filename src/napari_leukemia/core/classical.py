@@ -10,6 +10,9 @@ flow-cytometry data" has no counterpart here: no dataset of this project carries
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 
 from .config import CropConfig
@@ -125,3 +128,99 @@ def classical_model(name: str, seed: int = 0):
     if name not in models:
         raise ValueError(f"unknown classical model {name!r}; choose one of {CLASSICAL_MODELS}")
     return make_pipeline(StandardScaler(), models[name]())
+
+
+#: Tensor names of a :class:`FeatureSvm` inside a classifier checkpoint (:func:`~.model.save_classifier`).
+FEATURE_SVM_PREFIX = "feature_svm."
+_SVM_ARRAYS = ("mean", "scale", "support_vectors", "dual_coef")
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSvm:
+    """A fitted RBF SVM on :data:`FEATURE_NAMES` as plain arrays: the classical model a classifier checkpoint may
+    carry as a second opinion, its leukaemic probability averaged with the network's.
+
+    Its probability is that of the scikit-learn pipeline of :func:`classical_model` ``("svm")`` it was taken
+    from (:meth:`from_pipeline`), computed in numpy, so that a checkpoint holds no pickled object.
+    ``p = 1 / (1 + exp(platt_a * d + platt_b))``, ``d = dual_coef . exp(-gamma |z - support_vectors|^2) +
+    intercept``, ``z = (features - mean) / scale``.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    support_vectors: np.ndarray
+    dual_coef: np.ndarray
+    intercept: float
+    gamma: float
+    platt_a: float
+    platt_b: float
+    margin: float = CropConfig().margin
+
+    @classmethod
+    def from_pipeline(cls, pipeline, margin: float = CropConfig().margin) -> "FeatureSvm":
+        """The arrays of a fitted ``classical_model("svm")`` whose classes are 0 (normal) and 1 (leukaemic)."""
+        scaler, calibrated = pipeline[0], pipeline[-1]
+        if list(calibrated.classes_) != [0, 1] or len(calibrated.calibrated_classifiers_) != 1:
+            raise ValueError("expected an SVM fitted to 0 / 1 targets with one Platt scaling (ensemble=False)")
+        fitted = calibrated.calibrated_classifiers_[0]
+        svc, platt = fitted.estimator, fitted.calibrators[0]
+        return cls(mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64),
+                   support_vectors=svc.support_vectors_.astype(np.float64),
+                   dual_coef=svc.dual_coef_.ravel().astype(np.float64), intercept=float(svc.intercept_[0]),
+                   gamma=float(svc._gamma), platt_a=float(platt.a_), platt_b=float(platt.b_), margin=float(margin))
+
+    def p_leukemic_of_features(self, features: np.ndarray) -> np.ndarray:
+        """Leukaemic probability ``(N,)`` of feature rows ``(N, F)``."""
+        z = (np.asarray(features, np.float64) - self.mean) / self.scale
+        sq = (z**2).sum(1)[:, None] + (self.support_vectors**2).sum(1)[None, :] - 2 * z @ self.support_vectors.T
+        d = np.exp(-self.gamma * np.maximum(sq, 0.0)) @ self.dual_coef + self.intercept
+        return 1.0 / (1.0 + np.exp(self.platt_a * d + self.platt_b))
+
+    def p_leukemic(self, crops: np.ndarray) -> np.ndarray:
+        """Leukaemic probability ``(N,)`` of uint8 cell crops ``(N, S, S, 3)`` (:func:`crop_features`)."""
+        return self.p_leukemic_of_features(crop_features(crops, self.margin))
+
+    def to_tensors(self) -> tuple[dict[str, np.ndarray], str]:
+        """Its arrays (named with :data:`FEATURE_SVM_PREFIX`) and its metadata entry (a JSON string)."""
+        arrays = {FEATURE_SVM_PREFIX + k: np.ascontiguousarray(getattr(self, k), np.float32) for k in _SVM_ARRAYS}
+        meta = {"features": list(FEATURE_NAMES), "intercept": self.intercept, "gamma": self.gamma,
+                "platt": [self.platt_a, self.platt_b], "margin": self.margin}
+        return arrays, json.dumps(meta)
+
+    @classmethod
+    def from_tensors(cls, arrays: dict[str, np.ndarray], meta: str, path) -> "FeatureSvm":
+        """Rebuild from :meth:`to_tensors`, every part checked.
+
+        Raises
+        ------
+        CheckpointError
+            Naming ``path`` and the part at fault: not JSON, other features than :data:`FEATURE_NAMES`, a number
+            out of range, an array missing, of another shape or not finite.
+        """
+        from .checkpoint import CheckpointError
+
+        def bad(problem):
+            return CheckpointError(f"{path}: its feature SVM {problem}")
+
+        try:
+            info = json.loads(meta)
+            numbers = [float(info[k]) for k in ("intercept", "gamma", "margin")] + [float(v) for v in info["platt"]]
+        except (TypeError, ValueError, KeyError) as err:
+            raise bad(f"has unreadable settings ({err!r})") from err
+        if info.get("features") != list(FEATURE_NAMES):
+            raise bad("was fitted on other features than this version of napari-leukemia computes")
+        if len(numbers) != 5 or not all(np.isfinite(numbers)) or numbers[1] <= 0 or numbers[2] < 0:
+            raise bad(f"has settings out of range ({info})")
+        missing = [k for k in _SVM_ARRAYS if FEATURE_SVM_PREFIX + k not in arrays]
+        if missing:
+            raise bad(f"lacks its arrays {missing}")
+        a = {k: np.asarray(arrays[FEATURE_SVM_PREFIX + k], np.float64) for k in _SVM_ARRAYS}
+        n = len(FEATURE_NAMES)
+        if (a["mean"].shape != (n,) or a["scale"].shape != (n,) or a["support_vectors"].ndim != 2
+                or a["support_vectors"].shape[1] != n or a["dual_coef"].shape != (len(a["support_vectors"]),)
+                or not len(a["dual_coef"])):
+            raise bad(f"has arrays of inconsistent shapes ({ {k: v.shape for k, v in a.items()} })")
+        if not all(np.isfinite(v).all() for v in a.values()) or (a["scale"] <= 0).any():
+            raise bad("holds NaN, infinite or non-positive scale values")
+        intercept, gamma, margin, platt_a, platt_b = numbers
+        return cls(**a, intercept=intercept, gamma=gamma, platt_a=platt_a, platt_b=platt_b, margin=margin)

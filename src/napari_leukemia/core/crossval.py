@@ -241,7 +241,7 @@ def _score_other(run_dir: Path, fold: int, name: str, samples, device, single_ce
                  crops_cache, should_stop) -> Generator[Event, None, bool]:
     """Score data no fold trained on with fold ``fold``'s classifier into ``run_dir/other_<name>.csv``."""
     from .model import load_classifier
-    from .predict import p_leukemic, predict_logits, probabilities
+    from .predict import classify_crops, p_leukemic
 
     clf = load_classifier(run_dir / FINAL_NAME, device)
     crops = yield from _tag(iter_crops(samples, clf.info.crop, single_cells=single_cells, segment=segment,
@@ -249,7 +249,7 @@ def _score_other(run_dir: Path, fold: int, name: str, samples, device, single_ce
                                        should_stop=should_stop), fold)
     if crops is None:
         return False
-    p = p_leukemic(clf, probabilities(clf, predict_logits(clf, crops.images))) if crops.samples else []
+    p = p_leukemic(clf, classify_crops(clf, crops.images)) if crops.samples else []
     rows = [{"fold": fold, "path": str(s.path), "group": s.group, "stratum": s.stratum, "label": s.label,
              "detail": s.detail, "truth": int(s.label in clf.info.leukemic), "p_leukemic": f"{q:.6f}"}
             for s, q in zip(crops.samples, p)]

@@ -218,6 +218,7 @@ class Classifier:
     net: object
     info: ClassifierInfo
     path: str = ""
+    feature_svm: object = None  #: a :class:`~.classical.FeatureSvm` averaged with the network (binary classes only)
 
     @property
     def name(self) -> str:
@@ -304,12 +305,26 @@ def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
 
     from .io import atomic_path
 
+    import torch
+
     state = {}
     for k, v in classifier.net.state_dict().items():
         v = v.detach().to("cpu")
         state[k] = (v.half() if half and v.is_floating_point() else v).contiguous()
+    meta = classifier.info.to_metadata()
+    if classifier.feature_svm is not None:
+        check_feature_svm_fits(classifier.info, path)
+        arrays, meta["feature_svm"] = classifier.feature_svm.to_tensors()
+        state.update({k: torch.from_numpy(v) for k, v in arrays.items()})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=classifier.info.to_metadata())
+        save_file(state, str(tmp), metadata=meta)
+
+
+def check_feature_svm_fits(info: ClassifierInfo, path) -> None:
+    """A feature SVM gives one leukaemic probability: only a classifier of two classes may carry one."""
+    if len(info.classes) != 2:
+        raise CheckpointError(f"{path}: a feature SVM can only be averaged with a classifier of two classes, not of "
+                              f"{list(info.classes)}")
 
 
 def classifier_file(path=None) -> Path:
@@ -340,6 +355,7 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
     meta, state = read_safetensors(path, CLASSIFIER_FORMAT)
     info = ClassifierInfo.from_metadata(meta, path)
     check_weights(state, path)
+    feature_svm = _feature_svm_of(meta, state, info, path)
     net = build_network(info.architecture, len(info.classes), info.hidden, info.dropout)
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
@@ -347,4 +363,17 @@ def load_classifier(path=None, device: str = "auto") -> Classifier:
         raise CheckpointError(f"{path}: weights do not fit a {info.architecture} with classes {list(info.classes)} "
                               f"({err})") from err
     net.eval().to(resolve_device(device))
-    return Classifier(net=net, info=info, path=str(path))
+    return Classifier(net=net, info=info, path=str(path), feature_svm=feature_svm)
+
+
+def _feature_svm_of(meta: dict, state: dict, info: ClassifierInfo, path):
+    """The checkpoint's :class:`~.classical.FeatureSvm` (its tensors taken out of ``state``), or None."""
+    from .classical import FEATURE_SVM_PREFIX, FeatureSvm
+
+    arrays = {k: state.pop(k).float().numpy() for k in [k for k in state if k.startswith(FEATURE_SVM_PREFIX)]}
+    if "feature_svm" not in meta and not arrays:
+        return None
+    if "feature_svm" not in meta:
+        raise CheckpointError(f"{path}: holds feature SVM arrays without their settings (metadata 'feature_svm')")
+    check_feature_svm_fits(info, path)
+    return FeatureSvm.from_tensors(arrays, meta["feature_svm"], path)

@@ -167,6 +167,8 @@ def as_onnx(classifier: Classifier, *, cache_dir=None) -> OnnxClassifier:
     if found is None:
         found = load_onnx_classifier(cached_onnx_path(classifier, cache_dir))
         found = _CONVERTED[classifier.net] = dataclasses.replace(found, path=classifier.path)
+    if found.feature_svm is not classifier.feature_svm:  # ONNX Runtime runs the network, numpy its feature SVM
+        found = dataclasses.replace(found, feature_svm=classifier.feature_svm)
     return found
 
 

@@ -283,17 +283,19 @@ def classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=Non
 def iter_classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, ids=None, batch_size: int = 32,
                         red_cell_px: float | None = None) -> Generator[tuple[int, int], None, tuple]:
     """:func:`classify_cells` batch by batch: yields ``(cells done, cells)`` after each batch, returns its result."""
-    from .predict import p_leukemic, predict_logits, probabilities
+    from .predict import feature_opinion, p_leukemic, predict_logits, probabilities
     from .preprocess import crop_cells
 
     crops = crop_cells(image, labels, classifier.info.crop, ids=ids, red_cell_px=red_cell_px)
     n = len(crops.labels)
-    logits = np.zeros((0, len(classifier.info.classes)), np.float32)
+    logits, p_features = np.zeros((0, len(classifier.info.classes)), np.float32), np.zeros(0)
     for start in range(0, n, batch_size):
-        part = predict_logits(classifier, crops.images[start : start + batch_size], batch_size=batch_size)
-        logits = np.concatenate([logits, part])
+        batch = crops.images[start : start + batch_size]
+        logits = np.concatenate([logits, predict_logits(classifier, batch, batch_size=batch_size)])
+        opinion = feature_opinion(classifier, batch)
+        p_features = np.concatenate([p_features, opinion]) if opinion is not None else None
         yield len(logits), n
-    proba = probabilities(classifier, logits) if n else np.zeros((0, len(classifier.info.classes)))
+    proba = probabilities(classifier, logits, p_features) if n else np.zeros((0, len(classifier.info.classes)))
     cells = cell_table(labels, crops.labels, proba, p_leukemic(classifier, proba), classifier.info.classes,
                        classifier.info.leukemic)
     return cells, crops

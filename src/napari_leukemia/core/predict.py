@@ -76,12 +76,48 @@ def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int
     return out
 
 
-def probabilities(classifier: Classifier, logits: np.ndarray) -> np.ndarray:
-    """Calibrated class probabilities: softmax of logits over the checkpoint's temperature."""
+def probabilities(classifier: Classifier, logits: np.ndarray, p_features: np.ndarray | None = None) -> np.ndarray:
+    """Calibrated class probabilities: softmax of logits over the checkpoint's temperature, averaged with its
+    feature SVM's (:attr:`~.model.Classifier.feature_svm`) when it carries one.
+
+    Parameters
+    ----------
+    logits : (N, C) ndarray
+        :func:`predict_logits` of the crops.
+    p_features : (N,) ndarray, optional
+        :func:`feature_opinion` of the same crops; required when the checkpoint carries a feature SVM.
+
+    Raises
+    ------
+    ValueError
+        When the checkpoint carries a feature SVM and ``p_features`` is missing or of another length.
+    """
     z = logits / classifier.info.temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    proba = e / e.sum(axis=1, keepdims=True)
+    if getattr(classifier, "feature_svm", None) is None:
+        return proba
+    if p_features is None or len(p_features) != len(proba):
+        raise ValueError(f"{classifier.name} averages its network with a feature SVM: pass the feature SVM's "
+                         f"probabilities of the same {len(proba)} crops (feature_opinion)")
+    opinion = np.zeros_like(proba)
+    opinion[:, classifier.leukemic_index()[0]] = p_features
+    opinion[:, 1 - classifier.leukemic_index()[0]] = 1.0 - np.asarray(p_features)
+    return (proba + opinion) / 2
+
+
+def classify_crops(classifier: Classifier, crops: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    """Calibrated class probabilities ``(N, C)`` of uint8 crops: :func:`predict_logits`, then :func:`probabilities`
+    with the checkpoint's feature SVM when it carries one."""
+    return probabilities(classifier, predict_logits(classifier, crops, batch_size=batch_size),
+                         feature_opinion(classifier, crops))
+
+
+def feature_opinion(classifier: Classifier, crops: np.ndarray) -> np.ndarray | None:
+    """The leukaemic probability of the crops by the checkpoint's feature SVM, or None when it carries none."""
+    svm = getattr(classifier, "feature_svm", None)
+    return None if svm is None else svm.p_leukemic(crops)
 
 
 def p_leukemic(classifier: Classifier, proba: np.ndarray) -> np.ndarray:

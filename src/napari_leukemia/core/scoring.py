@@ -42,7 +42,7 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
         ``p_leukemic``.
     """
     from .evaluate import binary_metrics, expected_calibration_error, multiclass_report
-    from .predict import p_leukemic, predict_logits, probabilities
+    from .predict import classify_crops, p_leukemic
 
     info = classifier.info
     labels = np.array([s.label for s in samples])
@@ -55,7 +55,7 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
         if not set(truth) & set(labels):
             raise ValueError(f"none of the labels {sorted(set(labels))} is taken as leukaemic (leukaemic labels: "
                              f"{list(truth)}); name them (--leukemic-classes)")
-    proba = probabilities(classifier, predict_logits(classifier, images, batch_size=batch_size))
+    proba = classify_crops(classifier, images, batch_size=batch_size)
     p = p_leukemic(classifier, proba)
     y = np.isin(labels, truth).astype(int)
     called = p >= LEUKEMIC_THRESHOLD

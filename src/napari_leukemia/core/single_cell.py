@@ -196,7 +196,7 @@ def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
         that is not a colour image).
     """
     from .pipeline import build_result, cell_table, load_models, segmenter_label
-    from .predict import p_leukemic, predict_logits, probabilities
+    from .predict import classify_crops, p_leukemic
     from .preprocess import crop_cells
 
     clf, seg_model, device = load_models(segmenter, classifier, config)
@@ -217,7 +217,7 @@ def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
         return found
     every = np.concatenate([found[i][5].images for i in done])
     t0 = time.perf_counter()
-    proba = probabilities(clf, predict_logits(clf, every, batch_size=config.batch_size))
+    proba = classify_crops(clf, every, batch_size=config.batch_size)
     p_leuk = p_leukemic(clf, proba)
     timings = {"classify_s": (time.perf_counter() - t0) / len(done)}
     cams = None

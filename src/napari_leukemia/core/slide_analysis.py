@@ -341,14 +341,14 @@ def _segment_tile(slide, labels, core, index, tiles, margin, level, min_stain, d
     if clf.info.crop.window and not state["red_cell_px"]:
         state["red_cell_px"] = measure_red_cells(pixels)  # once, on the first tile with cells; kept for a resume
     crops = crop_cells(pixels, window_labels, clf.info.crop, ids=ids, red_cell_px=state["red_cell_px"])
-    tile.update(table=table, crops=crops.images, logits=[])
+    tile.update(table=table, crops=crops.images, logits=[], p_features=[])
     return tile
 
 
 def _classify(queue: deque, clf, batch_size: int, should_stop, force: bool):
     """Classify the queued tiles' crops in full batches across tiles (the rest too when ``force``); returns True
     when ``should_stop`` answered between batches."""
-    from .predict import predict_logits
+    from .predict import feature_opinion, predict_logits
 
     while True:
         waiting = [(t, len(t["logits"])) for t in queue if "crops" in t and len(t["logits"]) < len(t["ids"])]
@@ -363,9 +363,12 @@ def _classify(queue: deque, clf, batch_size: int, should_stop, force: bool):
             if sum(len(b) for b in batch) == batch_size:
                 break
         logits = predict_logits(clf, np.concatenate(batch), batch_size=batch_size)
+        opinion = feature_opinion(clf, np.concatenate(batch))
         start = 0
         for t, m in owners:
             t["logits"].extend(logits[start : start + m])
+            if opinion is not None:
+                t["p_features"].extend(opinion[start : start + m])
             start += m
         if should_stop():
             return True
@@ -381,7 +384,7 @@ def _finish_tiles(queue: deque, out: Path, clf, pixel_size, state: dict, seconds
     while queue and len(queue[0].get("logits", ())) == len(queue[0]["ids"]):
         tile = queue.popleft()
         if len(tile["ids"]):
-            proba = probabilities(clf, np.asarray(tile["logits"]))
+            proba = probabilities(clf, np.asarray(tile["logits"]), np.asarray(tile["p_features"]))
             table = with_calls(tile["table"], proba, p_leukemic(clf, proba), clf.info.classes, clf.info.leukemic)
             table.insert(1, "tile", tile["index"])
             if pixel_size:
