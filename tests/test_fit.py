@@ -387,3 +387,38 @@ def test_sampling_by_cell_class_trains_from_the_datasets_detail_and_refuses_a_da
     code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "refused", "--sampling", "cell_class", *FAST)
     assert code == 2 and "sampling 'cell_class'" in stderr and "12 of 12 cells lack it" in stderr
     assert not (tmp_path / "refused").exists()
+
+
+def test_train_feature_svm_is_carried_by_the_checkpoint_and_measured_in_validation(cell_dataset, tmp_path):
+    """--feature-svm: the SVM on hand-made features of the training cells rides in the checkpoint; the validation
+    figures and every later analysis are of its average with the network."""
+    from napari_leukemia.core.cropstore import iter_crops
+    from napari_leukemia.core.model import load_classifier
+    from napari_leukemia.core.predict import classify_crops, p_leukemic, predict_logits, probabilities
+    from napari_leukemia.core import drain
+
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "few", "--epochs", 1, "--feature-svm", *FAST)
+    assert code == 2 and "needs at least 5 training cells of each class" in stderr
+    assert not (tmp_path / "few" / "best.safetensors").exists()  # refused before any training
+    cells = tmp_path / "cells"  # each cell three times (its own group each time): enough for the SVM's 5 folds
+    for png in cell_dataset.glob("*/*.png"):
+        (cells / png.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(3):
+            shutil.copy(png, cells / png.parent.name / f"{png.stem}_{k}.png")
+    cell_dataset = cells
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "run", "--epochs", 1, "--arch", "small_cnn",
+                          "--feature-svm", *FAST)
+    assert code == 0, stderr
+    clf = load_classifier(tmp_path / "run" / "classifier.safetensors", "cpu")
+    assert clf.feature_svm is not None and clf.info.provenance["feature_svm"]["support_vectors"] >= 2
+    crops = drain(iter_crops(read_dataset(cell_dataset), clf.info.crop, single_cells=True)).images
+    both = p_leukemic(clf, classify_crops(clf, crops))
+    network = p_leukemic(clf, probabilities(replace(clf, feature_svm=None), predict_logits(clf, crops)))
+    assert np.allclose(both, (network + clf.feature_svm.p_leukemic(crops)) / 2, atol=1e-6)
+    assert not np.allclose(both, network, atol=1e-3)  # the SVM moves the call
+    # a feature SVM gives one leukaemic probability: more than two classes are refused before any training
+    three = tmp_path / "three"
+    shutil.copytree(cell_dataset, three)
+    shutil.copytree(three / "normal", three / "other")
+    code, _, stderr = run("train", three, "--out", tmp_path / "run3", "--epochs", 1, "--feature-svm", *FAST)
+    assert code == 2 and "needs two classes" in stderr and not (tmp_path / "run3" / "best.safetensors").exists()

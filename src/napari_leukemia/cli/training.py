@@ -75,6 +75,10 @@ def add_commands(sub) -> None:
     t.add_argument("--init", metavar="CKPT", help="fine-tune this classifier checkpoint (same class list)")
     t.add_argument("--sampling", choices=SAMPLING_CHOICES, default=d.sampling,
                    help="; ".join(f"{k}: {v}" for k, v in SAMPLING_HELP.items()) + f" (default {d.sampling})")
+    t.add_argument("--feature-svm", action="store_true",
+                   help="also fit the seeds' SVM on hand-made features of the training cells; the checkpoint "
+                        "carries it and every analysis averages its leukaemic probability with the network's (two "
+                        "classes only; with --cv every fold's model does, so the report measures the average)")
     t.add_argument("--arch", choices=CLASSIFIER_ARCHITECTURES, default=None,
                    help="the backbone of a new classifier (default densenet201, the design's; resnet18 is a light "
                         "proxy to screen recipes by cross-validation on a CPU; small_cnn and cnn_transformer have no "
@@ -169,7 +173,7 @@ def cmd_train(args) -> int:
                              max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
                              stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p,
                              tune=args.tune, arch=args.arch or "",
-                             sampling=args.sampling)
+                             sampling=args.sampling, feature_svm=args.feature_svm)
     except ValueError as err:
         raise UsageError(str(err)) from err
     check_device(args.device)
@@ -329,5 +333,5 @@ def print_training_event(event) -> None:
         print(f"epoch {e['epoch']:>3}/{event.total}  train loss {e['train_loss']:.4f} acc "
               f"{e['train_accuracy']:.3f}  val loss {e['val_loss']:.4f} acc {e['val_accuracy']:.3f}  "
               f"lr {e['lr']:.2g}  {e['seconds']:.0f} s{'  best' if e['improved'] else ''}", flush=True)
-    elif event.stage == "calibrate":
+    elif event.stage == "calibrate" or (event.stage == "features" and event.done == event.total):
         print(event.message, flush=True)

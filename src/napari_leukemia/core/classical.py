@@ -130,6 +130,20 @@ def classical_model(name: str, seed: int = 0):
     return make_pipeline(StandardScaler(), models[name]())
 
 
+def fit_feature_svm(features: np.ndarray, is_leukemic: np.ndarray, *, margin: float, seed: int = 0) -> "FeatureSvm":
+    """Fit ``classical_model("svm")`` to feature rows and 0 / 1 targets; its arrays as a :class:`FeatureSvm`.
+
+    Raises
+    ------
+    ValueError
+        When the targets hold one class only.
+    """
+    y = np.asarray(is_leukemic).astype(int)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("the feature SVM needs leukaemic and normal training cells")
+    return FeatureSvm.from_pipeline(classical_model("svm", seed).fit(features, y), margin)
+
+
 #: Tensor names of a :class:`FeatureSvm` inside a classifier checkpoint (:func:`~.model.save_classifier`).
 FEATURE_SVM_PREFIX = "feature_svm."
 _SVM_ARRAYS = ("mean", "scale", "support_vectors", "dual_coef")

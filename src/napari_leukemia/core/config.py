@@ -250,6 +250,10 @@ class TrainConfig(_Serializable):
     arch : str
         The backbone of a new classifier (:data:`CLASSIFIER_ARCHITECTURES`); ``""``: DenseNet201, or the
         starting checkpoint's when fine-tuning or resuming (which keep their own).
+    feature_svm : bool
+        Also fit the seeds' SVM on hand-made features of the training cells (:mod:`~.classical`) and let the
+        checkpoint carry it: every analysis then averages its leukaemic probability with the network's (two
+        classes only). The validation figures are those of the average.
 
     Raises
     ------
@@ -279,6 +283,7 @@ class TrainConfig(_Serializable):
     tune: str = "all"
     arch: str = ""
     sampling: str = "cells"
+    feature_svm: bool = False
 
     def __post_init__(self):
         if self.sampling not in SAMPLING_CHOICES:

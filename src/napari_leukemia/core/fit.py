@@ -35,6 +35,10 @@ RUN_FILES = ("run.json", "best.safetensors", "last.safetensors", "last_state.pt"
 
 
 
+#: Training cells of each class a feature SVM needs (its Platt scaling is fitted on 5 internal folds).
+FEATURE_SVM_MIN_CELLS = 5
+
+
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
                    window: float | None = None, mask_outside: bool | None = None, single_cells: bool = False,
                    deepapl_labels: str = "binary",
@@ -203,6 +207,13 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         from .model import with_new_head
 
         init_clf = with_new_head(init_clf, info)
+    if config.feature_svm and len(classes) != 2:
+        raise ValueError(f"a feature SVM (--feature-svm) averages one leukaemic probability: it needs two classes, "
+                         f"not {list(classes)}")
+    if config.feature_svm and min(counts["train"].values()) < FEATURE_SVM_MIN_CELLS:
+        raise ValueError(f"a feature SVM (--feature-svm) needs at least {FEATURE_SVM_MIN_CELLS} training cells of "
+                         f"each class (its probabilities are calibrated on 5 internal folds); this split has "
+                         f"{counts['train']}")
     from .train import train_epochs
 
     epochs = train_epochs(train, val, info, config, out, resume=resume, init=init_clf, should_stop=should_stop)
@@ -223,6 +234,11 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
               "skipped": crops.skipped, "checkpoint": str(out / "last.safetensors")}
     if result["stopped"]:
         return result
+    feature_svm = None
+    if config.feature_svm:
+        feature_svm = yield from _fit_feature_svm(train, info, config.seed, should_stop)
+        if feature_svm is None:
+            return {**result, "stopped": True}
     yield Event("calibrate", message="calibrating on the validation split")
     seconds = time.perf_counter() - t_start
     provenance = {
@@ -238,25 +254,47 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         "epochs_run": len(history),
         "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
     }
-    final = finalize_run(out, val, config, provenance)
+    if feature_svm is not None:
+        provenance["feature_svm"] = {"fit_on": "the training split's cells", "support_vectors":
+                                     len(feature_svm.support_vectors)}
+    final = finalize_run(out, val, config, provenance, feature_svm)
     return {**result, **final}
 
 
-def finalize_run(out: Path, val: CropSet, config: TrainConfig, provenance: dict) -> dict:
-    """Calibrate ``out/best.safetensors`` on validation (temperature) and write :data:`FINAL_NAME` with provenance."""
+def _fit_feature_svm(train: CropSet, info, seed: int, should_stop) -> Generator[Event, None, object]:
+    """Hand-made features of the training crops, a few at a time (a stop is honoured between them), then the
+    feature SVM (:func:`~.classical.fit_feature_svm`, about a minute for 10,000 cells); None when stopped."""
+    from .classical import crop_features, fit_feature_svm
+
+    chunk, parts = 32, []
+    for start in range(0, len(train), chunk):
+        if should_stop():
+            return None
+        parts.append(crop_features(train.images[start : start + chunk], info.crop.margin))
+        done = min(start + chunk, len(train))
+        yield Event("features", done, len(train), f"hand-made features of the training cells: {done} of {len(train)}")
+    yield Event("features", len(train), len(train), "fitting the feature SVM")
+    leukemic = [info.classes.index(c) for c in info.leukemic]
+    return fit_feature_svm(np.concatenate(parts), np.isin(train.targets, leukemic), margin=info.crop.margin, seed=seed)
+
+
+def finalize_run(out: Path, val: CropSet, config: TrainConfig, provenance: dict, feature_svm=None) -> dict:
+    """Calibrate ``out/best.safetensors`` on validation (temperature) and write :data:`FINAL_NAME` with provenance
+    (and ``feature_svm``, whose average with the network the validation figures then measure)."""
     import torch
 
     from .device import hardware, package_version, resolve_device
     from .evaluate import binary_metrics, expected_calibration_error, fit_temperature
     from .model import load_classifier, save_classifier
-    from .predict import p_leukemic, predict_logits, probabilities
+    from .predict import feature_opinion, p_leukemic, predict_logits, probabilities
 
     device = resolve_device(config.device)
     best = load_classifier(out / "best.safetensors", str(device))
     logits = predict_logits(best, val.images, batch_size=max(config.batch_size, 64), fast=config.fast)
     temperature = fit_temperature(logits, val.targets)
     best.info = dataclasses.replace(best.info, temperature=temperature)
-    proba = probabilities(best, logits)
+    best.feature_svm = feature_svm
+    proba = probabilities(best, logits, feature_opinion(best, val.images))
     p = p_leukemic(best, proba)
     y = np.isin(val.targets, best.leukemic_index()).astype(int)
     metrics = {**binary_metrics(y, p), "ece": expected_calibration_error(y, p),
