@@ -11,6 +11,9 @@ gets a row of its own.
 A run still going (no ``cv.json`` yet) is compared on its finished folds: ``--folds 0 1`` recomputes every run's
 figures from its out-of-fold predictions of those folds only (``fold_<i>/predictions.csv``, or the pooled
 ``predictions.csv``), so that runs are judged on the same patients.
+
+A run trained with ``--feature-svm`` (its ``p_leukemic`` the mean of the network and the feature SVM) also gets a
+row for each part alone, ``(network)`` and ``(features)``, from the ``p_network`` and ``p_features`` columns.
 """
 
 from __future__ import annotations
@@ -30,20 +33,25 @@ def row(name: str, r: dict) -> str:
             f"{e['max_abs_error']:.1f} / {e['over_10_points']} | {adjusted} | {others} |")
 
 
-def on_folds(folder: Path, folds: list[int]) -> dict | None:
-    """The report of ``folder``'s out-of-fold predictions of ``folds`` (None when one of them is not finished)."""
+def predictions(folder: Path, folds: list[int]) -> list[dict] | None:
+    """``folder``'s out-of-fold predictions of ``folds`` (None when one of them is not finished)."""
     import csv
-
-    from napari_leukemia.core.crossval import cv_report
 
     pooled = folder / "predictions.csv"
     if pooled.is_file():
-        rows = [r for r in csv.DictReader(open(pooled)) if int(r["fold"]) in folds]
-    elif all((folder / f"fold_{i}" / "predictions.csv").is_file() for i in folds):
-        rows = [r for i in folds for r in csv.DictReader(open(folder / f"fold_{i}" / "predictions.csv"))]
-    else:
-        return None
-    return cv_report(rows)
+        return [r for r in csv.DictReader(open(pooled)) if int(r["fold"]) in folds]
+    if all((folder / f"fold_{i}" / "predictions.csv").is_file() for i in folds):
+        return [r for i in folds for r in csv.DictReader(open(folder / f"fold_{i}" / "predictions.csv"))]
+    return None
+
+
+def part_reports(rows: list[dict]) -> list[tuple[str, dict]]:
+    """Reports of the network and of the feature SVM alone, where the predictions hold both parts."""
+    from napari_leukemia.core.crossval import cv_report
+
+    if not rows or not rows[0].get("p_network"):
+        return []
+    return [(part, cv_report([dict(r, p_leukemic=r[f"p_{part}"]) for r in rows])) for part in ("network", "features")]
 
 
 def main(argv=None) -> int:
@@ -58,15 +66,23 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for folder in args.cv_dirs:
         if args.folds:
-            report = on_folds(folder, args.folds)
-            print(row(folder.name, report) if report else f"| {folder.name} | folds not finished | | | | | | | |")
-            continue
-        reports = [("", folder / "cv.json")] + [(p.stem, p) for p in sorted(folder.glob("rescored_*.json"))]
-        for suffix, path in reports:
-            if path.is_file():
-                print(row(folder.name + (f" ({suffix})" if suffix else ""), json.loads(path.read_text())))
-            else:
-                print(f"| {folder.name} | not finished | | | | | | | |")
+            rows = predictions(folder, args.folds)
+            if rows is None:
+                print(f"| {folder.name} | folds not finished | | | | | | | |")
+                continue
+            from napari_leukemia.core.crossval import cv_report
+
+            print(row(folder.name, cv_report(rows)))
+        else:
+            reports = [("", folder / "cv.json")] + [(p.stem, p) for p in sorted(folder.glob("rescored_*.json"))]
+            for suffix, path in reports:
+                if path.is_file():
+                    print(row(folder.name + (f" ({suffix})" if suffix else ""), json.loads(path.read_text())))
+                else:
+                    print(f"| {folder.name} | not finished | | | | | | | |")
+            rows = predictions(folder, list(range(100))) if (folder / "predictions.csv").is_file() else []
+        for part, report in part_reports(rows):
+            print(row(f"{folder.name} ({part})", report))
     return 0
 
 

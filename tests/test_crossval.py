@@ -216,3 +216,31 @@ def test_evaluate_on_normal_cells_only_reports_the_call_rate_not_nan(cell_datase
     assert "MY" in stdout and "SNE" in stdout  # the call rate per cell class
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["overall"]["roc_auc"] is None and set(report["per_detail"]) == {"MY", "SNE"}
+
+
+def test_cv_with_a_feature_svm_keeps_each_part_of_every_call(cell_dataset, tmp_path):
+    """--cv with --feature-svm: every fold's checkpoint carries its SVM, p_leukemic is the mean, and the network's
+    and the SVM's probabilities are kept beside it (scripts/cv_table.py reports each part alone)."""
+    rows = []
+    for label, stratum, first in (("leukemic", "APL", 0), ("normal", "AML", 3)):
+        for k, f in enumerate(sorted((cell_dataset / label).iterdir())):
+            for copy in range(3):  # six cells a patient: enough training cells of each class for the SVM
+                path = tmp_path / "cells" / f"{f.stem}_{copy}.png"
+                path.parent.mkdir(exist_ok=True)
+                shutil.copy(f, path)
+                rows.append({"path": str(path), "label": label, "group": f"p{first + k // 2}", "stratum": stratum})
+    table = tmp_path / "cells.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "cv"
+    code, _, stderr = run("train", table, "--cv", 3, "--out", out, "--epochs", 1, "--arch", "small_cnn",
+                          "--feature-svm", *FAST)
+    assert code == 0, stderr
+    with open(out / "predictions.csv", newline="") as fh:
+        predictions = list(csv.DictReader(fh))
+    assert len(predictions) == 36
+    p, net, feat = (np.array([float(r[c]) for r in predictions]) for c in ("p_leukemic", "p_network", "p_features"))
+    assert np.allclose(p, (net + feat) / 2, atol=2e-6) and not np.allclose(net, feat, atol=1e-3)
+    assert ((0 <= net) & (net <= 1) & (0 <= feat) & (feat <= 1)).all()

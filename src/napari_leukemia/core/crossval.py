@@ -33,7 +33,10 @@ from .io import finite, write_json
 CV_FILES = ("folds.json", "cv.json", "predictions.csv", "patients.csv", "patients.png")
 #: Out-of-fold calls of one fold, in its run folder: written last, so a fold with it is complete.
 FOLD_PREDICTIONS = "predictions.csv"
-PREDICTION_COLUMNS = ("fold", "path", "group", "stratum", "label", "detail", "truth", "p_leukemic")
+#: Columns of the out-of-fold predictions; ``p_network`` and ``p_features`` are filled when the fold's checkpoint
+#: carries a feature SVM (``p_leukemic`` is then their mean), so that either part can be reported alone.
+PREDICTION_COLUMNS = ("fold", "path", "group", "stratum", "label", "detail", "truth", "p_leukemic", "p_network",
+                      "p_features")
 #: Targets of the cross-validated figures (issue "Blast percentages that hold on new patients").
 TARGETS = {"roc_auc": (">=", 0.97), "sensitivity_at_95_specificity": (">=", 0.85), "ece": ("<=", 0.03),
            "patient_mean_abs_error": ("<=", 5.0), "patient_max_abs_error": ("<=", 10.0)}
@@ -129,6 +132,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         ``stopped``, ``out_dir``, ``folds_done`` and, when finished, ``report`` (see :func:`cv_report`).
     """
     from .model import load_classifier
+    from .predict import feature_opinion
     from .scoring import score_cells
 
     out = Path(out_dir)
@@ -207,9 +211,12 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
             raise ValueError(f"fold {i}: no usable cell among its {len(test)} files")
         report, y, p = score_cells(clf, crops.images, crops.samples)
         write_json(run_dir / "fold_metrics.json", finite({**report, "skipped": crops.skipped}))
+        p_features = feature_opinion(clf, crops.images)
+        parts = ([{}] * len(p) if p_features is None else  # p is the mean of the two: the network's is 2 p - p_features
+                 [{"p_network": f"{2 * q - f:.6f}", "p_features": f"{f:.6f}"} for q, f in zip(p, p_features)])
         rows = [{"fold": i, "path": str(s.path), "group": s.group, "stratum": s.stratum, "label": s.label,
-                 "detail": s.detail, "truth": int(t), "p_leukemic": f"{q:.6f}"}
-                for s, t, q in zip(crops.samples, y, p)]
+                 "detail": s.detail, "truth": int(t), "p_leukemic": f"{q:.6f}", **part}
+                for s, t, q, part in zip(crops.samples, y, p, parts)]
         _write_rows(run_dir / FOLD_PREDICTIONS, rows)
         del clf, crops
         done += 1
