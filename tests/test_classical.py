@@ -119,6 +119,8 @@ def test_a_checkpoint_averages_its_network_with_its_feature_svm(small_classifier
     p_features = drawn_svm[0].predict_proba(crop_features(crops))[:, 1]
     assert len(crops) >= 6
     assert np.abs(cells["p_leukemic"].to_numpy() - (p_network + p_features) / 2).max() < 1e-3
+    assert np.abs(cells["p_network"].to_numpy() - p_network).max() < 2e-3  # each part kept for review
+    assert np.abs(cells["p_features"].to_numpy() - p_features).max() < 1e-3
     with pytest.raises(ValueError, match="averages its network with a feature SVM"):
         probabilities(clf, predict_logits(clf, crops))
 
@@ -155,3 +157,14 @@ def test_a_feature_svm_only_fits_two_classes_and_a_damaged_one_is_refused(small_
     with pytest.raises(CheckpointError, match="other.safetensors: its feature SVM was fitted on other features"):
         load_classifier(tmp_path / "other.safetensors", "cpu")
     assert dataclasses.replace(clf, feature_svm=None).feature_svm is None
+
+
+def test_the_single_cell_path_averages_too(small_classifier_with_svm, deepapl_image, segmenter_path):
+    """analyze --single-cell classifies all its cells in one batch: the feature SVM's part is there too."""
+    from napari_leukemia import analyze_smear
+    from napari_leukemia.core.config import AnalysisConfig
+
+    result = analyze_smear(deepapl_image, classifier=small_classifier_with_svm, segmenter=segmenter_path,
+                           config=AnalysisConfig(device="cpu", gradcam=False, single_cell=True))
+    (row,) = result.cells.to_dict("records")
+    assert row["p_leukemic"] == pytest.approx((row["p_network"] + row["p_features"]) / 2, abs=1e-6)

@@ -297,7 +297,7 @@ def iter_classify_cells(image: np.ndarray, labels: np.ndarray, classifier, *, id
         yield len(logits), n
     proba = probabilities(classifier, logits, p_features) if n else np.zeros((0, len(classifier.info.classes)))
     cells = cell_table(labels, crops.labels, proba, p_leukemic(classifier, proba), classifier.info.classes,
-                       classifier.info.leukemic)
+                       classifier.info.leukemic, p_features if n else None)
     return cells, crops
 
 
@@ -344,13 +344,15 @@ def cell_geometry(labels: np.ndarray, ids):
     })
 
 
-def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",)):
+def cell_table(labels, ids, proba, p_leuk, classes, leukemic=("leukemic",), p_features=None):
     """The per-cell table (pandas): geometry (:func:`cell_geometry`), class probabilities, p_leukemic,
-    uncertainty, call. Each class ``c`` gets a column :func:`probability_column`."""
-    return with_calls(cell_geometry(labels, ids), proba, p_leuk, classes, leukemic)
+    uncertainty, call. Each class ``c`` gets a column :func:`probability_column`. With ``p_features`` (a checkpoint
+    with a feature SVM, whose mean with the network ``p_leukemic`` is) each part gets a column too: ``p_network``
+    and ``p_features``."""
+    return with_calls(cell_geometry(labels, ids), proba, p_leuk, classes, leukemic, p_features)
 
 
-def with_calls(table, proba, p_leuk, classes, leukemic=("leukemic",)):
+def with_calls(table, proba, p_leuk, classes, leukemic=("leukemic",), p_features=None):
     """:func:`cell_table` of cells whose geometry is measured already: ``table`` with the calls added."""
     import pandas as pd
 
@@ -364,6 +366,9 @@ def with_calls(table, proba, p_leuk, classes, leukemic=("leukemic",)):
     table["leukemic"] = p_leuk >= LEUKEMIC_THRESHOLD
     for j, c in enumerate(classes):
         table[probability_column(c, leukemic)] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
+    if p_features is not None:  # p_leukemic is the mean of the two parts
+        table["p_network"] = np.clip(2 * p_leuk - np.asarray(p_features, float), 0.0, 1.0)
+        table["p_features"] = np.asarray(p_features, float)
     return table
 
 

@@ -196,7 +196,7 @@ def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
         that is not a colour image).
     """
     from .pipeline import build_result, cell_table, load_models, segmenter_label
-    from .predict import classify_crops, p_leukemic
+    from .predict import feature_opinion, p_leukemic, predict_logits, probabilities
     from .preprocess import crop_cells
 
     clf, seg_model, device = load_models(segmenter, classifier, config)
@@ -217,7 +217,8 @@ def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
         return found
     every = np.concatenate([found[i][5].images for i in done])
     t0 = time.perf_counter()
-    proba = classify_crops(clf, every, batch_size=config.batch_size)
+    p_features = feature_opinion(clf, every)
+    proba = probabilities(clf, predict_logits(clf, every, batch_size=config.batch_size), p_features)
     p_leuk = p_leukemic(clf, proba)
     timings = {"classify_s": (time.perf_counter() - t0) / len(done)}
     cams = None
@@ -230,7 +231,7 @@ def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
     for k, i in enumerate(done):
         image, name, labels, by, removed, crops, segment_s = found[i]
         cells = cell_table(labels, crops.labels, proba[k : k + 1], p_leuk[k : k + 1], clf.info.classes,
-                           clf.info.leukemic)
+                           clf.info.leukemic, None if p_features is None else p_features[k : k + 1])
         cells["found_by"] = by
         message = "" if by == FOUND_BY[0] else f"{name}: no cell found at the centre; the centred crop was classified"
         found[i] = build_result(

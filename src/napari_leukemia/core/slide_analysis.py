@@ -384,8 +384,10 @@ def _finish_tiles(queue: deque, out: Path, clf, pixel_size, state: dict, seconds
     while queue and len(queue[0].get("logits", ())) == len(queue[0]["ids"]):
         tile = queue.popleft()
         if len(tile["ids"]):
-            proba = probabilities(clf, np.asarray(tile["logits"]), np.asarray(tile["p_features"]))
-            table = with_calls(tile["table"], proba, p_leukemic(clf, proba), clf.info.classes, clf.info.leukemic)
+            p_features = np.asarray(tile["p_features"]) if clf.feature_svm is not None else None
+            proba = probabilities(clf, np.asarray(tile["logits"]), p_features)
+            table = with_calls(tile["table"], proba, p_leukemic(clf, proba), clf.info.classes, clf.info.leukemic,
+                               p_features)
             table.insert(1, "tile", tile["index"])
             if pixel_size:
                 table["centroid_y_um"] = table["centroid_y"] * pixel_size[0]
