@@ -23,20 +23,31 @@ from napari_leukemia.core.datasets import Sample, read_dataset
 FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture
-def patient_table(cell_dataset, tmp_path):
-    """Six patients of two cells each: three with blasts (APL), three with normal cells (AML)."""
+def write_patient_table(cell_dataset, folder: Path, copies: int = 1) -> Path:
+    """Six patients: three with blasts (APL), three with normal cells (AML), two cells each, each cell ``copies``
+    times (copied files: more cells a patient)."""
     rows = []
     for label, stratum, first in (("leukemic", "APL", 0), ("normal", "AML", 3)):
-        files = sorted((cell_dataset / label).iterdir())
-        for k, f in enumerate(files):
-            rows.append({"path": str(f), "label": label, "group": f"p{first + k // 2}", "stratum": stratum})
-    table = tmp_path / "cells.csv"
+        for k, f in enumerate(sorted((cell_dataset / label).iterdir())):
+            for copy in range(copies):
+                path = f
+                if copies > 1:
+                    path = folder / "cells" / f"{f.stem}_{copy}.png"
+                    path.parent.mkdir(exist_ok=True)
+                    shutil.copy(f, path)
+                rows.append({"path": str(path), "label": label, "group": f"p{first + k // 2}", "stratum": stratum})
+    table = folder / "cells.csv"
     with open(table, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return table
+
+
+@pytest.fixture
+def patient_table(cell_dataset, tmp_path):
+    """Six patients of two cells each: three with blasts (APL), three with normal cells (AML)."""
+    return write_patient_table(cell_dataset, tmp_path)
 
 
 def test_cv_trains_one_model_per_fold_scores_each_patient_once_and_resumes(patient_table, tmp_path):
@@ -221,19 +232,7 @@ def test_evaluate_on_normal_cells_only_reports_the_call_rate_not_nan(cell_datase
 def test_cv_with_a_feature_svm_keeps_each_part_of_every_call(cell_dataset, tmp_path):
     """--cv with --feature-svm: every fold's checkpoint carries its SVM, p_leukemic is the mean, and the network's
     and the SVM's probabilities are kept beside it (scripts/cv_table.py reports each part alone)."""
-    rows = []
-    for label, stratum, first in (("leukemic", "APL", 0), ("normal", "AML", 3)):
-        for k, f in enumerate(sorted((cell_dataset / label).iterdir())):
-            for copy in range(3):  # six cells a patient: enough training cells of each class for the SVM
-                path = tmp_path / "cells" / f"{f.stem}_{copy}.png"
-                path.parent.mkdir(exist_ok=True)
-                shutil.copy(f, path)
-                rows.append({"path": str(path), "label": label, "group": f"p{first + k // 2}", "stratum": stratum})
-    table = tmp_path / "cells.csv"
-    with open(table, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = write_patient_table(cell_dataset, tmp_path, copies=3)  # enough training cells of each class for the SVM
     out = tmp_path / "cv"
     code, _, stderr = run("train", table, "--cv", 3, "--out", out, "--epochs", 1, "--arch", "small_cnn",
                           "--feature-svm", *FAST)
