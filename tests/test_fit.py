@@ -416,6 +416,13 @@ def test_train_feature_svm_is_carried_by_the_checkpoint_and_measured_in_validati
     network = p_leukemic(clf, probabilities(replace(clf, feature_svm=None), predict_logits(clf, crops)))
     assert np.allclose(both, (network + clf.feature_svm.p_leukemic(crops)) / 2, atol=1e-6)
     assert not np.allclose(both, network, atol=1e-3)  # the SVM moves the call
+    # fine-tuning keeps the SVM the starting checkpoint carries (refitted only with --feature-svm)
+    code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "tuned", "--epochs", 1, "--init",
+                          tmp_path / "run" / "classifier.safetensors", *FAST)
+    assert code == 0, stderr
+    tuned = load_classifier(tmp_path / "tuned" / "classifier.safetensors", "cpu")
+    assert np.array_equal(tuned.feature_svm.support_vectors, clf.feature_svm.support_vectors)
+    assert tuned.info.provenance["feature_svm"] == "kept from the checkpoint this run started from"
     # a feature SVM gives one leukaemic probability: more than two classes are refused before any training
     three = tmp_path / "three"
     shutil.copytree(cell_dataset, three)

@@ -132,8 +132,10 @@ def test_new_head_and_frozen_weights_reach_the_core(make_napari_viewer, tmp_path
     widget._init.value = DEFAULT_CLASSIFIER
     widget._new_head.value = True
     widget._tune.value = "last_block"
+    widget._feature_svm.value = True
     train, settings = widget._settings(resume=False)
     assert train is fit_classifier and settings["new_head"] and settings["config"].tune == "last_block"
+    assert settings["config"].feature_svm
     assert settings["init"] == str(DEFAULT_CLASSIFIER)
 
 

@@ -63,6 +63,10 @@ class TrainWidget(WorkerWidget):
                               tooltip="which weights train; freezing the rest trains faster and keeps what the "
                                       "starting checkpoint learnt")
         self._imagenet = CheckBox(value=bool(d.imagenet), text="start from ImageNet weights when found (no download)")
+        self._feature_svm = CheckBox(value=d.feature_svm, text="second opinion: SVM on hand-made features",
+                                     tooltip="fit the seeds' SVM on the training cells too; analyses average its "
+                                             "leukaemic probability with the network's (two classes, at least 5 "
+                                             "training cells of each; a fine-tuned model keeps its own otherwise)")
         self._leukemic = LineEdit(value="", label="leukaemic classes",
                                   tooltip="comma-separated; empty: 'leukemic' for leukemic/normal data, else class "
                                           "names with leukem/leukaem/blast/promyelocyte/promonocyte")
@@ -91,7 +95,8 @@ class TrainWidget(WorkerWidget):
         self._stop_button.changed.connect(self.stop)
         self._body.extend([
             self._kind, self._dataset, self._single, self._mix, self._mix_single, self._held_out, self._epochs,
-            self._size, self._init, self._new_head, self._imagenet, self._leukemic, self._out, self._overwrite,
+            self._size, self._init, self._new_head, self._imagenet, self._feature_svm, self._leukemic, self._out,
+            self._overwrite,
             self._more, self._batch, self._lr, self._tune, self._device, self._start_button, self._stop_button,
             self._resume_button, self._bar, self._status,
         ])
@@ -107,7 +112,7 @@ class TrainWidget(WorkerWidget):
     def _kind_changed(self, kind: str):
         self._dataset.mode = DATASET_KINDS[kind]
         corrections = kind == CORRECTIONS  # fine-tuning: crop size, classes and weights come from the model
-        for widget in (self._single, self._size, self._imagenet, self._leukemic, self._new_head):
+        for widget in (self._single, self._size, self._imagenet, self._leukemic, self._new_head, self._feature_svm):
             widget.visible = not corrections
         for widget in (self._mix, self._mix_single, self._held_out):
             widget.visible = corrections
@@ -154,7 +159,8 @@ class TrainWidget(WorkerWidget):
             raise ValueError("choose an output folder")
         config = TrainConfig(epochs=self._epochs.value, batch_size=self._batch.value, lr=self._lr.value,
                              device=self._device.value, imagenet=TrainConfig().imagenet if self._imagenet.value else "",
-                             tune=self._tune.value)
+                             tune=self._tune.value,  # corrections: the model keeps its own SVM, if any
+                             feature_svm=self._feature_svm.value and self._kind.value != CORRECTIONS)
         common = dict(out_dir=out, config=config, resume=resume, overwrite=self._overwrite.value, command=COMMAND)
         if self._kind.value == CORRECTIONS:
             return fine_tune, dict(corrections=source, init=self._current_classifier(), mix=chosen_path(self._mix),

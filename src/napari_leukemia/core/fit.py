@@ -293,7 +293,10 @@ def finalize_run(out: Path, val: CropSet, config: TrainConfig, provenance: dict,
     logits = predict_logits(best, val.images, batch_size=max(config.batch_size, 64), fast=config.fast)
     temperature = fit_temperature(logits, val.targets)
     best.info = dataclasses.replace(best.info, temperature=temperature)
-    best.feature_svm = feature_svm
+    if feature_svm is not None:  # else the one a fine-tuned checkpoint carried (kept in best.safetensors), if any
+        best.feature_svm = feature_svm
+    elif best.feature_svm is not None:
+        provenance = {**provenance, "feature_svm": "kept from the checkpoint this run started from"}
     proba = probabilities(best, logits, feature_opinion(best, val.images))
     p = p_leukemic(best, proba)
     y = np.isin(val.targets, best.leukemic_index()).astype(int)

@@ -140,7 +140,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         clf = load_classifier(out / "last.safetensors", str(device))
         clf.info = info if clf.info.classes == info.classes else clf.info
     elif init is not None:
-        clf = Classifier(net=init.net, info=info)
+        clf = Classifier(net=init.net, info=info, feature_svm=init.feature_svm)  # a fine-tune keeps its SVM
     else:
         clf = new_classifier(info, imagenet_weights=cfg.imagenet or None)
     net = clf.net.to(device)
