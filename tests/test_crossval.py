@@ -229,14 +229,24 @@ def test_evaluate_on_normal_cells_only_reports_the_call_rate_not_nan(cell_datase
     assert report["overall"]["roc_auc"] is None and set(report["per_detail"]) == {"MY", "SNE"}
 
 
-def test_cv_with_a_feature_svm_keeps_each_part_of_every_call(cell_dataset, tmp_path):
+def test_cv_with_a_feature_svm_keeps_each_part_and_the_final_model_carries_its_figures(cell_dataset, tmp_path):
     """--cv with --feature-svm: every fold's checkpoint carries its SVM, p_leukemic is the mean, and the network's
-    and the SVM's probabilities are kept beside it (scripts/cv_table.py reports each part alone)."""
+    and the SVM's probabilities are kept beside it (scripts/cv_table.py reports each part alone). --final then
+    trains on every patient a model that carries the cross-validation's figures and error rates."""
+    from napari_leukemia.core.model import load_classifier
+
     table = write_patient_table(cell_dataset, tmp_path, copies=3)  # enough training cells of each class for the SVM
     out = tmp_path / "cv"
-    code, _, stderr = run("train", table, "--cv", 3, "--out", out, "--epochs", 1, "--arch", "small_cnn",
-                          "--feature-svm", *FAST)
+    code, stdout, stderr = run("train", table, "--cv", 3, "--out", out, "--epochs", 1, "--arch", "small_cnn",
+                               "--feature-svm", "--final", *FAST)
     assert code == 0, stderr
+    final = load_classifier(out / "final" / "classifier.safetensors", "cpu")
+    report = json.loads((out / "cv.json").read_text())
+    assert final.feature_svm is not None and final.info.provenance["cv_rates"] == report["cv_rates"]
+    assert final.info.provenance["cross_validation"]["pooled"] == report["pooled"]
+    cells = json.loads((out / "final" / "run.json").read_text())["cells"]
+    assert not cells["test"] and sum(cells["train"].values()) + sum(cells["val"].values()) == 36  # every patient
+    assert "final model, trained on every patient" in stdout
     with open(out / "predictions.csv", newline="") as fh:
         predictions = list(csv.DictReader(fh))
     assert len(predictions) == 36

@@ -97,6 +97,10 @@ def add_commands(sub) -> None:
                         "balanced by diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
                         "scored on its own patients; writes DIR/{cv.json,predictions.csv,patients.csv,patients.png}. "
                         "Rerun the same command to resume fold by fold")
+    t.add_argument("--final", action="store_true",
+                   help="with --cv: then train the model to use on every patient in DIR/final (resumable); its "
+                        "classifier.safetensors carries the cross-validation's figures and error rates, which widen "
+                        "a slide's blast-equivalent interval")
     t.add_argument("--extra-train", metavar="DATASET",
                    help="with --cv: cells of other sources (e.g. another lab's normal cells) added to the training of "
                         "every fold, never scored")
@@ -179,8 +183,8 @@ def cmd_train(args) -> int:
     check_device(args.device)
     if args.cv is not None:
         return _cross_validate(args, config)
-    if args.extra_train or args.score_also:
-        raise UsageError("--extra-train and --score-also belong to a cross-validation (--cv K)")
+    if args.extra_train or args.score_also or args.final:
+        raise UsageError("--extra-train, --score-also and --final belong to a cross-validation (--cv K)")
     from ..core.fit import fit_classifier
 
     with StopOnInterrupt() as stop:
@@ -229,7 +233,7 @@ def _cross_validate(args, config) -> int:
     from ..core.crossval import cross_validate
 
     def on_event(event):
-        if event.stage in ("fold", "report", "other"):
+        if event.stage in ("fold", "report", "other", "final"):
             print(event.message, flush=True)
         else:
             print_training_event(event)
@@ -240,15 +244,16 @@ def _cross_validate(args, config) -> int:
                              leukemic=args.leukemic_classes, init=args.init, new_head=args.new_head,
                              overwrite=args.overwrite, segment=segment_config(args), segmenter=args.segmenter,
                              crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),
-                             extra_train=args.extra_train, score_also=_named(args.score_also), should_stop=stop)
+                             extra_train=args.extra_train, score_also=_named(args.score_also), final=args.final,
+                             should_stop=stop)
         try:
             result = drive(run, args, on_event=on_event)
         except (FloatingPointError, MemoryError) as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_FAILED
     if result["stopped"]:
-        print(f"stopped after {result['folds_done']} complete fold(s); run the same command again to resume",
-              file=sys.stderr)
+        where = "in the final model's training" if "report" in result else f"after {result['folds_done']} complete fold(s)"
+        print(f"stopped {where}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     r = result["report"]
     o, e = r["pooled"], r["patient_errors"]
@@ -264,6 +269,8 @@ def _cross_validate(args, config) -> int:
         print(f"{name}: {d['n_cells']} cells no fold trained on, {100 * d['called_leukemic']:.1f}% called blast "
               "equivalent (mean over the fold models)")
     print(f"report: {Path(args.out) / 'cv.json'}, {Path(args.out) / 'patients.csv'}, {Path(args.out) / 'patients.png'}")
+    if "final" in result:
+        print(f"final model, trained on every patient, carrying these figures: {result['final']}")
     print(DISCLAIMER)
     return EXIT_OK
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .blast_count import blast_percentage, wilson_interval
-from .config import CV_FOLDS, SegmentConfig, TrainConfig
+from .config import CV_FOLDS, SPLIT_FRACTIONS, SegmentConfig, TrainConfig
 from .cropstore import iter_crops
 from .datasets import IMMATURE_GRANULOCYTES, Sample, read_samples, split_by_group
 from .events import Event
@@ -33,6 +33,8 @@ from .io import finite, write_json
 CV_FILES = ("folds.json", "cv.json", "predictions.csv", "patients.csv", "patients.png")
 #: Out-of-fold calls of one fold, in its run folder: written last, so a fold with it is complete.
 FOLD_PREDICTIONS = "predictions.csv"
+#: Where ``cross_validate(final=True)`` trains the model to use, on every patient.
+FINAL_DIR = "final"
 #: Columns of the out-of-fold predictions; ``p_network`` and ``p_features`` are filled when the fold's checkpoint
 #: carries a feature SVM (``p_leukemic`` is then their mean), so that either part can be reported alone.
 PREDICTION_COLUMNS = ("fold", "path", "group", "stratum", "label", "detail", "truth", "p_leukemic", "p_network",
@@ -89,7 +91,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
                    deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
-                   extra_train=None, score_also: dict | None = None,
+                   extra_train=None, score_also: dict | None = None, final: bool = False,
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
     """Train and score one classifier per fold of patients; resumable fold by fold.
 
@@ -116,6 +118,13 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         Data no fold trains on (e.g. other labs' cells, disjoint from ``extra_train``), scored by every fold's
         classifier into ``fold_<i>/other_<name>.csv``; the report's ``other_data`` gives each one's call rate
         per cell class, per fold and averaged over the folds.
+
+    final : bool
+        Then train the model to use on every patient (split into train and val only, as a fold's training patients
+        are; the ``extra_train`` cells too) in ``out_dir/final``, resumable like a fold. Its
+        ``classifier.safetensors`` carries this cross-validation as its measured figures: ``cv_rates`` (so that
+        the slide's blast-equivalent interval includes the classifier's error rates) and ``cross_validation``
+        (pooled figures, per-patient errors, other data, the report's path).
 
     Other parameters are :func:`~.fit.fit_classifier`'s; one crops cache serves every fold.
 
@@ -241,7 +250,41 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
               "extra_train": str(extra_train) if extra else None, "extra_train_cells": len(extra),
               "train_config": config.to_dict(), **report}
     write_cv_report(out, report)
-    return {"stopped": False, "out_dir": str(out), "folds_done": done, "report": report}
+    result = {"stopped": False, "out_dir": str(out), "folds_done": done, "report": report}
+    if final:
+        run_dir = out / FINAL_DIR
+        if not (run_dir / FINAL_NAME).is_file():
+            resume = (run_dir / "last_state.pt").is_file()
+            yield Event("final", k, k, f"{'resuming' if resume else 'training'} the final model on every patient "
+                                       f"in {run_dir}")
+            drawn = split_by_group(cleared, fractions=(*SPLIT_FRACTIONS[:2], 0.0), seed=config.seed)
+            final_samples = ([dataclasses.replace(s, split=name) for name, part in drawn.items() for s in part]
+                             + [dataclasses.replace(s, split="train") for s in extra])
+            trained = yield from fit_classifier(final_samples, run_dir, config=config, size=size, window=window,
+                                                mask_outside=mask_outside, single_cells=single_cells,
+                                                leukemic=leukemic, init=None if resume else init, new_head=new_head,
+                                                resume=resume, segment=segment, segmenter=segmenter,
+                                                crops_cache=crops_cache, command=command, should_stop=should_stop)
+            if trained["stopped"]:
+                return {**result, "stopped": True}
+            _carry_cross_validation(run_dir / FINAL_NAME, out, report)
+        result["final"] = str(run_dir / FINAL_NAME)
+    return result
+
+
+def _carry_cross_validation(path: Path, out: Path, report: dict) -> None:
+    """Write the cross-validation's figures into the final classifier's provenance (the file is rewritten)."""
+    from .model import load_classifier, save_classifier
+
+    clf = load_classifier(path, "cpu")
+    summary = {"report": str(out / "cv.json"), "k": report["k"], "n_patients": report["n_patients"],
+               "n_cells": report["n_cells"], "pooled": report["pooled"], "patient_errors": report["patient_errors"],
+               "patient_errors_adjusted": report.get("patient_errors_adjusted"),
+               "other_data": {name: {"n_cells": d["n_cells"], "called_leukemic": d["called_leukemic"]}
+                              for name, d in report.get("other_data", {}).items()}}
+    clf.info = dataclasses.replace(clf.info, provenance={**clf.info.provenance, "cv_rates": report["cv_rates"],
+                                                         "cross_validation": summary})
+    save_classifier(clf, path)
 
 
 def _score_other(run_dir: Path, fold: int, name: str, samples, device, single_cells, segment, segmenter,
