@@ -31,7 +31,8 @@ from napari_leukemia.core import drain
 from napari_leukemia.core.classical import CLASSICAL_MODELS, FEATURE_NAMES, classical_model, crop_features
 from napari_leukemia.core.config import CropConfig
 from napari_leukemia.core.cropstore import iter_crops
-from napari_leukemia.core.crossval import PREDICTION_COLUMNS, cv_report, other_data_report, patient_folds, write_cv_report
+from napari_leukemia.core.crossval import PREDICTION_COLUMNS, patient_folds
+from napari_leukemia.core.cv_report import cv_report, other_data_report, write_cv_report
 from napari_leukemia.core.datasets import read_samples
 from napari_leukemia.core.evaluate import multiclass_report
 from napari_leukemia.core.io import write_csv, write_json

@@ -4,7 +4,7 @@ Test-time recipes (nothing is trained again): ``bn_adapt`` moves every batch-nor
 patient's own cells before scoring them (:func:`~napari_leukemia.core.predict.adapt_batchnorm`, ``--prior`` cells
 of weight for the trained statistics); ``flips`` averages the logits over the 8 flips and quarter turns. Folds not
 finished yet are left out (both headlines then cover the same finished folds). Writes
-``<CVDIR>/rescored_<mode>.json`` (the :func:`~napari_leukemia.core.crossval.cv_report` of the new calls) and prints
+``<CVDIR>/rescored_<mode>.json`` (the :func:`~napari_leukemia.core.cv_report.cv_report` of the new calls) and prints
 its headline beside the original's.
 
     python scripts/cv_rescore.py ~/.cache/napari-leukemia/runs/cv5_r18_baseline ../shared/data/deepapl/manifest.csv \
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_leukemia.core.cropstore import iter_crops
-from napari_leukemia.core.crossval import FOLD_PREDICTIONS, cv_report
+from napari_leukemia.core.crossval import FOLD_PREDICTIONS
+from napari_leukemia.core.cv_report import cv_report
 from napari_leukemia.core.datasets import read_samples
 from napari_leukemia.core.fit import FINAL_NAME
 from napari_leukemia.core.io import finite, write_json

@@ -47,7 +47,7 @@ def predictions(folder: Path, folds: list[int]) -> list[dict] | None:
 
 def part_reports(rows: list[dict]) -> list[tuple[str, dict]]:
     """Reports of the network and of the feature SVM alone, where the predictions hold both parts."""
-    from napari_leukemia.core.crossval import cv_report
+    from napari_leukemia.core.cv_report import cv_report
 
     if not rows or not rows[0].get("p_network"):
         return []
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             if rows is None:
                 print(f"| {folder.name} | folds not finished | | | | | | | |")
                 continue
-            from napari_leukemia.core.crossval import cv_report
+            from napari_leukemia.core.cv_report import cv_report
 
             print(row(folder.name, cv_report(rows)))
         else:

@@ -17,7 +17,8 @@ from cli_run import run
 from PIL import Image
 
 from napari_leukemia.core.blast_count import wilson_interval
-from napari_leukemia.core.crossval import cv_report, patient_folds
+from napari_leukemia.core.crossval import patient_folds
+from napari_leukemia.core.cv_report import cv_report
 from napari_leukemia.core.datasets import Sample, read_dataset
 
 FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
