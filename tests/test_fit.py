@@ -312,12 +312,15 @@ def test_crops_cache_refuses_crops_of_another_segmenter(deepapl_image, segmenter
     from napari_leukemia.core.config import CropConfig
     from napari_leukemia.core.cropstore import iter_crops, load_crops, save_crops
     from napari_leukemia.core.datasets import Sample
-    from napari_leukemia.core.segment import load_segmenter, save_segmenter
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     Image.fromarray(deepapl_image).save(tmp_path / "field.png")
     samples = [Sample(str(tmp_path / "field.png"), "leukemic", "p1")]
-    other = tmp_path / "other_segmenter.safetensors"  # the same network, saved again: another file
-    save_segmenter(load_segmenter(segmenter_path, "cpu").net, other, provenance={"note": "another segmenter"})
+    other = tmp_path / "other_segmenter.safetensors"  # the same weights, another provenance: another file
+    with safe_open(str(segmenter_path), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(segmenter_path)), str(other), metadata={**meta, "provenance": json.dumps({"note": "other"})})
 
     def crop(segmenter):
         return drain(iter_crops(samples, CropConfig(size=32), segmenter=segmenter, cache=tmp_path / "crops.npz",
