@@ -262,8 +262,9 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
 
 
 def _fit_feature_svm(train: CropSet, info, seed: int, should_stop) -> Generator[Event, None, object]:
-    """Hand-made features of the training crops, a few at a time (a stop is honoured between them), then the
-    feature SVM (:func:`~.classical.fit_feature_svm`, about a minute for 10,000 cells); None when stopped."""
+    """Hand-made features of the training crops, a few at a time (a stop is honoured between them; 10-40 ms a
+    cell), then the feature SVM (:func:`~.classical.fit_feature_svm`, about 10 s for 10,000 cells, not
+    interruptible); None when stopped."""
     from .classical import crop_features, fit_feature_svm
 
     chunk, parts = 32, []

@@ -96,7 +96,7 @@ def probabilities(classifier: Classifier, logits: np.ndarray, p_features: np.nda
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     proba = e / e.sum(axis=1, keepdims=True)
-    if getattr(classifier, "feature_svm", None) is None:
+    if classifier.feature_svm is None:
         return proba
     if p_features is None or len(p_features) != len(proba):
         raise ValueError(f"{classifier.name} averages its network with a feature SVM: pass the feature SVM's "
@@ -116,7 +116,7 @@ def classify_crops(classifier: Classifier, crops: np.ndarray, *, batch_size: int
 
 def feature_opinion(classifier: Classifier, crops: np.ndarray) -> np.ndarray | None:
     """The leukaemic probability of the crops by the checkpoint's feature SVM, or None when it carries none."""
-    svm = getattr(classifier, "feature_svm", None)
+    svm = classifier.feature_svm
     return None if svm is None else svm.p_leukemic(crops)
 
 
