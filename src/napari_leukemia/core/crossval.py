@@ -138,7 +138,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         ``stopped``, ``out_dir``, ``folds_done`` and, when finished, ``report`` (see :func:`~.cv_report.cv_report`).
     """
     from .model import load_classifier
-    from .predict import feature_opinion
+    from .predict import feature_opinion, network_part, predict_logits, probabilities
     from .scoring import score_cells
 
     out = Path(out_dir)
@@ -215,11 +215,13 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
             return {"stopped": True, "out_dir": str(out), "folds_done": done}
         if not crops.samples:
             raise ValueError(f"fold {i}: no usable cell among its {len(test)} files")
-        report, y, p = score_cells(clf, crops.images, crops.samples)
+        p_features = feature_opinion(clf, crops.images)  # once: kept beside the mean it enters
+        proba = probabilities(clf, predict_logits(clf, crops.images), p_features)
+        report, y, p = score_cells(clf, crops.images, crops.samples, proba=proba)
         write_json(run_dir / "fold_metrics.json", finite({**report, "skipped": crops.skipped}))
-        p_features = feature_opinion(clf, crops.images)
-        parts = ([{}] * len(p) if p_features is None else  # p is the mean of the two: the network's is 2 p - p_features
-                 [{"p_network": f"{2 * q - f:.6f}", "p_features": f"{f:.6f}"} for q, f in zip(p, p_features)])
+        parts = ([{}] * len(p) if p_features is None else
+                 [{"p_network": f"{n:.6f}", "p_features": f"{f:.6f}"}
+                  for n, f in zip(network_part(p, p_features), p_features)])
         rows = [{"fold": i, "path": str(s.path), "group": s.group, "stratum": s.stratum, "label": s.label,
                  "detail": s.detail, "truth": int(t), "p_leukemic": f"{q:.6f}", **part}
                 for s, t, q, part in zip(crops.samples, y, p, parts)]

@@ -367,7 +367,9 @@ def with_calls(table, proba, p_leuk, classes, leukemic=("leukemic",), p_features
     for j, c in enumerate(classes):
         table[probability_column(c, leukemic)] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
     if p_features is not None:  # p_leukemic is the mean of the two parts
-        table["p_network"] = np.clip(2 * p_leuk - np.asarray(p_features, float), 0.0, 1.0)
+        from .predict import network_part
+
+        table["p_network"] = network_part(p_leuk, p_features)
         table["p_features"] = np.asarray(p_features, float)
     return table
 

@@ -114,6 +114,11 @@ def classify_crops(classifier: Classifier, crops: np.ndarray, *, batch_size: int
                          feature_opinion(classifier, crops))
 
 
+def network_part(p_leukemic: np.ndarray, p_features: np.ndarray) -> np.ndarray:
+    """The network's leukaemic probability inside a mean with the feature SVM's (:func:`probabilities`)."""
+    return np.clip(2 * np.asarray(p_leukemic, float) - np.asarray(p_features, float), 0.0, 1.0)
+
+
 def feature_opinion(classifier: Classifier, crops: np.ndarray) -> np.ndarray | None:
     """The leukaemic probability of the crops by the checkpoint's feature SVM, or None when it carries none."""
     svm = classifier.feature_svm

@@ -20,7 +20,7 @@ from .io import finite
 
 
 def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_leukemic=None,
-                batch_size: int = EVAL_BATCH_SIZE) -> tuple[dict, np.ndarray, np.ndarray]:
+                batch_size: int = EVAL_BATCH_SIZE, proba: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of a classifier on labelled cell crops.
 
     The binary truth is "label is leukaemic": the checkpoint's leukaemic classes when every label is one
@@ -55,7 +55,8 @@ def score_cells(classifier, images: np.ndarray, samples: list[Sample], *, truth_
         if not set(truth) & set(labels):
             raise ValueError(f"none of the labels {sorted(set(labels))} is taken as leukaemic (leukaemic labels: "
                              f"{list(truth)}); name them (--leukemic-classes)")
-    proba = classify_crops(classifier, images, batch_size=batch_size)
+    if proba is None:  # else computed by the caller (who kept the parts of a feature SVM's mean)
+        proba = classify_crops(classifier, images, batch_size=batch_size)
     p = p_leukemic(classifier, proba)
     y = np.isin(labels, truth).astype(int)
     called = p >= LEUKEMIC_THRESHOLD
