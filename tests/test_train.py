@@ -49,6 +49,20 @@ def test_the_small_cnn_trains_into_a_checkpoint_of_its_own(tiny_set, tmp_path):
     assert clf.info.architecture == "small_cnn" and clf.info.crop.size == 32
 
 
+def test_a_cpu_budget_ends_training_after_the_step_that_spends_it_and_counts_resumed_epochs(tiny_set, tmp_path):
+    info = ClassifierInfo(crop=CropConfig(size=32))
+    reports = list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=3, max_steps_per_epoch=4, cpu_minutes=1e-6),
+                                tmp_path))
+    assert [(r["epoch"], r["steps"], r["stopped"]) for r in reports] == [(1, 1, False)]
+    assert reports[0]["cpu_seconds"] > 0 and (tmp_path / "best.safetensors").is_file()
+    unlimited = list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=2, max_steps_per_epoch=4), tmp_path / "u"))
+    assert [r["steps"] for r in unlimited] == [2, 2]  # the whole tiny set
+    spent = unlimited[0]["cpu_seconds"] / 60  # a budget the first epoch has already spent when resumed
+    more = list(train_epochs(tiny_set, tiny_set, info, _cfg(epochs=3, max_steps_per_epoch=4, cpu_minutes=spent),
+                             tmp_path / "u", resume=True))
+    assert [(r["epoch"], r["steps"]) for r in more] == [(3, 1)]
+
+
 def test_stop_request_keeps_a_checkpoint(tiny_set, tmp_path):
     calls = iter(range(100))
     reports = list(train_epochs(tiny_set, tiny_set, ClassifierInfo(crop=CropConfig(size=32)), _cfg(), tmp_path,
@@ -67,7 +81,7 @@ def test_a_run_stopped_in_its_first_epoch_resumes_without_a_history(tiny_set, tm
     assert [h["epoch"] for h in json.loads((tmp_path / "history.json").read_text())] == [1]
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("batch_size", -4), ("batch_size", 2.5),
+@pytest.mark.parametrize("field, value", [("cpu_minutes", -1.0), ("cpu_minutes", float("nan")), ("epochs", 0), ("batch_size", 0), ("batch_size", -4), ("batch_size", 2.5),
                                           ("patience", 0), ("plateau_patience", -1), ("max_steps_per_epoch", -1),
                                           ("seed", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
                                           ("lr", float("inf")), ("weight_decay", -1e-4), ("blur_p", -0.1),

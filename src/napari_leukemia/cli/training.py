@@ -59,6 +59,10 @@ def add_commands(sub) -> None:
     t.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
     t.add_argument("--patience", type=positive_int, default=d.patience,
                    help=f"stop after this many epochs without a better validation loss (default {d.patience})")
+    t.add_argument("--cpu-minutes", type=non_negative_float, default=d.cpu_minutes, metavar="M",
+                   help="end training after M minutes of this process's CPU time (all threads; the epoch in progress "
+                        "ends and is validated): the same budget for every architecture in a comparison (default 0: "
+                        "no limit)")
     t.add_argument("--size", type=positive_int, metavar="PX",
                    help=f"crop side in pixels (default: the --init or resumed checkpoint's, else {CropConfig().size})")
     t.add_argument("--window", type=float, metavar="RED_CELLS",
@@ -173,6 +177,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"--imagenet {imagenet}: no such file (give auto, none or a .pth file)")
     try:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                             cpu_minutes=args.cpu_minutes,
                              seed=args.seed, device=args.device, imagenet=imagenet,
                              max_steps_per_epoch=max(args.steps_per_epoch, 0), stain_jitter=args.stain_jitter,
                              stain_vector_jitter=args.stain_vector_jitter, lowres_p=args.lowres_p,

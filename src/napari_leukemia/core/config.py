@@ -213,6 +213,11 @@ class TrainConfig(_Serializable):
         Adam's L2 penalty (0: none).
     patience : int
         Epochs without a better validation loss before stopping.
+    cpu_minutes : float
+        End training once it has spent this many minutes of the process's CPU time (all its threads, each
+        finished epoch's validation included; on a GPU only the host's share counts): an equal budget for
+        comparing architectures on a CPU. The epoch in progress ends at the next step and is validated
+        (0: no limit).
     plateau_patience, plateau_factor
         Reduce-on-plateau of the learning rate.
     balance : {"weights", "none"}
@@ -268,6 +273,7 @@ class TrainConfig(_Serializable):
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 7
+    cpu_minutes: float = 0.0
     plateau_patience: int = 3
     plateau_factor: float = 0.3
     balance: str = "weights"
@@ -300,13 +306,14 @@ class TrainConfig(_Serializable):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f"TrainConfig.{name} must be a whole number of at least {low}, got {value!r}")
-        for name in ("lr", "weight_decay", "stain_jitter", "stain_vector_jitter", "blur_p", "lowres_p", "plateau_factor"):
+        for name in ("lr", "weight_decay", "stain_jitter", "stain_vector_jitter", "blur_p", "lowres_p", "plateau_factor",
+                     "cpu_minutes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr (the learning rate) must be positive, got {self.lr!r}")
-        for name in ("weight_decay", "stain_jitter", "stain_vector_jitter"):
+        for name in ("weight_decay", "stain_jitter", "stain_vector_jitter", "cpu_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must not be negative, got {getattr(self, name)!r}")
         for name in ("blur_p", "lowres_p"):

@@ -251,6 +251,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         "init": summary["start"],
         "seconds": round(seconds, 1),
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
+        "train_cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in history), 1),
         "epochs_run": len(history),
         "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
     }

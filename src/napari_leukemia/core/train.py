@@ -114,6 +114,9 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
     Files in ``out_dir``: ``last.safetensors`` and ``last_state.pt`` (every epoch, and when stopped),
     ``best.safetensors`` (lowest validation loss), ``history.json``. A stop request (``should_stop()``
     true) ends the epoch in progress, saves ``last`` and returns; ``resume=True`` continues from it.
+    ``cfg.cpu_minutes`` ends training once the process has spent that much CPU time on it (resumed epochs
+    counted): the epoch in progress ends at the next step, is validated and saved, and training ends as at
+    convergence.
     """
     import torch
 
@@ -161,9 +164,11 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         start_epoch, best_loss, bad_epochs = st["epoch"], float(st["best_loss"]), st["bad_epochs"]
         rng = np.random.default_rng(cfg.seed + start_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.fast)
+    cpu_spent = sum(h.get("cpu_seconds", 0.0) for h in history)
+    budget = cfg.cpu_minutes * 60 if cfg.cpu_minutes else float("inf")
     report: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         net.train()
         for module in frozen:
             module.eval()  # keeps their batch-norm statistics
@@ -173,7 +178,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             steps = min(steps, cfg.max_steps_per_epoch)
         batches = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps)]
         fit = train_one_epoch(net, train, batches, info, cfg, opt, scaler, weights, epoch=epoch, out=out,
-                              should_stop=should_stop)
+                              should_stop=should_stop,
+                              out_of_budget=lambda: cpu_spent + time.process_time() - cpu0 >= budget)
         if fit["stopped"]:
             _save_state(clf, out, opt, sched, epoch, best_loss, bad_epochs)
             report = {"epoch": epoch, "stopped": True, "checkpoint": str(out / "last.safetensors")}
@@ -187,6 +193,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             save_classifier(clf, out / "best.safetensors")
         else:
             bad_epochs += 1
+        cpu_epoch = time.process_time() - cpu0
+        cpu_spent += cpu_epoch
         report = {
             "epoch": epoch + 1,
             "train_loss": fit["train_loss"],
@@ -195,6 +203,8 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
             "val_accuracy": val_acc,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
+            "cpu_seconds": cpu_epoch,
+            "steps": fit["steps"],
             "improved": improved,
             "stopped": False,
         }
@@ -202,17 +212,18 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         write_json(out / HISTORY_NAME, history)  # atomically: a run killed here keeps the previous history
         _save_state(clf, out, opt, sched, epoch + 1, best_loss, bad_epochs)
         yield report
-        if bad_epochs >= cfg.patience:
+        if bad_epochs >= cfg.patience or cpu_spent >= budget:
             break
     return {**report, "best_val_loss": best_loss, "checkpoint": str(out / "best.safetensors")}
 
 
 def train_one_epoch(net, train: CropSet, batches: list[np.ndarray], info: ClassifierInfo, cfg: TrainConfig, opt,
-                    scaler, weights, *, epoch: int, out: Path, should_stop: Callable[[], bool]) -> dict:
+                    scaler, weights, *, epoch: int, out: Path, should_stop: Callable[[], bool],
+                    out_of_budget: Callable[[], bool] = lambda: False) -> dict:
     """One pass over ``batches`` (index arrays into ``train``): augment, normalise, one optimiser step each.
 
-    Returns ``train_loss`` and ``train_accuracy`` (over the cells seen) and ``stopped`` (``should_stop()`` came
-    true between steps).
+    Returns ``train_loss`` and ``train_accuracy`` (over the cells seen), ``steps`` (taken) and ``stopped``
+    (``should_stop()`` came true between steps). ``out_of_budget()`` true after a step ends the pass there.
 
     Raises
     ------
@@ -231,9 +242,13 @@ def train_one_epoch(net, train: CropSet, batches: list[np.ndarray], info: Classi
     device = next(net.parameters()).device
     images = torch.from_numpy(train.images)  # uint8, moved per batch
     loss_sum, correct, seen = 0.0, 0, 0
+    steps = 0
     for step, idx in enumerate(batches):
         if should_stop():
-            return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "stopped": True}
+            return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": steps,
+                    "stopped": True}
+        if steps and out_of_budget():
+            break
         x = images[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         y = torch.from_numpy(train.targets[idx]).to(device)
         if cfg.augment:
@@ -261,7 +276,9 @@ def train_one_epoch(net, train: CropSet, batches: list[np.ndarray], info: Classi
         loss_sum += float(loss.detach()) * len(idx)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(idx)
-    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "stopped": False}
+        steps += 1
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": steps,
+            "stopped": False}
 
 
 def frozen_modules(net, tune: str) -> list:
