@@ -12,11 +12,14 @@ BCCD images whose index is a multiple of 5 are held out for evaluation and never
 zheng1's expert masks are the only ones holding the whole cytoplasm. Its crops (one leukocyte each, about
 120 px) are laid out four to an image, 2 x 2, each padded to 120 px by repeating its border, and the cell
 (nucleus and cytoplasm) is one label; crops whose number is a multiple of 5 (60 of 300) are held out.
+``--sources zheng1_single`` writes the same training crops one to an image, as they are, so that the network
+also sees a cell alone in a frame it fills and touches.
 ``--whole-cell`` grows the BCCD and DeepAPL masks out to their pale cytoplasm (``grow_to_cytoplasm``), which the
 stain masks' fixed rim leaves out.
 
     python scripts/make_segmenter_masks.py --shared ../shared/data --out .segdata --per-class 130
     python scripts/make_segmenter_masks.py --sources zheng1 --list zheng1.csv --out .segdata
+    python scripts/make_segmenter_masks.py --sources zheng1_single --list zheng1_single.csv --out .segdata
 """
 
 import argparse
@@ -55,7 +58,7 @@ def main():
     ap.add_argument("--shared", default="../shared/data")
     ap.add_argument("--out", default=".segdata")
     ap.add_argument("--per-class", type=int, default=120)
-    ap.add_argument("--sources", nargs="+", choices=("bccd", "deepapl", "zheng1"), default=["bccd", "deepapl"])
+    ap.add_argument("--sources", nargs="+", choices=("bccd", "deepapl", "zheng1", "zheng1_single"), default=["bccd", "deepapl"])
     ap.add_argument("--list", default="list.csv", help="name of the list of image and mask files written in --out")
     ap.add_argument("--whole-cell", action="store_true",
                     help="grow each kept BCCD and DeepAPL mask out to its pale cytoplasm (core.stain.grow_to_cytoplasm)")
@@ -70,6 +73,8 @@ def main():
         rows += _deepapl(shared, out, kept, args.per_class, args.whole_cell)
     if "zheng1" in args.sources:
         rows += _zheng1(shared, out, kept)
+    if "zheng1_single" in args.sources:
+        rows += _zheng1_single(shared, out, kept)
     with open(out / args.list, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["image", "masks"])
@@ -79,8 +84,7 @@ def main():
 
 def _zheng1(shared, out, kept):
     """zheng1's training crops, four to an image, the whole cell (nucleus and cytoplasm) one label each."""
-    files = [f for f in sorted((shared / "zheng1" / "images").glob("*.png"))
-             if not f.stem.endswith("_mask") and not zheng1_is_holdout(f)]
+    files = _zheng1_training_files(shared)
     rows = []
     for start in range(0, len(files) - 3, 4):
         tiles, labels = [], []
@@ -95,6 +99,22 @@ def _zheng1(shared, out, kept):
         rows.append(_save(out, f"zheng1_{files[start].stem}", im, lab))
         kept["zheng1"] += 1
     return rows
+
+
+def _zheng1_single(shared, out, kept):
+    """zheng1's training crops one to an image, as they are: a cell that fills its frame and touches it, as a
+    single-cell image or a tight crop shows it (the four-to-an-image layout never has a cell alone in its frame)."""
+    rows = []
+    for f in _zheng1_training_files(shared):
+        cell = read_mask(f.with_name(f"{f.stem}_mask.png")) > 0
+        rows.append(_save(out, f"zheng1_single_{f.stem}", read_image(f), cell.astype(np.uint16)))
+        kept["zheng1_single"] += 1
+    return rows
+
+
+def _zheng1_training_files(shared):
+    return [f for f in sorted((shared / "zheng1" / "images").glob("*.png"))
+            if not f.stem.endswith("_mask") and not zheng1_is_holdout(f)]
 
 
 def _bccd(shared, out, kept, whole_cell):
