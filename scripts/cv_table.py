@@ -12,6 +12,10 @@ A run still going (no ``cv.json`` yet) is compared on its finished folds: ``--fo
 figures from its out-of-fold predictions of those folds only (``fold_<i>/predictions.csv``, or the pooled
 ``predictions.csv``), so that runs are judged on the same patients.
 
+``--costs arch_costs.json`` (``scripts/arch_costs.py``) adds a table of what each run's model costs: its
+architecture and parameters, inference crops per second on the machine that measured them, and per fold the
+epochs, CPU minutes and wall minutes its training took (``fold_<i>/history.json``).
+
 A run trained with ``--feature-svm`` (its ``p_leukemic`` the mean of the network and the feature SVM) also gets a
 row for each part alone, ``(network)`` and ``(features)``, from the ``p_network`` and ``p_features`` columns.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def row(name: str, r: dict) -> str:
@@ -54,10 +60,52 @@ def part_reports(rows: list[dict]) -> list[tuple[str, dict]]:
     return [(part, cv_report([dict(r, p_leukemic=r[f"p_{part}"]) for r in rows])) for part in ("network", "features")]
 
 
+def training_costs(folder: Path) -> dict:
+    """Architecture and, averaged over ``folder``'s folds, epochs, CPU and wall minutes of training."""
+    from safetensors import safe_open
+
+    folds = sorted(p for p in folder.glob("fold_*") if (p / "history.json").is_file())
+    if not folds:
+        return {}
+    histories = [json.loads((p / "history.json").read_text()) for p in folds]
+    checkpoint = next((p / n for p in folds for n in ("classifier.safetensors", "last.safetensors")
+                       if (p / n).is_file()), None)
+    arch = None
+    if checkpoint is not None:
+        with safe_open(checkpoint, "pt") as fh:
+            arch = fh.metadata().get("architecture")
+    cpu = [sum(h.get("cpu_seconds", float("nan")) for h in hist) / 60 for hist in histories]
+    return {"architecture": arch, "folds": len(folds), "epochs": sum(map(len, histories)) / len(folds),
+            "cpu_minutes": sum(cpu) / len(cpu), "wall_minutes": sum(sum(h["seconds"] for h in hist) / 60
+                                                               for hist in histories) / len(folds)}
+
+
+def cost_rows(folders: list[Path], costs_file: Path) -> list[str]:
+    """A markdown table of each run's model costs (see the module's docstring)."""
+    measured = json.loads(costs_file.read_text())
+    lines = [f"\nCosts ({measured['machine']}, {measured['size_px']} px; training per fold, mean over folds):\n",
+             "| run | architecture | parameters | inference crops/s | folds | epochs | CPU min | wall min |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        c = training_costs(folder)
+        a = measured["architectures"].get(c.get("architecture"), {})
+        if not c:
+            lines.append(f"| {folder.name} | no finished epoch | | | | | | |")
+            continue
+        params = f"{a['parameters'] / 1e6:.1f} M" if a else "-"
+        speed = f"{a['infer_crops_per_s']:.0f}" if a else "-"
+        cpu = "-" if np.isnan(c["cpu_minutes"]) else f"{c['cpu_minutes']:.1f}"  # runs from before --cpu-minutes
+        lines.append(f"| {folder.name} | {c['architecture']} | {params} | {speed} | {c['folds']} | {c['epochs']:.1f} "
+                     f"| {cpu} | {c['wall_minutes']:.1f} |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cv_dirs", nargs="+", type=Path)
     parser.add_argument("--folds", nargs="+", type=int, help="judge every run on these folds only")
+    parser.add_argument("--costs", type=Path, metavar="JSON",
+                        help="scripts/arch_costs.py's figures: add a table of each run's costs")
     args = parser.parse_args(argv)
     if args.folds:
         print(f"folds {' '.join(map(str, args.folds))} only")
@@ -83,6 +131,8 @@ def main(argv=None) -> int:
             rows = predictions(folder, list(range(100))) if (folder / "predictions.csv").is_file() else []
         for part, report in part_reports(rows):
             print(row(f"{folder.name} ({part})", report))
+    if args.costs:
+        print("\n".join(cost_rows(args.cv_dirs, args.costs)))
     return 0
 
 
