@@ -29,10 +29,17 @@ CENTRE_DISTANCE = 0.1
 #: leukocyte diameters, as fractions of the image's shorter side (a cell that fills the frame fools the estimate).
 SIZE_FRACTIONS = (0.6, 0.35, 0.85)
 #: A centre cell narrower than this fraction of the image's shorter side may be the nucleus of a cell that fills the
-#: frame: the frame's own scale is looked at too (:func:`_filling_cell`).
+#: frame: larger scales are looked at too (:func:`_filling_cell`).
 FILLS = 0.7
-#: ... and the cell found there is taken when its diameter (that of a disc of its area) is within this factor of the
-#: frame's side.
+#: ... at these leukocyte diameters, as fractions of that side, in turn: cellpose misses a cell that nearly fills
+#: the frame at the frame's side (zheng1's largest cells, 0.7-0.8 of it), and finds it at 0.7 of it ...
+FILL_FRACTIONS = (0.7, 1.0)
+#: ... and the cell found at one of them is taken when it is at least this many times as large as the centre cell
+#: found before (a nucleus or a lobe of it is a small part of its cell; a neighbour merged into a cell of a
+#: smear's own size adds less: PBC's cells, 0.4-0.55 of their frame, grow 1.03-1.6x) ...
+PART_AT_MOST = 2.0
+#: ... and the cell found at a diameter is taken when its own diameter (that of a disc of its area) is within this
+#: factor of it.
 SCALE_AGREES = 1.25
 #: Segmentation sees the image framed by this fraction of its shorter side on every side, in the colour of its
 #: frame: a cell that fills the image or touches its frame then lies on background, as cellpose knows cells.
@@ -161,13 +168,17 @@ def _disc_diameter(mask: np.ndarray) -> float:
 
 def _filling_cell(padded, pad, shape, found, cfg, model, device) -> np.ndarray:
     """The cell that fills the frame, of which ``found`` is a part (its nucleus, seen at a smaller scale): the centre
-    cell at the frame's own scale when its size agrees with that scale and it holds most of ``found``; else
-    ``found``."""
-    whole = _centre_at(padded, pad, shape, min(shape), cfg, model, device)
-    if whole is None:
-        return found
-    agrees = 1 / SCALE_AGREES <= _disc_diameter(whole) / min(shape) <= SCALE_AGREES
-    return whole if agrees and (whole & found).sum() >= 0.8 * found.sum() else found
+    cell at the first of :data:`FILL_FRACTIONS` of the frame's side where it is :data:`PART_AT_MOST` times as large
+    as ``found`` or more, holds most of it and its size agrees with that scale; else ``found``."""
+    for fraction in FILL_FRACTIONS:
+        diameter = fraction * min(shape)
+        whole = _centre_at(padded, pad, shape, diameter, cfg, model, device)
+        if whole is None or whole.sum() < PART_AT_MOST * found.sum():
+            continue
+        agrees = 1 / SCALE_AGREES <= _disc_diameter(whole) / diameter <= SCALE_AGREES
+        if agrees and (whole & found).sum() >= 0.8 * found.sum():
+            return whole
+    return found
 
 
 def analyze_single_cells(images, names, *, classifier=None, segmenter=None,
