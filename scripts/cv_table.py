@@ -88,10 +88,10 @@ def cost_rows(folders: list[Path], costs_file: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         c = training_costs(folder)
-        a = measured["architectures"].get(c.get("architecture"), {})
         if not c:
             lines.append(f"| {folder.name} | no finished epoch | | | | | | |")
             continue
+        a = measured["architectures"].get(c["architecture"], {})
         params = f"{a['parameters'] / 1e6:.1f} M" if a else "-"
         speed = f"{a['infer_crops_per_s']:.0f}" if a else "-"
         cpu = "-" if np.isnan(c["cpu_minutes"]) else f"{c['cpu_minutes']:.1f}"  # runs from before --cpu-minutes
