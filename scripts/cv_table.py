@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 from pathlib import Path
-
-import numpy as np
 
 
 def row(name: str, r: dict) -> str:
@@ -74,10 +74,11 @@ def training_costs(folder: Path) -> dict:
     if checkpoint is not None:
         with safe_open(checkpoint, "pt") as fh:
             arch = fh.metadata().get("architecture")
-    cpu = [sum(h.get("cpu_seconds", float("nan")) for h in hist) / 60 for hist in histories]
-    return {"architecture": arch, "folds": len(folds), "epochs": sum(map(len, histories)) / len(folds),
-            "cpu_minutes": sum(cpu) / len(cpu), "wall_minutes": sum(sum(h["seconds"] for h in hist) / 60
-                                                               for hist in histories) / len(folds)}
+    def mean_minutes(key, missing=None):  # per fold, the sum over its epochs; NaN where an epoch lacks ``key``
+        return statistics.mean(sum(h.get(key, missing) for h in hist) / 60 for hist in histories)
+
+    return {"architecture": arch, "folds": len(folds), "epochs": statistics.mean(map(len, histories)),
+            "cpu_minutes": mean_minutes("cpu_seconds", float("nan")), "wall_minutes": mean_minutes("seconds")}
 
 
 def cost_rows(folders: list[Path], costs_file: Path) -> list[str]:
@@ -94,7 +95,7 @@ def cost_rows(folders: list[Path], costs_file: Path) -> list[str]:
         a = measured["architectures"].get(c["architecture"], {})
         params = f"{a['parameters'] / 1e6:.1f} M" if a else "-"
         speed = f"{a['infer_crops_per_s']:.0f}" if a else "-"
-        cpu = "-" if np.isnan(c["cpu_minutes"]) else f"{c['cpu_minutes']:.1f}"  # runs from before --cpu-minutes
+        cpu = "-" if math.isnan(c["cpu_minutes"]) else f"{c['cpu_minutes']:.1f}"  # runs from before --cpu-minutes
         lines.append(f"| {folder.name} | {c['architecture']} | {params} | {speed} | {c['folds']} | {c['epochs']:.1f} "
                      f"| {cpu} | {c['wall_minutes']:.1f} |")
     return lines
