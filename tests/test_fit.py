@@ -191,15 +191,16 @@ def test_a_new_head_learns_another_class_list_on_the_same_features(trained, cell
     (other / "leukemic").rename(other / "blast")
     (other / "normal").rename(other / "lymphocyte")
     code, stdout, stderr = run("train", other, "--out", tmp_path / "types", "--init", out / FINAL_NAME, "--new-head",
-                               "--tune", "head", "--window", 3.5, "--mask-outside", "--epochs", 1,
+                               "--tune", "head", "--window", 3.5, "--mask-outside", "--margin", 0.1, "--epochs", 1,
                                *[a for a in FAST if a not in ("--size", "32")])
     assert code == 0, stderr
     types = load_classifier(tmp_path / "types" / FINAL_NAME, "cpu")
     start = load_classifier(out / FINAL_NAME, "cpu")
     assert types.info.classes == ("blast", "lymphocyte") and types.info.leukemic == ("blast",)
     assert "new head" in types.info.provenance["init"]
-    # a fixed window and masked neighbours, kept in the checkpoint (analyses crop the same way)
-    assert types.info.crop == replace(start.info.crop, window=3.5, mask_outside=True) and not start.info.crop.mask_outside
+    # a fixed window, masked neighbours and a margin, kept in the checkpoint (analyses crop the same way)
+    assert types.info.crop == replace(start.info.crop, window=3.5, mask_outside=True, margin=0.1)
+    assert not start.info.crop.mask_outside and start.info.crop.margin == 0.25
     a, b = start.net.features.state_dict(), types.net.features.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # --tune head: the features are the checkpoint's
     code, _, stderr = run("train", other, "--out", tmp_path / "no_init", "--new-head", *FAST)
@@ -240,6 +241,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(cell_dataset, tmp_path, monkey
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     monkeypatch.undo()
+    code, _, stderr = run("train", cell_dataset, "--out", out, "--epochs", 2, "--resume", "--margin", 0.1, *FAST)
+    assert code != 0 and "margin 0.25" in stderr and "margin 0.1" in stderr  # other crops: refused, named
     code, stdout, stderr = run("train", cell_dataset, "--out", out, "--epochs", 2, "--resume", *FAST)
     assert code == 0, stderr
     assert "epoch   2/2" in stdout and "epoch   1/2" not in stdout

@@ -65,6 +65,9 @@ def add_commands(sub) -> None:
                         "no limit)")
     t.add_argument("--size", type=positive_int, metavar="PX",
                    help=f"crop side in pixels (default: the --init or resumed checkpoint's, else {CropConfig().size})")
+    t.add_argument("--margin", type=non_negative_float, metavar="FRACTION",
+                   help=f"context kept around each cell's box on each side, as a fraction of the box side (default: "
+                        f"the --init or resumed checkpoint's, else {CropConfig().margin:g})")
     t.add_argument("--window", type=float, metavar="RED_CELLS",
                    help="crop a fixed window of this many red-cell diameters around each cell, keeping its size "
                         "(for cell types; 0: fit the crop to each cell; default: the --init or resumed checkpoint's, "
@@ -193,10 +196,10 @@ def cmd_train(args) -> int:
     from ..core.fit import fit_classifier
 
     with StopOnInterrupt() as stop:
-        run = fit_classifier(args.dataset, args.out, config=config, size=args.size, window=args.window,
-                             mask_outside=args.mask_outside, single_cells=args.single_cells,
-                             deepapl_labels=args.labels, leukemic=args.leukemic_classes, init=args.init,
-                             new_head=args.new_head, resume=args.resume, overwrite=args.overwrite, segment=segment_config(args),
+        run = fit_classifier(args.dataset, args.out, config=config, **_crop_options(args),
+                             single_cells=args.single_cells, deepapl_labels=args.labels, leukemic=args.leukemic_classes,
+                             init=args.init, new_head=args.new_head, resume=args.resume, overwrite=args.overwrite,
+                             segment=segment_config(args),
                              segmenter=args.segmenter, crops_cache=args.crops_cache,
                              command=shlex.join(["napari-leukemia", *args.argv]), should_stop=stop)
         try:
@@ -244,8 +247,8 @@ def _cross_validate(args, config) -> int:
             print_training_event(event)
 
     with StopOnInterrupt() as stop:
-        run = cross_validate(args.dataset, args.out, k=args.cv, config=config, size=args.size, window=args.window,
-                             mask_outside=args.mask_outside, single_cells=args.single_cells, deepapl_labels=args.labels,
+        run = cross_validate(args.dataset, args.out, k=args.cv, config=config, **_crop_options(args),
+                             single_cells=args.single_cells, deepapl_labels=args.labels,
                              leukemic=args.leukemic_classes, init=args.init, new_head=args.new_head,
                              overwrite=args.overwrite, segment=segment_config(args), segmenter=args.segmenter,
                              crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),
@@ -347,3 +350,8 @@ def print_training_event(event) -> None:
               f"lr {e['lr']:.2g}  {e['seconds']:.0f} s{'  best' if e['improved'] else ''}", flush=True)
     elif event.stage == "calibrate" or (event.stage == "features" and event.done == event.total):
         print(event.message, flush=True)
+
+
+def _crop_options(args) -> dict:
+    """The crop settings asked for on the command line (None: the checkpoint's or the default)."""
+    return {"size": args.size, "margin": args.margin, "window": args.window, "mask_outside": args.mask_outside}

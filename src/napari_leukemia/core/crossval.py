@@ -84,8 +84,8 @@ def patient_folds(samples: list[Sample], k: int = CV_FOLDS, seed: int = 0) -> li
 
 
 def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = TrainConfig(), size: int | None = None,
-                   window: float | None = None, mask_outside: bool | None = None, single_cells: bool = False,
-                   deepapl_labels: str = "binary",
+                   margin: float | None = None, window: float | None = None, mask_outside: bool | None = None,
+                   single_cells: bool = False, deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    extra_train=None, score_also: dict | None = None, final: bool = False,
@@ -197,7 +197,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         status = "scoring" if trained else "resuming" if resume else "training"
         yield _fold_event(i, k, done, status)
         if not trained:
-            run = fit_classifier(fold_samples, run_dir, config=config, size=size, window=window,
+            run = fit_classifier(fold_samples, run_dir, config=config, size=size, margin=margin, window=window,
                                  mask_outside=mask_outside,
                                  single_cells=single_cells, leukemic=leukemic, init=None if resume else init,
                                  new_head=new_head and not resume, resume=resume, overwrite=not resume,
@@ -259,7 +259,8 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
             drawn = split_by_group(cleared, fractions=(*SPLIT_FRACTIONS[:2], 0.0), seed=config.seed)
             final_samples = ([dataclasses.replace(s, split=name) for name, part in drawn.items() for s in part]
                              + [dataclasses.replace(s, split="train") for s in extra])
-            trained = yield from fit_classifier(final_samples, run_dir, config=config, size=size, window=window,
+            trained = yield from fit_classifier(final_samples, run_dir, config=config, size=size, margin=margin,
+                                                window=window,
                                                 mask_outside=mask_outside, single_cells=single_cells,
                                                 leukemic=leukemic, init=None if resume else init, new_head=new_head,
                                                 resume=resume, segment=segment, segmenter=segmenter,

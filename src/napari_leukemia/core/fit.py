@@ -40,7 +40,8 @@ FEATURE_SVM_MIN_CELLS = 5
 
 
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
-                   window: float | None = None, mask_outside: bool | None = None, single_cells: bool = False,
+                   margin: float | None = None, window: float | None = None, mask_outside: bool | None = None,
+                   single_cells: bool = False,
                    deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, resume: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
@@ -62,6 +63,9 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         Epochs, batch size, learning rate, patience, device, seed, ImageNet initialisation ...
     size : int, optional
         Crop side in pixels; default: the resumed run's, else the ``init`` checkpoint's, else 224.
+    margin : float, optional
+        :attr:`~.config.CropConfig.margin`, the context around the cell's box on each side (a fraction of the
+        box side); default as ``size``.
     window : float, optional
         :attr:`~.config.CropConfig.window` (0: crops fitted to each cell; else a fixed window of this many
         red-cell diameters); default as ``size``.
@@ -142,19 +146,15 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
         base, base_name = init_clf.info, str(init)
     classes, leuk = resolve_classes([s.label for s in samples], leukemic=leukemic,
                                     base=None if new_head else base, base_name=base_name)
+    asked = {name: value for name, value in (("size", size or None), ("margin", margin), ("window", window),
+                                             ("mask_outside", mask_outside)) if value is not None}
     if resume:
-        asked = dataclasses.replace(base.crop, size=size or base.crop.size,
-                                    window=base.crop.window if window is None else window,
-                                    mask_outside=base.crop.mask_outside if mask_outside is None else mask_outside)
-        if asked != base.crop:
-            raise ValueError(f"{base_name} was trained on {base.crop.size} px crops (window {base.crop.window:g}, "
-                             f"masked {base.crop.mask_outside}); resume with those (not {asked.size} px, window "
-                             f"{asked.window:g}, masked {asked.mask_outside})")
+        if dataclasses.replace(base.crop, **asked) != base.crop:
+            raise ValueError(f"{base_name} was trained on crops {_crop_text(base.crop)}; resume with those (not "
+                             f"{_crop_text(dataclasses.replace(base.crop, **asked))})")
         crop = base.crop
     else:
-        crop = base.crop if init_clf is not None else CropConfig()
-        crop = dataclasses.replace(crop, size=size or crop.size, window=crop.window if window is None else window,
-                                   mask_outside=crop.mask_outside if mask_outside is None else mask_outside)
+        crop = dataclasses.replace(base.crop if init_clf is not None else CropConfig(), **asked)
     architecture = base.architecture if base is not None else config.arch or ARCHITECTURE
     if config.arch and config.arch != architecture:
         raise ValueError(f"{base_name} is a {architecture}; it cannot continue as a {config.arch} (leave the "
@@ -355,3 +355,7 @@ def _start_description(config: TrainConfig, init, resumed: str | None, architect
 
     weights = find_imagenet_weights(architecture) if config.imagenet == "auto" else config.imagenet
     return f"ImageNet weights {weights}" if weights else "random weights (no ImageNet weights found)"
+
+
+def _crop_text(crop: CropConfig) -> str:
+    return f"of {crop.size} px, margin {crop.margin:g}, window {crop.window:g}, masked {crop.mask_outside}"
