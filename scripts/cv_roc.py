@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     for a, b in args.mean:
         ra, rb = read(a), read(b)
         label = dict(zip(args.runs, names))
-        curves[f"mean of {label.get(a, a.name)} and {label.get(b, b.name)}"] = {p: (float(ra[p]["p_leukemic"]) + float(rb[p]["p_leukemic"])) / 2
-                                                   for p in ra.keys() & rb.keys()}
+        curves[f"mean of {label.get(a, a.name)} and {label.get(b, b.name)}"] = {
+            p: (float(ra[p]["p_leukemic"]) + float(rb[p]["p_leukemic"])) / 2 for p in ra.keys() & rb.keys()}
     common = sorted(set.intersection(*(set(c) for c in curves.values())))
     truth = {p: int(r["truth"]) for rows in tables.values() for p, r in rows.items()}
     y = np.array([truth[p] for p in common])

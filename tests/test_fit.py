@@ -310,13 +310,13 @@ def test_crops_cache_is_reused_and_checked(cell_dataset, tmp_path):
 def test_crops_cache_refuses_crops_of_another_segmenter(deepapl_image, segmenter_path, tmp_path):
     """Crops cut around the cells one segmenter found are not reused for another (a new shipped segmenter)."""
     from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     from napari_leukemia.core import drain
     from napari_leukemia.core.config import CropConfig
     from napari_leukemia.core.cropstore import iter_crops, load_crops, save_crops
     from napari_leukemia.core.datasets import Sample
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
     Image.fromarray(deepapl_image).save(tmp_path / "field.png")
     samples = [Sample(str(tmp_path / "field.png"), "leukemic", "p1")]
@@ -398,10 +398,10 @@ def test_sampling_by_cell_class_trains_from_the_datasets_detail_and_refuses_a_da
 def test_train_feature_svm_is_carried_by_the_checkpoint_and_measured_in_validation(cell_dataset, tmp_path):
     """--feature-svm: the SVM on hand-made features of the training cells rides in the checkpoint; the validation
     figures and every later analysis are of its average with the network."""
+    from napari_leukemia.core import drain
     from napari_leukemia.core.cropstore import iter_crops
     from napari_leukemia.core.model import load_classifier
     from napari_leukemia.core.predict import classify_crops, p_leukemic, predict_logits, probabilities
-    from napari_leukemia.core import drain
 
     code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "few", "--epochs", 1, "--feature-svm", *FAST)
     assert code == 2 and "needs at least 5 training cells of each class" in stderr

@@ -81,7 +81,8 @@ def test_a_run_stopped_in_its_first_epoch_resumes_without_a_history(tiny_set, tm
     assert [h["epoch"] for h in json.loads((tmp_path / "history.json").read_text())] == [1]
 
 
-@pytest.mark.parametrize("field, value", [("cpu_minutes", -1.0), ("cpu_minutes", float("nan")), ("epochs", 0), ("batch_size", 0), ("batch_size", -4), ("batch_size", 2.5),
+@pytest.mark.parametrize("field, value", [("cpu_minutes", -1.0), ("cpu_minutes", float("nan")), ("epochs", 0),
+                                          ("batch_size", 0), ("batch_size", -4), ("batch_size", 2.5),
                                           ("patience", 0), ("plateau_patience", -1), ("max_steps_per_epoch", -1),
                                           ("seed", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
                                           ("lr", float("inf")), ("weight_decay", -1e-4), ("blur_p", -0.1),

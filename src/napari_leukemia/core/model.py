@@ -301,11 +301,10 @@ def load_imagenet_features(net, path) -> None:
 
 def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
     """Write weights (half precision by default) and :class:`ClassifierInfo` to safetensors, atomically."""
+    import torch
     from safetensors.torch import save_file
 
     from .io import atomic_path
-
-    import torch
 
     state = {}
     for k, v in classifier.net.state_dict().items():

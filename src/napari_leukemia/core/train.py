@@ -179,7 +179,7 @@ def train_epochs(train: CropSet, val: CropSet, info: ClassifierInfo, cfg: TrainC
         batches = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps)]
         fit = train_one_epoch(net, train, batches, info, cfg, opt, scaler, weights, epoch=epoch, out=out,
                               should_stop=should_stop,
-                              out_of_budget=lambda: cpu_spent + time.process_time() - cpu0 >= budget)
+                              out_of_budget=lambda end=cpu0 + budget - cpu_spent: time.process_time() >= end)
         if fit["stopped"]:
             _save_state(clf, out, opt, sched, epoch, best_loss, bad_epochs)
             report = {"epoch": epoch, "stopped": True, "checkpoint": str(out / "last.safetensors")}
