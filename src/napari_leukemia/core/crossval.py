@@ -142,6 +142,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     from .scoring import score_cells
 
     out = Path(out_dir)
+    crop = {"size": size, "margin": margin, "window": window, "mask_outside": mask_outside}  # every fold's and the final's
     samples = read_samples(source, deepapl_labels)
     folds = patient_folds(samples, k, seed=config.seed)
     extra = [dataclasses.replace(s, split="") for s in read_samples(extra_train, deepapl_labels)] if extra_train else []
@@ -197,9 +198,8 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         status = "scoring" if trained else "resuming" if resume else "training"
         yield _fold_event(i, k, done, status)
         if not trained:
-            run = fit_classifier(fold_samples, run_dir, config=config, size=size, margin=margin, window=window,
-                                 mask_outside=mask_outside,
-                                 single_cells=single_cells, leukemic=leukemic, init=None if resume else init,
+            run = fit_classifier(fold_samples, run_dir, config=config, **crop, single_cells=single_cells,
+                                 leukemic=leukemic, init=None if resume else init,
                                  new_head=new_head and not resume, resume=resume, overwrite=not resume,
                                  segment=segment, segmenter=segmenter, crops_cache=crops_cache,
                                  command=f"{command} [fold {i} of {k}]", should_stop=should_stop)
@@ -259,9 +259,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
             drawn = split_by_group(cleared, fractions=(*SPLIT_FRACTIONS[:2], 0.0), seed=config.seed)
             final_samples = ([dataclasses.replace(s, split=name) for name, part in drawn.items() for s in part]
                              + [dataclasses.replace(s, split="train") for s in extra])
-            trained = yield from fit_classifier(final_samples, run_dir, config=config, size=size, margin=margin,
-                                                window=window,
-                                                mask_outside=mask_outside, single_cells=single_cells,
+            trained = yield from fit_classifier(final_samples, run_dir, config=config, **crop, single_cells=single_cells,
                                                 leukemic=leukemic, init=None if resume else init, new_head=new_head,
                                                 resume=resume, segment=segment, segmenter=segmenter,
                                                 crops_cache=crops_cache, command=command, should_stop=should_stop)

@@ -41,8 +41,7 @@ FEATURE_SVM_MIN_CELLS = 5
 
 def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size: int | None = None,
                    margin: float | None = None, window: float | None = None, mask_outside: bool | None = None,
-                   single_cells: bool = False,
-                   deepapl_labels: str = "binary",
+                   single_cells: bool = False, deepapl_labels: str = "binary",
                    leukemic=None, init=None, new_head: bool = False, resume: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
@@ -358,4 +357,5 @@ def _start_description(config: TrainConfig, init, resumed: str | None, architect
 
 
 def _crop_text(crop: CropConfig) -> str:
+    """The crop settings a resumed run must keep, in words."""
     return f"of {crop.size} px, margin {crop.margin:g}, window {crop.window:g}, masked {crop.mask_outside}"
