@@ -90,6 +90,29 @@ def test_cv_trains_one_model_per_fold_scores_each_patient_once_and_resumes(patie
     assert code == 2 and "other data, folds or seed" in stderr
 
 
+def test_cv_folds_run_by_separate_processes_share_one_report(patient_table, tmp_path):
+    out = tmp_path / "cv"
+    code, stdout, stderr = run("train", patient_table, "--cv", 3, "--fold", 0, 2, "--out", out, "--epochs", 1, *FAST)
+    assert code == 0, stderr
+    assert "fold 1/3: training" in stdout and "fold 3/3: training" in stdout and "fold 2/3" not in stdout
+    assert "waits for fold(s) 1" in stdout and not (out / "cv.json").exists() and not (out / "fold_1").exists()
+    code, stdout, stderr = run("train", patient_table, "--cv", 3, "--fold", 1, "--out", out, "--epochs", 1, *FAST)
+    assert code == 0, stderr
+    assert "fold 2/3: training" in stdout and "fold 1/3" not in stdout and "per patient, blast-equivalent %" in stdout
+    report = json.loads((out / "cv.json").read_text())
+    assert report["n_cells"] == 12 and [f["fold"] for f in report["per_fold"]] == [0, 1, 2]
+    folds = json.loads((out / "folds.json").read_text())
+    assert len(folds["commands"]) == 2 and all("--fold" in c for c in folds["commands"])
+    for i, fold in enumerate(folds["folds"]):
+        with open(out / f"fold_{i}" / "predictions.csv", newline="") as fh:
+            assert {r["group"] for r in csv.DictReader(fh)} == set(fold)
+    for bad in (["--fold", "3"], ["--fold", "0", "--final"], ["--fold", "0", "--overwrite"]):
+        code, _, stderr = run("train", patient_table, "--cv", 3, *bad, "--out", out, "--epochs", 1, *FAST)
+        assert code == 2 and ("folds 0 to 2" in stderr or "every fold" in stderr), (bad, stderr)
+    code, _, stderr = run("train", patient_table, "--fold", 0, "--out", tmp_path / "one", *FAST)
+    assert code == 2 and "belong to a cross-validation" in stderr
+
+
 def _other_lab(cell_dataset, folder: Path, name: str) -> Path:
     """A CSV of copies of the normal cells, as another lab's cells (each image its own group)."""
     folder.mkdir()

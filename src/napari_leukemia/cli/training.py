@@ -104,6 +104,10 @@ def add_commands(sub) -> None:
                         "balanced by diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
                         "scored on its own patients; writes DIR/{cv.json,predictions.csv,patients.csv,patients.png}. "
                         "Rerun the same command to resume fold by fold")
+    t.add_argument("--fold", type=int, nargs="+", metavar="I",
+                   help="with --cv: train and score only fold I (DIR/fold_I, from 0), so that one process per fold can "
+                        "share the cross-validation (same arguments and DIR); whichever finds every fold done writes "
+                        "the report")
     t.add_argument("--final", action="store_true",
                    help="with --cv: then train the model to use on every patient in DIR/final (resumable); its "
                         "classifier.safetensors carries the cross-validation's figures and error rates, which widen "
@@ -191,8 +195,8 @@ def cmd_train(args) -> int:
     check_device(args.device)
     if args.cv is not None:
         return _cross_validate(args, config)
-    if args.extra_train or args.score_also or args.final:
-        raise UsageError("--extra-train, --score-also and --final belong to a cross-validation (--cv K)")
+    if args.extra_train or args.score_also or args.final or args.fold:
+        raise UsageError("--extra-train, --score-also, --fold and --final belong to a cross-validation (--cv K)")
     from ..core.fit import fit_classifier
 
     with StopOnInterrupt() as stop:
@@ -253,7 +257,7 @@ def _cross_validate(args, config) -> int:
                              overwrite=args.overwrite, segment=segment_config(args), segmenter=args.segmenter,
                              crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),
                              extra_train=args.extra_train, score_also=_named(args.score_also), final=args.final,
-                             should_stop=stop)
+                             only_folds=args.fold, should_stop=stop)
         try:
             result = drive(run, args, on_event=on_event)
         except (FloatingPointError, MemoryError) as err:
@@ -263,6 +267,10 @@ def _cross_validate(args, config) -> int:
         where = "in the final model's training" if "report" in result else f"after {result['folds_done']} complete fold(s)"
         print(f"stopped {where}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if "waiting_for" in result:
+        print(f"fold(s) {', '.join(map(str, args.fold))} done; the report waits for fold(s) "
+              f"{', '.join(map(str, result['waiting_for']))}: the last run to finish writes it")
+        return EXIT_OK
     r = result["report"]
     o, e = r["pooled"], r["patient_errors"]
     print(f"{r['n_cells']} cells of {r['n_patients']} patients, each scored by the fold model that never saw it: "

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
                    leukemic=None, init=None, new_head: bool = False, overwrite: bool = False,
                    segment: SegmentConfig = SegmentConfig(), segmenter=None, crops_cache=None, command: str = "",
                    extra_train=None, score_also: dict | None = None, final: bool = False,
+                   only_folds: Sequence[int] | None = None,
                    should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, dict]:
     """Train and score one classifier per fold of patients; resumable fold by fold.
 
@@ -123,6 +124,12 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         the slide's blast-equivalent interval includes the classifier's error rates) and ``cross_validation``
         (pooled figures, per-patient errors, other data, the report's path).
 
+    only_folds : sequence of int, optional
+        Train and score these folds only (0-based), so that several processes, one per fold, can share a
+        cross-validation (each on its own machine or cores, with the same arguments and output folder); the report is
+        written by whichever finds every fold done, and a run without it writes it too, skipping finished folds.
+        Not with ``overwrite`` or ``final`` (train the final model with a run over every fold, afterwards).
+
     Other parameters are :func:`~.fit.fit_classifier`'s; one crops cache serves every fold.
 
     Yields
@@ -135,7 +142,8 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     Returns
     -------
     dict
-        ``stopped``, ``out_dir``, ``folds_done`` and, when finished, ``report`` (see :func:`~.cv_report.cv_report`).
+        ``stopped``, ``out_dir``, ``folds_done`` and, when finished, ``report`` (see :func:`~.cv_report.cv_report`);
+        with ``only_folds``, ``waiting_for`` (the folds not done yet) instead of ``report`` while other folds run.
     """
     from .model import load_classifier
     from .predict import feature_opinion, network_part, predict_logits, probabilities
@@ -145,6 +153,13 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     crop = {"size": size, "margin": margin, "window": window, "mask_outside": mask_outside}  # every fold's and the final's
     samples = read_samples(source, deepapl_labels)
     folds = patient_folds(samples, k, seed=config.seed)
+    chosen = set(range(k)) if only_folds is None else set(only_folds)
+    if only_folds is not None:
+        if not chosen or not chosen <= set(range(k)):
+            raise ValueError(f"folds {sorted(chosen)}: a {k}-fold cross-validation has folds 0 to {k - 1}")
+        if overwrite or final:
+            raise ValueError("a run of some folds cannot overwrite the cross-validation or train the final model; "
+                             "run over every fold for that (finished folds are skipped)")
     extra = [dataclasses.replace(s, split="") for s in read_samples(extra_train, deepapl_labels)] if extra_train else []
     overlap = {s.group for s in extra} & {s.group for s in samples}
     if overlap:
@@ -185,7 +200,10 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         run_dir = out / f"fold_{i}"
         if (run_dir / FOLD_PREDICTIONS).is_file():
             done += 1
-            yield _fold_event(i, k, done, "done")
+            if i in chosen:
+                yield _fold_event(i, k, done, "done")
+            continue
+        if i not in chosen:
             continue
         held = set(fold)
         fold_samples = [dataclasses.replace(s, split="test") if s.group in held else s for s in cleared]
@@ -229,7 +247,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         del clf, crops
         done += 1
     other = {name: read_samples(data, deepapl_labels) for name, data in (score_also or {}).items()}
-    for i in range(k):
+    for i in sorted(chosen):
         for name, data in other.items():
             if not (out / f"fold_{i}" / f"other_{name}.csv").is_file():
                 yield Event("other", message=f"fold {i + 1}: scoring {name}", payload={"fold": i, "name": name})
@@ -237,6 +255,10 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
                                                  segment, segmenter, crops_cache, should_stop)
                 if not scored:
                     return {"stopped": True, "out_dir": str(out), "folds_done": done}
+    waiting = [i for i in range(k) if not all((out / f"fold_{i}" / name).is_file()
+                                              for name in [FOLD_PREDICTIONS, *(f"other_{n}.csv" for n in other)])]
+    if waiting:  # only with only_folds: other processes run those
+        return {"stopped": False, "out_dir": str(out), "folds_done": done, "waiting_for": waiting}
     yield Event("report", message="writing the cross-validation report")
     rows = [row for i in range(k) for row in _read_rows(out / f"fold_{i}" / FOLD_PREDICTIONS)]
     _write_rows(out / "predictions.csv", rows)
