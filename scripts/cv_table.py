@@ -14,7 +14,8 @@ figures from its out-of-fold predictions of those folds only (``fold_<i>/predict
 
 ``--costs arch_costs.json`` (``scripts/arch_costs.py``) adds a table of what each run's model costs: its
 architecture and parameters, inference crops per second on the machine that measured them, and per fold the
-epochs, CPU minutes and wall minutes its training took (``fold_<i>/history.json``).
+epochs, CPU minutes and wall minutes its training took (``fold_<i>/history.json``). A classical baseline's folder
+(``scripts/classical_baselines.py``) gives its own: numbers kept, cells per second with the features, fit time.
 
 A run trained with ``--feature-svm`` (its ``p_leukemic`` the mean of the network and the feature SVM) also gets a
 row for each part alone, ``(network)`` and ``(features)``, from the ``p_network`` and ``p_features`` columns.
@@ -89,6 +90,14 @@ def cost_rows(folders: list[Path], costs_file: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         c = training_costs(folder)
+        report = folder / "cv.json"
+        classical = json.loads(report.read_text()).get("cost") if not c and report.is_file() else None
+        if classical:  # scripts/classical_baselines.py: features and model timed on this machine, fitted in seconds
+            folds = len(json.loads(report.read_text())["per_fold"])
+            lines.append(f"| {folder.name} | {folder.name} on hand-made features | {classical['parameters']:,} numbers "
+                         f"| {classical['cells_per_second']:.0f} (features included) | {folds} | - "
+                         f"| {classical['fit_seconds_per_fold']:.1f} s (fit) | - |")
+            continue
         if not c:
             lines.append(f"| {folder.name} | no finished epoch | | | | | | |")
             continue
