@@ -18,7 +18,7 @@ from PIL import Image
 
 from napari_leukemia.core.blast_count import wilson_interval
 from napari_leukemia.core.crossval import patient_folds
-from napari_leukemia.core.cv_report import cv_report
+from napari_leukemia.core.cv_report import cv_report, write_cv_report
 from napari_leukemia.core.datasets import Sample, read_dataset
 
 FAST = ["--size", "32", "--batch-size", "4", "--imagenet", "none", "--single-cells", "--device", "cpu", "--quiet"]
@@ -179,13 +179,15 @@ def test_patient_folds_are_disjoint_balanced_by_stratum_and_seeded():
         patient_folds(samples[:4], 5)
 
 
-def test_cv_report_per_patient_table_and_wilson_interval():
+def test_cv_report_per_patient_table_and_wilson_interval(tmp_path):
     rows = [{"fold": 0, "path": f"a{i}", "group": "A", "stratum": "AML", "label": "normal", "detail": "myelocyte",
              "truth": 0, "p_leukemic": 0.9 if i < 3 else 0.1} for i in range(10)]
     rows += [{"fold": 1, "path": f"b{i}", "group": "B", "stratum": "APL", "label": "leukemic", "detail": "promyelocyte",
-              "truth": 1, "p_leukemic": 0.8} for i in range(5)]
+              "truth": 1, "p_leukemic": 0.8} for i in range(4)]  # all 4 called: Wilson's top rounds below 1
     rows = [{k: str(v) for k, v in r.items()} for r in rows]
     report = cv_report(rows)
+    write_cv_report(tmp_path, report)  # the plot's error bars need the interval around the called %
+    assert (tmp_path / "patients.png").is_file()
     a, b = report["patients"]
     assert (a["patient"], a["true_pct"], a["predicted_pct"], a["difference"]) == ("A", 0, 30, 30)
     assert b["true_pct"] == 100 and b["difference"] == 0
@@ -195,6 +197,7 @@ def test_cv_report_per_patient_table_and_wilson_interval():
     lo, hi = wilson_interval(20, 100)  # a true 20% on 100 cells: about 13-29%
     assert 0.12 < lo < 0.14 and 0.28 < hi < 0.30
     assert wilson_interval(0, 34)[0] == 0 and np.isnan(wilson_interval(0, 0)[0])
+    assert all(wilson_interval(k, n)[0] <= k / n <= wilson_interval(k, n)[1] for n in range(1, 300) for k in range(n + 1))
 
 
 def test_cv_report_adjusts_each_patient_for_the_error_rates_of_the_other_folds():

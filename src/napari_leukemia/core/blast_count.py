@@ -27,7 +27,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    return min(p, max(0.0, float(centre - half))), max(p, min(1.0, float(centre + half)))  # p inside, rounding too
 
 
 def blast_percentage(called: int, counted: int, rates: dict | None = None) -> dict:
