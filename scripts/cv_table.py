@@ -90,10 +90,10 @@ def cost_rows(folders: list[Path], costs_file: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         c = training_costs(folder)
-        report = folder / "cv.json"
-        classical = json.loads(report.read_text()).get("cost") if not c and report.is_file() else None
+        report = json.loads((folder / "cv.json").read_text()) if not c and (folder / "cv.json").is_file() else {}
+        classical = report.get("cost")
         if classical:  # scripts/classical_baselines.py: features and model timed on this machine, fitted in seconds
-            folds = len(json.loads(report.read_text())["per_fold"])
+            folds = len(report["per_fold"])
             lines.append(f"| {folder.name} | {folder.name} on hand-made features | {classical['parameters']:,} numbers "
                          f"| {classical['cells_per_second']:.0f} (features included) | {folds} | - "
                          f"| {classical['fit_seconds_per_fold']:.1f} s (fit) | - |")

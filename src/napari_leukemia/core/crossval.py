@@ -151,8 +151,6 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
 
     out = Path(out_dir)
     crop = {"size": size, "margin": margin, "window": window, "mask_outside": mask_outside}  # every fold's and the final's
-    samples = read_samples(source, deepapl_labels)
-    folds = patient_folds(samples, k, seed=config.seed)
     chosen = set(range(k)) if only_folds is None else set(only_folds)
     if only_folds is not None:
         if not chosen or not chosen <= set(range(k)):
@@ -160,6 +158,8 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         if overwrite or final:
             raise ValueError("a run of some folds cannot overwrite the cross-validation or train the final model; "
                              "run over every fold for that (finished folds are skipped)")
+    samples = read_samples(source, deepapl_labels)
+    folds = patient_folds(samples, k, seed=config.seed)
     extra = [dataclasses.replace(s, split="") for s in read_samples(extra_train, deepapl_labels)] if extra_train else []
     overlap = {s.group for s in extra} & {s.group for s in samples}
     if overlap:
@@ -249,14 +249,14 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     other = {name: read_samples(data, deepapl_labels) for name, data in (score_also or {}).items()}
     for i in sorted(chosen):
         for name, data in other.items():
-            if not (out / f"fold_{i}" / f"other_{name}.csv").is_file():
+            if not _other_csv(out / f"fold_{i}", name).is_file():
                 yield Event("other", message=f"fold {i + 1}: scoring {name}", payload={"fold": i, "name": name})
                 scored = yield from _score_other(out / f"fold_{i}", i, name, data, config.device, single_cells,
                                                  segment, segmenter, crops_cache, should_stop)
                 if not scored:
                     return {"stopped": True, "out_dir": str(out), "folds_done": done}
-    waiting = [i for i in range(k) if not all((out / f"fold_{i}" / name).is_file()
-                                              for name in [FOLD_PREDICTIONS, *(f"other_{n}.csv" for n in other)])]
+    waiting = [i for i in range(k) if not (out / f"fold_{i}" / FOLD_PREDICTIONS).is_file()
+               or not all(_other_csv(out / f"fold_{i}", name).is_file() for name in other)]
     if waiting:  # only with only_folds: other processes run those
         return {"stopped": False, "out_dir": str(out), "folds_done": done, "waiting_for": waiting}
     yield Event("report", message="writing the cross-validation report")
@@ -265,7 +265,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     metrics = [json.loads((out / f"fold_{i}" / "fold_metrics.json").read_text()) for i in range(k)]
     report = cv_report(rows, fold_metrics=metrics)
     if other:
-        report["other_data"] = {name: other_data_report([_read_rows(out / f"fold_{i}" / f"other_{name}.csv")
+        report["other_data"] = {name: other_data_report([_read_rows(_other_csv(out / f"fold_{i}", name))
                                                          for i in range(k)]) for name in other}
     report = {"k": k, "seed": config.seed, "init": str(init) if init else None, "commands": commands + [command],
               "extra_train": str(extra_train) if extra else None, "extra_train_cells": len(extra),
@@ -323,8 +323,13 @@ def _score_other(run_dir: Path, fold: int, name: str, samples, device, single_ce
     rows = [{"fold": fold, "path": str(s.path), "group": s.group, "stratum": s.stratum, "label": s.label,
              "detail": s.detail, "truth": int(s.label in clf.info.leukemic), "p_leukemic": f"{q:.6f}"}
             for s, q in zip(crops.samples, p)]
-    _write_rows(run_dir / f"other_{name}.csv", rows)
+    _write_rows(_other_csv(run_dir, name), rows)
     return True
+
+
+def _other_csv(run_dir: Path, name: str) -> Path:
+    """Where a fold scores the data set ``name`` that no fold trained on (``score_also``)."""
+    return run_dir / f"other_{name}.csv"
 
 
 def _digest(samples) -> str:
