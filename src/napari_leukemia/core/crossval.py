@@ -169,6 +169,8 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
             **({"extra_train": _digest(extra)} if extra else {})}
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
+    # Looked at before folds.json: a process starting the same run beside this one (--fold) writes folds.json first.
+    held = out.is_dir() and any(out.iterdir())
     earlier = out / "folds.json"
     if earlier.is_file() and not overwrite:
         try:
@@ -187,7 +189,7 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         for i in range(max(k, 64)):
             if (out / f"fold_{i}").is_dir():
                 shutil.rmtree(out / f"fold_{i}")
-    elif out.is_dir() and any(out.iterdir()):
+    elif held:
         raise FileExistsError(f"{out} is not empty and holds no cross-validation; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     commands = (json.loads(earlier.read_text()).get("commands", []) if earlier.is_file() and not overwrite else [])
