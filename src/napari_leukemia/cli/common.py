@@ -25,6 +25,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fold_name(text: str) -> int | str:
+    """A fold's number (from 0) or ``final``, for ``train --cv K --fold``."""
+    if text == "final":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a fold's number (from 0) or 'final'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: folds are numbered from 0")
+    return value
+
+
 def _float(text: str, zero_ok: bool) -> float:
     try:
         value = float(text)

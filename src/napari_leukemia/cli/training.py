@@ -30,6 +30,7 @@ from .common import (
     UsageError,
     check_device,
     drive,
+    fold_name,
     non_negative_float,
     positive_float,
     positive_int,
@@ -104,10 +105,11 @@ def add_commands(sub) -> None:
                         "balanced by diagnosis, over every group whatever its split; one run per fold in DIR/fold_<i>, each "
                         "scored on its own patients; writes DIR/{cv.json,predictions.csv,patients.csv,patients.png}. "
                         "Rerun the same command to resume fold by fold")
-    t.add_argument("--fold", type=int, nargs="+", metavar="I",
+    t.add_argument("--fold", type=fold_name, nargs="+", metavar="I",
                    help="with --cv: train and score only fold I (DIR/fold_I, from 0), so that one process per fold can "
                         "share the cross-validation (same arguments and DIR); whichever finds every fold done writes "
-                        "the report")
+                        "the report. 'final' names the final model (see --final) as one more fold: it trains "
+                        "without waiting for the others and takes the report's figures when both exist")
     t.add_argument("--final", action="store_true",
                    help="with --cv: then train the model to use on every patient in DIR/final (resumable); its "
                         "classifier.safetensors carries the cross-validation's figures and error rates, which widen "
@@ -250,14 +252,19 @@ def _cross_validate(args, config) -> int:
         else:
             print_training_event(event)
 
+    folds = None if args.fold is None else [f for f in args.fold if f != "final"]
+    final = args.final or "final" in (args.fold or [])
+    if args.final and args.fold:
+        raise UsageError("--final trains the final model after every fold; with --fold, name it as a fold: "
+                         "--fold ... final")
     with StopOnInterrupt() as stop:
         run = cross_validate(args.dataset, args.out, k=args.cv, config=config, **_crop_options(args),
                              single_cells=args.single_cells, deepapl_labels=args.labels,
                              leukemic=args.leukemic_classes, init=args.init, new_head=args.new_head,
                              overwrite=args.overwrite, segment=segment_config(args), segmenter=args.segmenter,
                              crops_cache=args.crops_cache, command=shlex.join(["napari-leukemia", *args.argv]),
-                             extra_train=args.extra_train, score_also=_named(args.score_also), final=args.final,
-                             only_folds=args.fold, should_stop=stop)
+                             extra_train=args.extra_train, score_also=_named(args.score_also), final=final,
+                             only_folds=folds, should_stop=stop)
         try:
             result = drive(run, args, on_event=on_event)
         except (FloatingPointError, MemoryError) as err:
@@ -268,8 +275,9 @@ def _cross_validate(args, config) -> int:
         print(f"stopped {where}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     if "waiting_for" in result:
-        print(f"fold(s) {', '.join(map(str, args.fold))} done; the report waits for fold(s) "
-              f"{', '.join(map(str, result['waiting_for']))}: the last run to finish writes it")
+        print(f"{', '.join(map(str, args.fold))} done; the report waits for fold(s) "
+              f"{', '.join(map(str, result['waiting_for']))}: the last run to finish writes it"
+              + (" and adds its figures to the final model" if final else ""))
         return EXIT_OK
     r = result["report"]
     o, e = r["pooled"], r["patient_errors"]
@@ -279,7 +287,7 @@ def _cross_validate(args, config) -> int:
     print(f"per patient, blast-equivalent %: mean error {e['mean_abs_error']:.1f} points, largest "
           f"{e['max_abs_error']:.1f}, {e['over_10_points']} patient(s) off by more than 10")
     a = r["patient_errors_adjusted"]
-    print(f"adjusted for the classifier's error rates (as the product reports it): mean error "
+    print(f"corrected for the classifier's error rates (adjusted count; the product reports the count): mean error "
           f"{a['mean_abs_error']:.1f} points, largest {a['max_abs_error']:.1f}, {a['over_10_points']} off by more than 10")
     for name, d in r.get("other_data", {}).items():
         print(f"{name}: {d['n_cells']} cells no fold trained on, {100 * d['called_leukemic']:.1f}% called blast "

@@ -125,10 +125,12 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         (pooled figures, per-patient errors, other data, the report's path).
 
     only_folds : sequence of int, optional
-        Train and score these folds only (0-based), so that several processes, one per fold, can share a
-        cross-validation (each on its own machine or cores, with the same arguments and output folder); the report is
-        written by whichever finds every fold done, and a run without it writes it too, skipping finished folds.
-        Not with ``overwrite`` or ``final`` (train the final model with a run over every fold, afterwards).
+        Train and score these folds only (0-based; none, with ``final``), so that several processes, one per fold,
+        can share a cross-validation (each on its own machine or cores, with the same arguments and output folder);
+        the report is written by whichever finds every fold done, and a run without it writes it too, skipping
+        finished folds. With ``final``, this process then trains the final model without waiting for the other
+        folds; the cross-validation's figures join it when both it and the report exist (added by whichever
+        process finds them so). Not with ``overwrite``.
 
     Other parameters are :func:`~.fit.fit_classifier`'s; one crops cache serves every fold.
 
@@ -143,7 +145,8 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     -------
     dict
         ``stopped``, ``out_dir``, ``folds_done`` and, when finished, ``report`` (see :func:`~.cv_report.cv_report`);
-        with ``only_folds``, ``waiting_for`` (the folds not done yet) instead of ``report`` while other folds run.
+        with ``only_folds``, ``waiting_for`` (the folds not done yet) instead of ``report`` while other folds run;
+        ``final`` (the final classifier's path) once it is trained and carries the figures.
     """
     from .model import load_classifier
     from .predict import feature_opinion, network_part, predict_logits, probabilities
@@ -153,11 +156,10 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
     crop = {"size": size, "margin": margin, "window": window, "mask_outside": mask_outside}  # every fold's and the final's
     chosen = set(range(k)) if only_folds is None else set(only_folds)
     if only_folds is not None:
-        if not chosen or not chosen <= set(range(k)):
+        if not (chosen or final) or not chosen <= set(range(k)):
             raise ValueError(f"folds {sorted(chosen)}: a {k}-fold cross-validation has folds 0 to {k - 1}")
-        if overwrite or final:
-            raise ValueError("a run of some folds cannot overwrite the cross-validation or train the final model; "
-                             "run over every fold for that (finished folds are skipped)")
+        if overwrite:
+            raise ValueError("a run of some folds cannot overwrite the cross-validation; run over every fold for that")
     samples = read_samples(source, deepapl_labels)
     folds = patient_folds(samples, k, seed=config.seed)
     extra = [dataclasses.replace(s, split="") for s in read_samples(extra_train, deepapl_labels)] if extra_train else []
@@ -259,38 +261,44 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
                     return {"stopped": True, "out_dir": str(out), "folds_done": done}
     waiting = [i for i in range(k) if not (out / f"fold_{i}" / FOLD_PREDICTIONS).is_file()
                or not all(_other_csv(out / f"fold_{i}", name).is_file() for name in other)]
-    if waiting:  # only with only_folds: other processes run those
-        return {"stopped": False, "out_dir": str(out), "folds_done": done, "waiting_for": waiting}
-    yield Event("report", message="writing the cross-validation report")
-    rows = [row for i in range(k) for row in _read_rows(out / f"fold_{i}" / FOLD_PREDICTIONS)]
-    _write_rows(out / "predictions.csv", rows)
-    metrics = [json.loads((out / f"fold_{i}" / "fold_metrics.json").read_text()) for i in range(k)]
-    report = cv_report(rows, fold_metrics=metrics)
-    if other:
-        report["other_data"] = {name: other_data_report([_read_rows(_other_csv(out / f"fold_{i}", name))
-                                                         for i in range(k)]) for name in other}
-    report = {"k": k, "seed": config.seed, "init": str(init) if init else None, "commands": commands + [command],
-              "extra_train": str(extra_train) if extra else None, "extra_train_cells": len(extra),
-              "train_config": config.to_dict(), **report}
-    write_cv_report(out, report)
-    result = {"stopped": False, "out_dir": str(out), "folds_done": done, "report": report}
-    if final:
+    result = {"stopped": False, "out_dir": str(out), "folds_done": done}
+    report = None
+    if not waiting:
+        yield Event("report", message="writing the cross-validation report")
+        rows = [row for i in range(k) for row in _read_rows(out / f"fold_{i}" / FOLD_PREDICTIONS)]
+        _write_rows(out / "predictions.csv", rows)
+        metrics = [json.loads((out / f"fold_{i}" / "fold_metrics.json").read_text()) for i in range(k)]
+        report = cv_report(rows, fold_metrics=metrics)
+        if other:
+            report["other_data"] = {name: other_data_report([_read_rows(_other_csv(out / f"fold_{i}", name))
+                                                             for i in range(k)]) for name in other}
+        report = {"k": k, "seed": config.seed, "init": str(init) if init else None, "commands": commands + [command],
+                  "extra_train": str(extra_train) if extra else None, "extra_train_cells": len(extra),
+                  "train_config": config.to_dict(), **report}
+        write_cv_report(out, report)
+        result["report"] = report
+    else:  # only with only_folds: other processes run those
+        result["waiting_for"] = waiting
+    final_path = out / FINAL_DIR / FINAL_NAME
+    if final and not final_path.is_file():
         run_dir = out / FINAL_DIR
-        if not (run_dir / FINAL_NAME).is_file():
-            resume = (run_dir / "last_state.pt").is_file()
-            yield Event("final", k, k, f"{'resuming' if resume else 'training'} the final model on every patient "
-                                       f"in {run_dir}")
-            drawn = split_by_group(cleared, fractions=(*SPLIT_FRACTIONS[:2], 0.0), seed=config.seed)
-            final_samples = ([dataclasses.replace(s, split=name) for name, part in drawn.items() for s in part]
-                             + [dataclasses.replace(s, split="train") for s in extra])
-            trained = yield from fit_classifier(final_samples, run_dir, config=config, **crop, single_cells=single_cells,
-                                                leukemic=leukemic, init=None if resume else init, new_head=new_head,
-                                                resume=resume, segment=segment, segmenter=segmenter,
-                                                crops_cache=crops_cache, command=command, should_stop=should_stop)
-            if trained["stopped"]:
-                return {**result, "stopped": True}
-            _carry_cross_validation(run_dir / FINAL_NAME, out, report)
-        result["final"] = str(run_dir / FINAL_NAME)
+        resume = (run_dir / "last_state.pt").is_file()
+        yield Event("final", k, k, f"{'resuming' if resume else 'training'} the final model on every patient "
+                                   f"in {run_dir}")
+        drawn = split_by_group(cleared, fractions=(*SPLIT_FRACTIONS[:2], 0.0), seed=config.seed)
+        final_samples = ([dataclasses.replace(s, split=name) for name, part in drawn.items() for s in part]
+                         + [dataclasses.replace(s, split="train") for s in extra])
+        trained = yield from fit_classifier(final_samples, run_dir, config=config, **crop, single_cells=single_cells,
+                                            leukemic=leukemic, init=None if resume else init, new_head=new_head,
+                                            resume=resume, segment=segment, segmenter=segmenter,
+                                            crops_cache=crops_cache, command=command, should_stop=should_stop)
+        if trained["stopped"]:
+            return {**result, "stopped": True}
+    if report is None and (out / "cv.json").is_file():  # written meanwhile by the process of the last fold
+        report = json.loads((out / "cv.json").read_text())
+    if report is not None and final_path.is_file():  # whichever process finds both adds the figures
+        _carry_cross_validation(final_path, out, report)
+        result["final"] = str(final_path)
     return result
 
 
@@ -304,8 +312,10 @@ def _carry_cross_validation(path: Path, out: Path, report: dict) -> None:
                "patient_errors_adjusted": report.get("patient_errors_adjusted"),
                "other_data": {name: {"n_cells": d["n_cells"], "called_leukemic": d["called_leukemic"]}
                               for name, d in report.get("other_data", {}).items()}}
-    clf.info = dataclasses.replace(clf.info, provenance={**clf.info.provenance, "cv_rates": report["cv_rates"],
-                                                         "cross_validation": summary})
+    carried = {"cv_rates": report["cv_rates"], "cross_validation": summary}
+    if all(clf.info.provenance.get(key) == value for key, value in carried.items()):
+        return  # carried already (by the process that trained it, or an earlier run)
+    clf.info = dataclasses.replace(clf.info, provenance={**clf.info.provenance, **carried})
     save_classifier(clf, path)
 
 

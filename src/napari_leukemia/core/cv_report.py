@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blast_count import blast_percentage, wilson_interval
+from .blast_count import adjusted_percentage, blast_percentage
 from .datasets import IMMATURE_GRANULOCYTES
 from .io import finite, write_json
 
@@ -57,9 +57,10 @@ def cv_report(rows: list[dict], *, fold_metrics: list[dict] | None = None, thres
     dict
         ``pooled`` (binary metrics and ECE), ``per_fold``, ``hard_pair`` (blast equivalents against immature
         granulocytes, when labelled), ``per_detail`` (call rate per cell class), ``patients`` (one row per
-        patient: cells, true and predicted blast-equivalent %, difference, 95% counting interval of the
-        predicted %, and the percentage adjusted for the error rates of the other folds' calls:
-        :func:`~.blast_count.blast_percentage`), ``cv_rates`` (sensitivity and false-positive rate of all
+        patient: cells, true and predicted blast-equivalent %, difference, and the 95% interval a slide
+        summary would give, :func:`~.blast_count.blast_percentage` with the error rates of the other folds'
+        calls; then the percentage corrected for those rates, :func:`~.blast_count.adjusted_percentage`, with
+        its interval), ``cv_rates`` (sensitivity and false-positive rate of all
         calls: what a shipped checkpoint carries), ``patient_errors`` (mean and largest absolute difference,
         patients off by more than 5 and 10 points, share of true values inside the interval), the same for the
         adjusted percentage (``patient_errors_adjusted``) and for the mean probability
@@ -99,17 +100,17 @@ def cv_report(rows: list[dict], *, fold_metrics: list[dict] | None = None, thres
     for g in sorted(set(group)):
         m = group == g
         n, k = int(m.sum()), int(called[m].sum())
-        lo, hi = wilson_interval(k, n)
-        true_pct, pred_pct = 100 * y[m].mean(), 100 * k / n
+        true_pct = 100 * y[m].mean()
         f = fold[m][0]
-        adjusted = blast_percentage(k, n, _rates(y[fold != f], called[fold != f]))  # rates of the other folds
+        rates = _rates(y[fold != f], called[fold != f])  # of the other folds
+        summary = blast_percentage(k, n, rates)
+        lo, hi = summary["blast_pct_low"], summary["blast_pct_high"]
+        adjusted = adjusted_percentage(k, n, rates) or (summary["blast_pct"], lo, hi)
         patients.append({"patient": g, "stratum": rows[int(np.flatnonzero(m)[0])]["stratum"], "fold": int(f),
-                         "cells": n, "true_pct": true_pct, "predicted_pct": pred_pct,
-                         "mean_p_pct": 100 * float(p[m].mean()), "difference": pred_pct - true_pct,
-                         "interval_low": 100 * lo, "interval_high": 100 * hi,
-                         "true_in_interval": bool(100 * lo <= true_pct <= 100 * hi),
-                         "adjusted_pct": adjusted["blast_pct"], "adjusted_low": adjusted["blast_pct_low"],
-                         "adjusted_high": adjusted["blast_pct_high"]})
+                         "cells": n, "true_pct": true_pct, "predicted_pct": summary["blast_pct"],
+                         "mean_p_pct": 100 * float(p[m].mean()), "difference": summary["blast_pct"] - true_pct,
+                         "interval_low": lo, "interval_high": hi, "true_in_interval": bool(lo <= true_pct <= hi),
+                         "adjusted_pct": adjusted[0], "adjusted_low": adjusted[1], "adjusted_high": adjusted[2]})
     report["patients"] = patients
     report["patient_errors"] = _errors(patients, "predicted_pct", "interval_low", "interval_high")
     report["patient_errors_adjusted"] = _errors(patients, "adjusted_pct", "adjusted_low", "adjusted_high")
