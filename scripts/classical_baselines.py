@@ -127,7 +127,7 @@ def main(argv=None) -> int:
             if other:
                 other_rows.append(rows_of(i, other[0], model.predict_proba(other[1])[:, 1]))
         rows = [{k: str(v) for k, v in r.items()} for r in rows]
-        report = cv_report(rows)
+        report = {"k": plan["k"], "seed": plan["seed"], **cv_report(rows)}
         if other:
             report["other_data"] = {Path(args.score_also).stem: other_data_report(other_rows)}
         report["cost"] = {"features_ms_per_cell": 1000 * per_crop, "fit_seconds_per_fold": fit_s / len(folds),
