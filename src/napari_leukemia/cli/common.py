@@ -16,13 +16,7 @@ class UsageError(Exception):
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
+    return _whole_number(text, least=1)
 
 
 def fold_name(text: str) -> int | str:
@@ -30,11 +24,18 @@ def fold_name(text: str) -> int | str:
     if text == "final":
         return text
     try:
+        return _whole_number(text, least=0)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}: give a fold's number (from 0) or 'final'") from None
+
+
+def _whole_number(text: str, least: int) -> int:
+    try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a fold's number (from 0) or 'final'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: folds are numbered from 0")
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {text!r}")
     return value
 
 

@@ -252,11 +252,11 @@ def _cross_validate(args, config) -> int:
         else:
             print_training_event(event)
 
-    folds = None if args.fold is None else [f for f in args.fold if f != "final"]
-    final = args.final or "final" in (args.fold or [])
     if args.final and args.fold:
         raise UsageError("--final trains the final model after every fold; with --fold, name it as a fold: "
                          "--fold ... final")
+    folds = None if args.fold is None else [f for f in args.fold if f != "final"]
+    final = args.final or "final" in (args.fold or [])
     with StopOnInterrupt() as stop:
         run = cross_validate(args.dataset, args.out, k=args.cv, config=config, **_crop_options(args),
                              single_cells=args.single_cells, deepapl_labels=args.labels,

@@ -279,9 +279,9 @@ def cross_validate(source, out_dir, *, k: int = CV_FOLDS, config: TrainConfig = 
         result["report"] = report
     else:  # only with only_folds: other processes run those
         result["waiting_for"] = waiting
-    final_path = out / FINAL_DIR / FINAL_NAME
+    run_dir = out / FINAL_DIR
+    final_path = run_dir / FINAL_NAME
     if final and not final_path.is_file():
-        run_dir = out / FINAL_DIR
         resume = (run_dir / "last_state.pt").is_file()
         yield Event("final", k, k, f"{'resuming' if resume else 'training'} the final model on every patient "
                                    f"in {run_dir}")
