@@ -103,8 +103,15 @@ def small_classifier_with_svm(tmp_path_factory, drawn_svm):
     return load_classifier(path, "cpu")
 
 
-def test_a_checkpoint_averages_its_network_with_its_feature_svm(small_classifier_with_svm, drawn_svm, mosaic_smear):
-    """The analysis's p_leukemic is the mean of the network's and the feature SVM's, on the crops it cut."""
+def pooled(p, q):
+    """The leukaemic probability whose log-odds are the mean of those of ``p`` and ``q``."""
+    z = (np.log(p) - np.log1p(-np.asarray(p)) + np.log(q) - np.log1p(-np.asarray(q))) / 2
+    return 1 / (1 + np.exp(-z))
+
+
+def test_a_checkpoint_pools_its_network_with_its_feature_svm(small_classifier_with_svm, drawn_svm, mosaic_smear):
+    """The analysis's p_leukemic pools the network's and the feature SVM's (the mean of their log-odds), on the
+    crops it cut."""
     from napari_leukemia.core.pipeline import classify_cells
     from napari_leukemia.core.predict import p_leukemic, predict_logits, probabilities
     from napari_leukemia.core.stain import stain_segment
@@ -118,10 +125,10 @@ def test_a_checkpoint_averages_its_network_with_its_feature_svm(small_classifier
     p_network = p_leukemic(clf, probabilities(clf.__class__(net=clf.net, info=clf.info), predict_logits(clf, crops)))
     p_features = drawn_svm[0].predict_proba(crop_features(crops))[:, 1]
     assert len(crops) >= 6
-    assert np.abs(cells["p_leukemic"].to_numpy() - (p_network + p_features) / 2).max() < 1e-3
+    assert np.abs(cells["p_leukemic"].to_numpy() - pooled(p_network, p_features)).max() < 1e-3
     assert np.abs(cells["p_network"].to_numpy() - p_network).max() < 2e-3  # each part kept for review
     assert np.abs(cells["p_features"].to_numpy() - p_features).max() < 1e-3
-    with pytest.raises(ValueError, match="averages its network with a feature SVM"):
+    with pytest.raises(ValueError, match="pools its network with a feature SVM"):
         probabilities(clf, predict_logits(clf, crops))
 
 
@@ -136,7 +143,7 @@ def test_a_feature_svm_only_fits_two_classes_and_a_damaged_one_is_refused(small_
     clf = small_classifier_with_svm
     three = new_classifier(ClassifierInfo(classes=("a", "b", "leukemic"), architecture="small_cnn"))
     three.feature_svm = clf.feature_svm
-    with pytest.raises(CheckpointError, match="three.safetensors: a feature SVM can only be averaged with a classifier of two"):
+    with pytest.raises(CheckpointError, match="three.safetensors: a feature SVM can only be pooled with a classifier of two"):
         save_classifier(three, tmp_path / "three.safetensors")
     assert not (tmp_path / "three.safetensors").exists()
     save_classifier(clf, tmp_path / "ok.safetensors")
@@ -159,7 +166,7 @@ def test_a_feature_svm_only_fits_two_classes_and_a_damaged_one_is_refused(small_
     assert dataclasses.replace(clf, feature_svm=None).feature_svm is None
 
 
-def test_the_single_cell_path_averages_too(small_classifier_with_svm, deepapl_image, segmenter_path):
+def test_the_single_cell_path_pools_too(small_classifier_with_svm, deepapl_image, segmenter_path):
     """analyze --single-cell classifies all its cells in one batch: the feature SVM's part is there too."""
     from napari_leukemia import analyze_smear
     from napari_leukemia.core.config import AnalysisConfig
@@ -167,4 +174,4 @@ def test_the_single_cell_path_averages_too(small_classifier_with_svm, deepapl_im
     result = analyze_smear(deepapl_image, classifier=small_classifier_with_svm, segmenter=segmenter_path,
                            config=AnalysisConfig(device="cpu", gradcam=False, single_cell=True))
     (row,) = result.cells.to_dict("records")
-    assert row["p_leukemic"] == pytest.approx((row["p_network"] + row["p_features"]) / 2, abs=1e-6)
+    assert row["p_leukemic"] == pytest.approx(pooled(row["p_network"], row["p_features"]), abs=1e-6)

@@ -397,11 +397,11 @@ def test_sampling_by_cell_class_trains_from_the_datasets_detail_and_refuses_a_da
 
 def test_train_feature_svm_is_carried_by_the_checkpoint_and_measured_in_validation(cell_dataset, tmp_path):
     """--feature-svm: the SVM on hand-made features of the training cells rides in the checkpoint; the validation
-    figures and every later analysis are of its average with the network."""
+    figures and every later analysis are of its pool with the network."""
     from napari_leukemia.core import drain
     from napari_leukemia.core.cropstore import iter_crops
     from napari_leukemia.core.model import load_classifier
-    from napari_leukemia.core.predict import classify_crops, p_leukemic, predict_logits, probabilities
+    from napari_leukemia.core.predict import classify_crops, network_part, p_leukemic, predict_logits, probabilities
 
     code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "few", "--epochs", 1, "--feature-svm", *FAST)
     assert code == 2 and "needs at least 5 training cells of each class" in stderr
@@ -420,7 +420,10 @@ def test_train_feature_svm_is_carried_by_the_checkpoint_and_measured_in_validati
     crops = drain(iter_crops(read_dataset(cell_dataset), clf.info.crop, single_cells=True)).images
     both = p_leukemic(clf, classify_crops(clf, crops))
     network = p_leukemic(clf, probabilities(replace(clf, feature_svm=None), predict_logits(clf, crops)))
-    assert np.allclose(both, (network + clf.feature_svm.p_leukemic(crops)) / 2, atol=1e-6)
+    opinion = clf.feature_svm.p_leukemic(crops)
+    log_odds = lambda q: np.log(q) - np.log1p(-q)  # noqa: E731
+    assert np.allclose(log_odds(both), (log_odds(network) + log_odds(opinion)) / 2, atol=1e-4)  # geometric pool
+    assert np.allclose(network_part(both, opinion), network, atol=1e-5)  # the table's p_network
     assert not np.allclose(both, network, atol=1e-3)  # the SVM moves the call
     # fine-tuning keeps the SVM the starting checkpoint carries (refitted only with --feature-svm)
     code, _, stderr = run("train", cell_dataset, "--out", tmp_path / "tuned", "--epochs", 1, "--init",

@@ -64,7 +64,7 @@ class TrainWidget(WorkerWidget):
                                       "starting checkpoint learnt")
         self._imagenet = CheckBox(value=bool(d.imagenet), text="start from ImageNet weights when found (no download)")
         self._feature_svm = CheckBox(value=d.feature_svm, text="second opinion: SVM on hand-made features",
-                                     tooltip="fit the seeds' SVM on the training cells too; analyses average its "
+                                     tooltip="fit the seeds' SVM on the training cells too; analyses pool its "
                                              "leukaemic probability with the network's (two classes, at least 5 "
                                              "training cells of each; a fine-tuned model keeps its own otherwise)")
         self._leukemic = LineEdit(value="", label="leukaemic classes",

@@ -50,7 +50,7 @@ def cmd_export(args) -> int:
     except CheckpointError as err:
         raise UsageError(f"cannot load the classifier: {err}") from err
     if classifier.feature_svm is not None:  # said before the file is written, so it is seen
-        print(f"note: {args.checkpoint} averages its network with a feature SVM on hand-made features; the exported "
+        print(f"note: {args.checkpoint} pools its network with a feature SVM on hand-made features; the exported "
               "model is the network alone, and its probabilities differ from napari-leukemia's", file=sys.stderr)
     if args.format == "bioimageio":
         from ..core.bioimageio_export import export_bioimageio

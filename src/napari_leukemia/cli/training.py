@@ -85,8 +85,9 @@ def add_commands(sub) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in SAMPLING_HELP.items()) + f" (default {d.sampling})")
     t.add_argument("--feature-svm", action="store_true",
                    help="also fit the seeds' SVM on hand-made features of the training cells; the checkpoint "
-                        "carries it and every analysis averages its leukaemic probability with the network's (two "
-                        "classes only; with --cv every fold's model does, so the report measures the average)")
+                        "carries it and every analysis pools its leukaemic probability with the network's (the mean "
+                        "of their log-odds; two classes only; with --cv every fold's model does, so the report "
+                        "measures the pool)")
     t.add_argument("--arch", choices=CLASSIFIER_ARCHITECTURES, default=None,
                    help="the backbone of a new classifier (default densenet201, the design's; resnet18 is a light "
                         "proxy to screen recipes by cross-validation on a CPU; small_cnn and cnn_transformer have no "

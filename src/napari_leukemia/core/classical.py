@@ -152,7 +152,7 @@ _SVM_ARRAYS = ("mean", "scale", "support_vectors", "dual_coef")
 @dataclass(frozen=True, eq=False)
 class FeatureSvm:
     """A fitted RBF SVM on :data:`FEATURE_NAMES` as plain arrays: the classical model a classifier checkpoint may
-    carry as a second opinion, its leukaemic probability averaged with the network's.
+    carry as a second opinion, its leukaemic probability pooled with the network's (:func:`~.predict.probabilities`).
 
     Its probability is that of the scikit-learn pipeline of :func:`classical_model` ``("svm")`` it was taken
     from (:meth:`from_pipeline`), computed in numpy, so that a checkpoint holds no pickled object.

@@ -257,8 +257,8 @@ class TrainConfig(_Serializable):
         starting checkpoint's when fine-tuning or resuming (which keep their own).
     feature_svm : bool
         Also fit the seeds' SVM on hand-made features of the training cells (:mod:`~.classical`) and let the
-        checkpoint carry it: every analysis then averages its leukaemic probability with the network's (two
-        classes only). The validation figures are those of the average. Without it, a run that starts from a
+        checkpoint carry it: every analysis then pools its leukaemic probability with the network's (two
+        classes only). The validation figures are those of the pool. Without it, a run that starts from a
         checkpoint carrying a feature SVM (fine-tuning) keeps that SVM as it is.
 
     Raises

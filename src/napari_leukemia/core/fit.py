@@ -207,7 +207,7 @@ def fit_classifier(source, out_dir, *, config: TrainConfig = TrainConfig(), size
 
         init_clf = with_new_head(init_clf, info)
     if config.feature_svm and len(classes) != 2:
-        raise ValueError(f"a feature SVM (--feature-svm) averages one leukaemic probability: it needs two classes, "
+        raise ValueError(f"a feature SVM (--feature-svm) gives one leukaemic probability: it needs two classes, "
                          f"not {list(classes)}")
     if config.feature_svm and min(counts["train"].values()) < FEATURE_SVM_MIN_CELLS:
         raise ValueError(f"a feature SVM (--feature-svm) needs at least {FEATURE_SVM_MIN_CELLS} training cells of "
@@ -281,7 +281,7 @@ def _fit_feature_svm(train: CropSet, info, seed: int, should_stop) -> Generator[
 
 def finalize_run(out: Path, val: CropSet, config: TrainConfig, provenance: dict, feature_svm=None) -> dict:
     """Calibrate ``out/best.safetensors`` on validation (temperature) and write :data:`FINAL_NAME` with provenance
-    (and ``feature_svm``, whose average with the network the validation figures then measure)."""
+    (and ``feature_svm``, whose pool with the network the validation figures then measure)."""
     import torch
 
     from .device import hardware, package_version, resolve_device

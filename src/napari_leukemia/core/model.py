@@ -218,7 +218,7 @@ class Classifier:
     net: object
     info: ClassifierInfo
     path: str = ""
-    feature_svm: object = None  #: a :class:`~.classical.FeatureSvm` averaged with the network (binary classes only)
+    feature_svm: object = None  #: a :class:`~.classical.FeatureSvm` pooled with the network (binary classes only)
 
     @property
     def name(self) -> str:
@@ -322,7 +322,7 @@ def save_classifier(classifier: Classifier, path, half: bool = True) -> None:
 def check_feature_svm_fits(info: ClassifierInfo, path) -> None:
     """A feature SVM gives one leukaemic probability: only a classifier of two classes may carry one."""
     if len(info.classes) != 2:
-        raise CheckpointError(f"{path}: a feature SVM can only be averaged with a classifier of two classes, not of "
+        raise CheckpointError(f"{path}: a feature SVM can only be pooled with a classifier of two classes, not of "
                               f"{list(info.classes)}")
 
 

@@ -366,7 +366,7 @@ def with_calls(table, proba, p_leuk, classes, leukemic=("leukemic",), p_features
     table["leukemic"] = p_leuk >= LEUKEMIC_THRESHOLD
     for j, c in enumerate(classes):
         table[probability_column(c, leukemic)] = np.asarray(proba, float)[:, j] if n else np.zeros(0)
-    if p_features is not None:  # p_leukemic is the mean of the two parts
+    if p_features is not None:  # p_leukemic pools the two parts
         from .predict import network_part
 
         table["p_network"] = network_part(p_leuk, p_features)

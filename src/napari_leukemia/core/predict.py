@@ -77,8 +77,12 @@ def predict_logits(classifier: Classifier, crops: np.ndarray, *, batch_size: int
 
 
 def probabilities(classifier: Classifier, logits: np.ndarray, p_features: np.ndarray | None = None) -> np.ndarray:
-    """Calibrated class probabilities: softmax of logits over the checkpoint's temperature, averaged with its
-    feature SVM's (:attr:`~.model.Classifier.feature_svm`) when it carries one.
+    """Calibrated class probabilities: softmax of logits over the checkpoint's temperature, pooled with its feature
+    SVM's (:attr:`~.model.Classifier.feature_svm`) when it carries one.
+
+    The pool is the normalised geometric mean of the two (the mean of their log-odds). The arithmetic mean it
+    replaced left two calibrated opinions underconfident together and ranked worse in cross-validation
+    (``docs/training_log.md``, session 20).
 
     Parameters
     ----------
@@ -99,12 +103,13 @@ def probabilities(classifier: Classifier, logits: np.ndarray, p_features: np.nda
     if classifier.feature_svm is None:
         return proba
     if p_features is None or len(p_features) != len(proba):
-        raise ValueError(f"{classifier.name} averages its network with a feature SVM: pass the feature SVM's "
+        raise ValueError(f"{classifier.name} pools its network with a feature SVM: pass the feature SVM's "
                          f"probabilities of the same {len(proba)} crops (feature_opinion)")
     opinion = np.zeros_like(proba)
     opinion[:, classifier.leukemic_index()[0]] = p_features
     opinion[:, 1 - classifier.leukemic_index()[0]] = 1.0 - np.asarray(p_features)
-    return (proba + opinion) / 2
+    pooled = np.sqrt(np.clip(proba, _EPS, 1.0) * np.clip(opinion, _EPS, 1.0))
+    return pooled / pooled.sum(axis=1, keepdims=True)
 
 
 def classify_crops(classifier: Classifier, crops: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
@@ -115,8 +120,21 @@ def classify_crops(classifier: Classifier, crops: np.ndarray, *, batch_size: int
 
 
 def network_part(p_leukemic: np.ndarray, p_features: np.ndarray) -> np.ndarray:
-    """The network's leukaemic probability inside a mean with the feature SVM's (:func:`probabilities`)."""
-    return np.clip(2 * np.asarray(p_leukemic, float) - np.asarray(p_features, float), 0.0, 1.0)
+    """The network's leukaemic probability inside a pool with the feature SVM's (:func:`probabilities`)."""
+    return _sigmoid(2 * _logit(p_leukemic) - _logit(p_features))
+
+
+#: Probabilities are clipped to [_EPS, 1 - _EPS] before they are pooled: a certain opinion cannot veto the other.
+_EPS = 1e-6
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(z / 2))
 
 
 def feature_opinion(classifier: Classifier, crops: np.ndarray) -> np.ndarray | None:
