@@ -193,10 +193,16 @@ def package_readme(classifier: Classifier, *, n_cells: int) -> str:
     prov = info.provenance or {}
     data = prov.get("data") or {}
     source = str(data.get("source", "not recorded"))
-    deepapl = "deepapl" in source.lower()
-    val = prov.get("val_metrics") or {}
+    deepapl = "deepapl" in f"{source} {prov.get('command', '')}".lower()  # a cross-validation records "samples"
+    cv = prov.get("cross_validation") or {}
+    val = cv.get("pooled") or prov.get("val_metrics") or {}
     figures = ", ".join(f"{k} {val[k]:.3f}" for k in ("roc_auc", "balanced_accuracy", "sensitivity_at_95_specificity",
                                                         "ece") if isinstance(val.get(k), (int, float)))
+    measured = (f"{cv.get('k')}-fold cross-validation over {cv.get('n_patients')} patients, each scored by a model "
+                "that never saw it" if cv.get("pooled") else "Validation split (patients never seen in training)")
+    if figures and classifier.feature_svm is not None:
+        figures += (" (napari-leukemia's pool of this network with a feature SVM on hand-made cell features, which "
+                    "this package does not hold: the network alone scores lower)")
     crop = info.crop
     lines = [
         f"# napari-leukemia classifier: {info.architecture}, {' / '.join(info.classes)}", "",
@@ -218,7 +224,7 @@ def package_readme(classifier: Classifier, *, n_cells: int) -> str:
         f"- command: `{prov.get('command', 'not recorded')}`",
         f"- software: `{json.dumps(prov.get('software', {}))}`, date {prov.get('date', 'not recorded')}", "",
         "## Validation", "",
-        ("Validation split (patients never seen in training): " + figures + "." if figures else
+        (f"{measured}: {figures}." if figures else
          "No validation figures are recorded in this checkpoint."),
         " The full evaluation on held-out patients is in napari-leukemia's docs/model_card.md.", "",
         "## Licences", "",
