@@ -41,6 +41,23 @@ def test_features_measure_the_nucleus_of_a_drawn_cell():
     assert np.isfinite(empty).all() and empty[names.index("nucleus_fraction")] == 0
 
 
+def test_texture_is_measured_on_the_cell_not_on_the_background_around_it():
+    """A flat background in the box's corners (a cut-out cell painted on a smear colour) leaves the disc's texture
+    as it was; the texture over the whole box (feature SVMs fitted before session 20) moves."""
+    rng = np.random.default_rng(2)
+    crop = synthetic_cell(rng, 1, 0.7 * SIDE / 3)
+    yy, xx = np.mgrid[:SIDE, :SIDE] - (SIDE - 1) / 2
+    flat = crop.copy()
+    flat[np.hypot(yy, xx) > SIDE / 3 + 1] = BACKGROUND  # the noise outside the cell's disc smoothed away
+    glcm = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("glcm_")]
+    disc, disc_flat = cell_features(crop)[glcm], cell_features(flat)[glcm]
+    box, box_flat = cell_features(crop, texture="box")[glcm], cell_features(flat, texture="box")[glcm]
+    assert np.allclose(disc, disc_flat, rtol=0.02, atol=1e-3)
+    assert not np.allclose(box, box_flat, rtol=0.05)
+    assert not np.allclose(disc, box, rtol=0.05)  # the two are different features: a fitted SVM keeps its own
+    assert np.array_equal(cell_features(crop, texture="box")[:19], cell_features(crop)[:19])  # the rest is the same
+
+
 @pytest.fixture(scope="module")
 def drawn_cells():
     """Features of 60 drawn cells: blasts (1: one large nucleus) and neutrophils (0: two to four small lobes)."""
@@ -164,6 +181,16 @@ def test_a_feature_svm_only_fits_two_classes_and_a_damaged_one_is_refused(small_
     with pytest.raises(CheckpointError, match="other.safetensors: its feature SVM was fitted on other features"):
         load_classifier(tmp_path / "other.safetensors", "cpu")
     assert dataclasses.replace(clf, feature_svm=None).feature_svm is None
+    # an SVM fitted before session 20 (no "texture") measures texture over the box; an unknown region is refused
+    old = dict(meta, feature_svm=meta["feature_svm"].replace(', "texture": "disc"', ""))
+    assert old["feature_svm"] != meta["feature_svm"]
+    save_file(state, tmp_path / "old.safetensors", metadata=old)
+    assert load_classifier(tmp_path / "old.safetensors", "cpu").feature_svm.texture == "box"
+    assert load_classifier(tmp_path / "ok.safetensors", "cpu").feature_svm.texture == "disc"
+    odd = dict(meta, feature_svm=meta["feature_svm"].replace('"texture": "disc"', '"texture": "ring"'))
+    save_file(state, tmp_path / "odd.safetensors", metadata=odd)
+    with pytest.raises(CheckpointError, match="odd.safetensors: its feature SVM measures texture over 'ring'"):
+        load_classifier(tmp_path / "odd.safetensors", "cpu")
 
 
 def test_the_single_cell_path_pools_too(small_classifier_with_svm, deepapl_image, segmenter_path):

@@ -31,7 +31,13 @@ FEATURE_NAMES = (
 )
 
 
-def cell_features(crop: np.ndarray, margin: float = CropConfig().margin) -> np.ndarray:
+#: Where the GLCM texture is measured: ``"disc"``, the cell's disc (what the other features call the cell; since
+#: session 20), or ``"box"``, the whole box around it, corners of background included (a feature SVM fitted before
+#: session 20 carries no ``texture`` and gets ``"box"``).
+TEXTURES = ("disc", "box")
+
+
+def cell_features(crop: np.ndarray, margin: float = CropConfig().margin, texture: str = TEXTURES[0]) -> np.ndarray:
     """The :data:`FEATURE_NAMES` of one cell crop.
 
     Parameters
@@ -41,6 +47,8 @@ def cell_features(crop: np.ndarray, margin: float = CropConfig().margin) -> np.n
         the side).
     margin : float
         The crop's ``CropConfig.margin``.
+    texture : {"disc", "box"}
+        Where the GLCM texture is measured (:data:`TEXTURES`).
 
     Returns
     -------
@@ -81,8 +89,13 @@ def cell_features(crop: np.ndarray, margin: float = CropConfig().margin) -> np.n
 
     grey = np.clip(lightness * 2.55, 0, 255).astype(np.uint8) // 8  # 32 grey levels
     box = slice(int(side * margin / (1 + 2 * margin)), side - int(side * margin / (1 + 2 * margin)))
-    glcm = graycomatrix(grey[box, box], distances=[1, 3], angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=32,
-                        symmetric=True, normed=True)
+    angles = [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
+    if texture == "box":
+        glcm = graycomatrix(grey[box, box], distances=[1, 3], angles=angles, levels=32, symmetric=True, normed=True)
+    else:  # pixels off the disc get a 33rd level, whose pairs are dropped
+        marked = np.where(cell, grey, 32).astype(np.uint8)[box, box]
+        glcm = graycomatrix(marked, distances=[1, 3], angles=angles, levels=33, symmetric=True)[:32, :32]
+        glcm = glcm / np.maximum(glcm.sum(axis=(0, 1), keepdims=True), 1)
     texture = [v for p in ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
                for v in graycoprops(glcm, p).mean(axis=1)]
     lbp = local_binary_pattern(grey, 8, 1, method="uniform")
@@ -97,9 +110,11 @@ def cell_features(crop: np.ndarray, margin: float = CropConfig().margin) -> np.n
     return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def crop_features(images: np.ndarray, margin: float = CropConfig().margin) -> np.ndarray:
+def crop_features(images: np.ndarray, margin: float = CropConfig().margin, texture: str = TEXTURES[0]) -> np.ndarray:
     """:func:`cell_features` of every crop of ``images`` (N, S, S, 3): an (N, F) array."""
-    return np.stack([cell_features(im, margin) for im in images]) if len(images) else np.zeros((0, len(FEATURE_NAMES)))
+    if not len(images):
+        return np.zeros((0, len(FEATURE_NAMES)))
+    return np.stack([cell_features(im, margin, texture) for im in images])
 
 
 def classical_model(name: str, seed: int = 0):
@@ -169,9 +184,10 @@ class FeatureSvm:
     platt_a: float
     platt_b: float
     margin: float = CropConfig().margin
+    texture: str = TEXTURES[0]  #: where its features' GLCM texture is measured (:data:`TEXTURES`)
 
     @classmethod
-    def from_pipeline(cls, pipeline, margin: float = CropConfig().margin) -> "FeatureSvm":
+    def from_pipeline(cls, pipeline, margin: float = CropConfig().margin, texture: str = TEXTURES[0]) -> "FeatureSvm":
         """The arrays of a fitted ``classical_model("svm")`` whose classes are 0 (normal) and 1 (leukaemic)."""
         scaler, calibrated = pipeline[0], pipeline[-1]
         if list(calibrated.classes_) != [0, 1] or len(calibrated.calibrated_classifiers_) != 1:
@@ -181,7 +197,8 @@ class FeatureSvm:
         return cls(mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64),
                    support_vectors=svc.support_vectors_.astype(np.float64),
                    dual_coef=svc.dual_coef_.ravel().astype(np.float64), intercept=float(svc.intercept_[0]),
-                   gamma=float(svc._gamma), platt_a=float(platt.a_), platt_b=float(platt.b_), margin=float(margin))
+                   gamma=float(svc._gamma), platt_a=float(platt.a_), platt_b=float(platt.b_), margin=float(margin),
+                   texture=texture)
 
     def p_leukemic_of_features(self, features: np.ndarray) -> np.ndarray:
         """Leukaemic probability ``(N,)`` of feature rows ``(N, F)``."""
@@ -192,13 +209,13 @@ class FeatureSvm:
 
     def p_leukemic(self, crops: np.ndarray) -> np.ndarray:
         """Leukaemic probability ``(N,)`` of uint8 cell crops ``(N, S, S, 3)`` (:func:`crop_features`)."""
-        return self.p_leukemic_of_features(crop_features(crops, self.margin))
+        return self.p_leukemic_of_features(crop_features(crops, self.margin, self.texture))
 
     def to_tensors(self) -> tuple[dict[str, np.ndarray], str]:
         """Its arrays (named with :data:`FEATURE_SVM_PREFIX`) and its metadata entry (a JSON string)."""
         arrays = {FEATURE_SVM_PREFIX + k: np.ascontiguousarray(getattr(self, k), np.float32) for k in _SVM_ARRAYS}
         meta = {"features": list(FEATURE_NAMES), "intercept": self.intercept, "gamma": self.gamma,
-                "platt": [self.platt_a, self.platt_b], "margin": self.margin}
+                "platt": [self.platt_a, self.platt_b], "margin": self.margin, "texture": self.texture}
         return arrays, json.dumps(meta)
 
     @classmethod
@@ -225,6 +242,10 @@ class FeatureSvm:
             raise bad("was fitted on other features than this version of napari-leukemia computes")
         if len(numbers) != 5 or not all(np.isfinite(numbers)) or numbers[1] <= 0 or numbers[2] < 0:
             raise bad(f"has settings out of range ({info})")
+        texture = info.get("texture", "box")  # fitted before session 20: texture over the whole box
+        if texture not in TEXTURES:
+            raise bad(f"measures texture over {texture!r}, which this version of napari-leukemia does not know "
+                      f"(one of {list(TEXTURES)})")
         missing = [k for k in _SVM_ARRAYS if FEATURE_SVM_PREFIX + k not in arrays]
         if missing:
             raise bad(f"lacks its arrays {missing}")
@@ -237,4 +258,5 @@ class FeatureSvm:
         if not all(np.isfinite(v).all() for v in a.values()) or (a["scale"] <= 0).any():
             raise bad("holds NaN, infinite or non-positive scale values")
         intercept, gamma, margin, platt_a, platt_b = numbers
-        return cls(**a, intercept=intercept, gamma=gamma, platt_a=platt_a, platt_b=platt_b, margin=margin)
+        return cls(**a, intercept=intercept, gamma=gamma, platt_a=platt_a, platt_b=platt_b, margin=margin,
+                   texture=texture)
