@@ -114,6 +114,8 @@ def test_analyze_bundled_samples(tmp_path, capsys, classifier_path):
     assert [r["stem"] for r in rows] == ["bccd_smear", "deepapl_blast"]
     assert [r["image"] for r in rows] == [str(sample_path("bccd")), str(sample_path("deepapl"))]
     assert all(r["status"] == "ok" and r["error"] == "" for r in rows)
+    for row in rows:  # the table printed gives the interval written (widened by the classifier's cv_rates)
+        assert f"{float(row['blast_pct_low']):.1f}-{float(row['blast_pct_high']):.1f}%" in stdout
     for row in rows:
         folder = out / row["stem"]
         assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)

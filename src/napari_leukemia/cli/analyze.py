@@ -181,7 +181,7 @@ def cmd_analyze(args) -> int:
         return EXIT_INTERRUPTED
     for message in notes:
         print(f"note: {message}", file=sys.stderr)
-    print_report(rows, out)
+    print_report(rows, out, _cv_rates(classifier))
     return EXIT_FAILED if any(r["status"] != "ok" for r in rows) else EXIT_OK
 
 
@@ -339,8 +339,17 @@ def _load_models(args, files_only: bool = False):
     return classifier, segmenter
 
 
-def print_report(rows, out: Path) -> None:
-    """The human-readable table of a run, on stdout (rows as written, or as read back from ``summary.csv``)."""
+def _cv_rates(classifier) -> dict | None:
+    """The classifier's cross-validated error rates, which widen every interval (a checkpoint file on a cluster)."""
+    from ..core.model import load_classifier
+
+    info = classifier.info if hasattr(classifier, "info") else load_classifier(classifier, "cpu").info
+    return (info.provenance or {}).get("cv_rates")
+
+
+def print_report(rows, out: Path, rates: dict | None = None) -> None:
+    """The human-readable table of a run, on stdout (rows as written, or as read back from ``summary.csv``), its
+    intervals widened by the classifier's ``rates`` as in the rows' summaries (:func:`~..core.blast_count.call_counts`)."""
     from ..core.blast_count import blast_percentage, describe
 
     width = max([len("image")] + [len(r["stem"]) for r in rows])
@@ -351,12 +360,12 @@ def print_report(rows, out: Path) -> None:
             print(f"{r['stem']:<{width}}  {'failed':>10}")
             continue
         n, k = int(r["leukocytes"]), int(r["leukemic"])
-        c = blast_percentage(k, n)
+        c = blast_percentage(k, n, rates)
         interval = "" if c["blast_pct"] is None else f"{c['blast_pct_low']:.1f}-{c['blast_pct_high']:.1f}%"
         pct = "" if c["blast_pct"] is None else f"{c['blast_pct']:.1f}"
         print(f"{r['stem']:<{width}}  {n:>10}  {k:>9}  {pct:>6}  {interval}{'  (too few cells)' * c['too_few_cells'] * (n > 0)}")
     n = sum(int(r["leukocytes"]) for r in ok)
     k = sum(int(r["leukemic"]) for r in ok)
     print(f"total: {len(ok)} of {len(rows)} images analysed, {n} leukocytes, {k} blast equivalents: "
-          f"{describe(blast_percentage(k, n))}; results in {out}")
+          f"{describe(blast_percentage(k, n, rates))}; results in {out}")
     print(DISCLAIMER)
