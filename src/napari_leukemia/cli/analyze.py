@@ -340,11 +340,16 @@ def _load_models(args, files_only: bool = False):
 
 
 def _cv_rates(classifier) -> dict | None:
-    """The classifier's cross-validated error rates, which widen every interval (a checkpoint file on a cluster)."""
-    from ..core.model import load_classifier
+    """:func:`~..core.blast_count.classifier_rates` of the loaded classifier, or of the checkpoint file a cluster's
+    workers load (its metadata, without building the network)."""
+    from ..core.blast_count import classifier_rates
+    from ..core.checkpoint import read_safetensors
+    from ..core.model import CLASSIFIER_FORMAT, ClassifierInfo
 
-    info = classifier.info if hasattr(classifier, "info") else load_classifier(classifier, "cpu").info
-    return (info.provenance or {}).get("cv_rates")
+    if hasattr(classifier, "info"):
+        return classifier_rates(classifier.info)
+    meta, _ = read_safetensors(Path(classifier), CLASSIFIER_FORMAT)
+    return classifier_rates(ClassifierInfo.from_metadata(meta, classifier))
 
 
 def print_report(rows, out: Path, rates: dict | None = None) -> None:

@@ -93,6 +93,12 @@ def describe(count: dict) -> str:
     return text
 
 
+def classifier_rates(info) -> dict | None:
+    """A classifier's cross-validated error rates (``cv_rates`` in its :class:`~.model.ClassifierInfo`'s
+    provenance), which widen every interval it counts; None when it carries none."""
+    return (info.provenance or {}).get("cv_rates")
+
+
 def call_counts(cells, classifier) -> dict:
     """What every summary counts from a cell table's calls (a smear's or a whole slide's).
 
@@ -106,7 +112,7 @@ def call_counts(cells, classifier) -> dict:
         "leukocytes": n,
         "leukemic": k,
         "leukemic_fraction": k / n if n else 0.0,
-        **blast_percentage(k, n, (info.provenance or {}).get("cv_rates")),
+        **blast_percentage(k, n, classifier_rates(info)),
         "classes": list(info.classes),
         "leukemic_classes": list(info.leukemic),
         "per_class": {c: int((cells["predicted_class"] == c).sum()) for c in info.classes},

@@ -96,8 +96,8 @@ def cell_features(crop: np.ndarray, margin: float = CropConfig().margin, texture
         marked = np.where(cell, grey, 32).astype(np.uint8)[box, box]
         glcm = graycomatrix(marked, distances=[1, 3], angles=angles, levels=33, symmetric=True)[:32, :32]
         glcm = glcm / np.maximum(glcm.sum(axis=(0, 1), keepdims=True), 1)
-    texture = [v for p in ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
-               for v in graycoprops(glcm, p).mean(axis=1)]
+    glcm_values = [v for p in ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
+                   for v in graycoprops(glcm, p).mean(axis=1)]
     lbp = local_binary_pattern(grey, 8, 1, method="uniform")
 
     def lbp_histogram(mask):
@@ -105,7 +105,7 @@ def cell_features(crop: np.ndarray, margin: float = CropConfig().margin, texture
             return [0.0] * _LBP_BINS
         return list(np.bincount(lbp[mask].astype(int), minlength=_LBP_BINS)[:_LBP_BINS] / mask.sum())
 
-    values = np.array([*shape, *granularity, *colour(nucleus), *colour(cytoplasm), *texture,
+    values = np.array([*shape, *granularity, *colour(nucleus), *colour(cytoplasm), *glcm_values,
                        *lbp_histogram(nucleus), *lbp_histogram(cytoplasm)], float)
     return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
 
