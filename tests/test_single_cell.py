@@ -92,11 +92,7 @@ def test_a_cell_touching_the_frame_is_found_whole(deepapl_image, models, sample_
     assert result.cells["found_by"].iloc[0] == "segmentation" and centre_covered(result.labels)
     assert labels[0].any() and labels[-1].any() and labels[:, 0].any() and labels[:, -1].any()
     assert labels.mean() > 0.7  # the whole cell, not its nucleus or a piece of it
-    # The same call. The probability moves: the shipped classifier's feature SVM measures texture (GLCM) over the
-    # whole crop, which a flat painted background smooths (its part 0.85 -> 0.45; the network's 0.93 -> 0.67; the
-    # classifier shipped before session 20 moved 0.94 -> 0.89). Model card, "Limits"; training log, session 20.
-    before, after = sample_result.cells["p_leukemic"].iloc[0], result.cells["p_leukemic"].iloc[0]
-    assert before >= 0.5 and after >= 0.5 and abs(after - before) < 0.4
+    assert abs(result.cells["p_leukemic"].iloc[0] - sample_result.cells["p_leukemic"].iloc[0]) < 0.15
 
 
 def zheng1_cell(shared_data, stem):
@@ -179,7 +175,7 @@ def test_a_removed_background_is_painted_as_a_smear(deepapl_image, models, sampl
     a, b = result.labels > 0, sample_result.labels > 0
     assert (a & b).sum() / (a | b).sum() > 0.8
     # The same call. The probability moves: the shipped classifier's feature SVM measures texture (GLCM) over the
-    # whole crop, which a flat painted background smooths (its part 0.85 -> 0.45; the network's 0.93 -> 0.67; the
+    # cell's whole box, which a flat painted background smooths (its part 0.85 -> 0.45; the network's 0.93 -> 0.67; the
     # classifier shipped before session 20 moved 0.94 -> 0.89). Model card, "Limits"; training log, session 20.
     before, after = sample_result.cells["p_leukemic"].iloc[0], result.cells["p_leukemic"].iloc[0]
     assert before >= 0.5 and after >= 0.5 and abs(after - before) < 0.4
